@@ -1,0 +1,32 @@
+/*
+ * fy_buf: a growable byte buffer with an optional hard limit.
+ *
+ * Used for request and response heads and for re-framed chunked bodies. The
+ * buffer's memory is kept between requests on a connection (reset, not
+ * freed), so a keep-alive connection allocates only on its first request or
+ * when a head is larger than any before it.
+ */
+#ifndef FERRY_BUF_H
+#define FERRY_BUF_H
+
+#include "common.h"
+
+#include <stdarg.h>
+
+typedef struct fy_buf {
+  char *data;
+  size_t len, cap;
+} fy_buf;
+
+static inline void fy_buf_init(fy_buf *b) {
+  b->data = NULL;
+  b->len = b->cap = 0;
+}
+static inline void fy_buf_reset(fy_buf *b) { b->len = 0; }
+void fy_buf_free(fy_buf *b);
+void fy_buf_reserve(fy_buf *b, size_t extra);
+void fy_buf_append(fy_buf *b, const void *p, size_t n);
+static inline void fy_buf_puts(fy_buf *b, const char *s) { fy_buf_append(b, s, strlen(s)); }
+void fy_buf_printf(fy_buf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+#endif

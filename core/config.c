@@ -1,0 +1,174 @@
+#include "config.h"
+
+#include "log.h"
+#include "lua_embed.h"
+
+#include <lauxlib.h>
+#include <lua.h>
+#include <lualib.h>
+
+static char *fy_cfg_str(lua_State *L, int idx, const char *key) {
+  lua_getfield(L, idx, key);
+  char *s = fy_strdup(lua_isstring(L, -1) ? lua_tostring(L, -1) : "");
+  lua_pop(L, 1);
+  return s;
+}
+
+static double fy_cfg_num(lua_State *L, int idx, const char *key) {
+  lua_getfield(L, idx, key);
+  double v = lua_tonumber(L, -1);
+  lua_pop(L, 1);
+  return v;
+}
+
+static uint64_t fy_cfg_ms(lua_State *L, int idx, const char *key) {
+  return (uint64_t)(fy_cfg_num(L, idx, key) * 1000.0 + 0.5);
+}
+
+static void fy_cfg_read_listeners(lua_State *L, int t, fy_config *cfg) {
+  lua_getfield(L, t, "listeners");
+  cfg->nlisteners = lua_objlen(L, -1);
+  cfg->listeners = fy_calloc(cfg->nlisteners, sizeof *cfg->listeners);
+  for (size_t i = 0; i < cfg->nlisteners; i++) {
+    lua_rawgeti(L, -1, (int)i + 1);
+    fy_cfg_listener *l = &cfg->listeners[i];
+    l->name = fy_cfg_str(L, -1, "name");
+    l->host = fy_cfg_str(L, -1, "host");
+    l->port = (int)fy_cfg_num(L, -1, "port");
+    l->policy = (int)fy_cfg_num(L, -1, "policy") - 1;
+    lua_pop(L, 1);
+  }
+  lua_pop(L, 1);
+}
+
+static void fy_cfg_read_group(lua_State *L, int t, fy_cfg_group *g) {
+  g->name = fy_cfg_str(L, t, "name");
+  g->connect_timeout = fy_cfg_ms(L, t, "connect_timeout");
+  g->read_timeout = fy_cfg_ms(L, t, "read_timeout");
+  g->write_timeout = fy_cfg_ms(L, t, "write_timeout");
+  g->idle_timeout = fy_cfg_ms(L, t, "idle_timeout");
+  g->max_idle = (unsigned)fy_cfg_num(L, t, "max_idle");
+  lua_getfield(L, t, "servers");
+  g->nservers = lua_objlen(L, -1);
+  g->servers = fy_calloc(g->nservers, sizeof *g->servers);
+  for (size_t i = 0; i < g->nservers; i++) {
+    lua_rawgeti(L, -1, (int)i + 1);
+    g->servers[i].name = fy_cfg_str(L, -1, "name");
+    g->servers[i].host = fy_cfg_str(L, -1, "host");
+    g->servers[i].port = (int)fy_cfg_num(L, -1, "port");
+    lua_pop(L, 1);
+  }
+  lua_pop(L, 1);
+}
+
+static void fy_cfg_read_groups(lua_State *L, int t, fy_config *cfg) {
+  lua_getfield(L, t, "upstreams");
+  cfg->ngroups = lua_objlen(L, -1);
+  cfg->groups = fy_calloc(cfg->ngroups, sizeof *cfg->groups);
+  for (size_t i = 0; i < cfg->ngroups; i++) {
+    lua_rawgeti(L, -1, (int)i + 1);
+    fy_cfg_read_group(L, lua_gettop(L), &cfg->groups[i]);
+    lua_pop(L, 1);
+  }
+  lua_pop(L, 1);
+}
+
+static void fy_cfg_read_rest(lua_State *L, int t, fy_config *cfg) {
+  lua_getfield(L, t, "policies");
+  cfg->npolicies = lua_objlen(L, -1);
+  cfg->policies = fy_calloc(cfg->npolicies, sizeof *cfg->policies);
+  for (size_t i = 0; i < cfg->npolicies; i++) {
+    lua_rawgeti(L, -1, (int)i + 1);
+    cfg->policies[i] = fy_strdup(lua_tostring(L, -1));
+    lua_pop(L, 1);
+  }
+  lua_pop(L, 1);
+
+  lua_getfield(L, t, "limits");
+  int lim = lua_gettop(L);
+  fy_limits *l = &cfg->limits;
+  l->max_request_line = (size_t)fy_cfg_num(L, lim, "max_request_line");
+  l->max_header_bytes = (size_t)fy_cfg_num(L, lim, "max_header_bytes");
+  l->max_headers = (size_t)fy_cfg_num(L, lim, "max_headers");
+  l->header_timeout = fy_cfg_ms(L, lim, "header_timeout");
+  l->body_timeout = fy_cfg_ms(L, lim, "body_timeout");
+  l->send_timeout = fy_cfg_ms(L, lim, "send_timeout");
+  l->keepalive_timeout = fy_cfg_ms(L, lim, "keepalive_timeout");
+  l->keepalive_requests = (unsigned)fy_cfg_num(L, lim, "keepalive_requests");
+  lua_pop(L, 1);
+
+  lua_getfield(L, t, "log");
+  char *level = fy_cfg_str(L, -1, "level");
+  cfg->log_level = fy_log_level_parse(level);
+  free(level);
+  lua_getfield(L, -1, "access");
+  cfg->access_log = lua_toboolean(L, -1);
+  lua_pop(L, 2);
+}
+
+/* Appends every string of the error list at the top of the stack. */
+static void fy_cfg_collect_errors(lua_State *L, fy_buf *errors) {
+  if (lua_isstring(L, -1)) {
+    fy_buf_printf(errors, "%s\n", lua_tostring(L, -1));
+    return;
+  }
+  size_t n = lua_istable(L, -1) ? lua_objlen(L, -1) : 0;
+  for (size_t i = 1; i <= n; i++) {
+    lua_rawgeti(L, -1, (int)i);
+    fy_buf_printf(errors, "%s\n", lua_tostring(L, -1));
+    lua_pop(L, 1);
+  }
+}
+
+int fy_config_load(const char *path, fy_config **out, fy_buf *errors) {
+  int rc = FY_ECONFIG;
+  lua_State *L = luaL_newstate();
+  luaL_openlibs(L);
+  fy_lua_embed_preload(L);
+  lua_getglobal(L, "require");
+  lua_pushliteral(L, "ferry.config");
+  if (lua_pcall(L, 1, 1, 0) != 0) goto fail;
+  lua_getfield(L, -1, "load");
+  lua_pushstring(L, path);
+  if (lua_pcall(L, 1, 2, 0) != 0) goto fail;
+  if (lua_isnil(L, -2)) goto fail;
+  lua_pop(L, 1);
+
+  fy_config *cfg = fy_calloc(1, sizeof *cfg);
+  int t = lua_gettop(L);
+  cfg->path = fy_strdup(path);
+  fy_cfg_read_listeners(L, t, cfg);
+  fy_cfg_read_groups(L, t, cfg);
+  fy_cfg_read_rest(L, t, cfg);
+  *out = cfg;
+  rc = FY_OK;
+  goto done;
+fail:
+  fy_cfg_collect_errors(L, errors);
+done:
+  lua_close(L);
+  return rc;
+}
+
+void fy_config_free(fy_config *cfg) {
+  if (cfg == NULL) return;
+  for (size_t i = 0; i < cfg->nlisteners; i++) {
+    free(cfg->listeners[i].name);
+    free(cfg->listeners[i].host);
+  }
+  for (size_t i = 0; i < cfg->ngroups; i++) {
+    fy_cfg_group *g = &cfg->groups[i];
+    for (size_t j = 0; j < g->nservers; j++) {
+      free(g->servers[j].name);
+      free(g->servers[j].host);
+    }
+    free(g->servers);
+    free(g->name);
+  }
+  for (size_t i = 0; i < cfg->npolicies; i++) free(cfg->policies[i]);
+  free(cfg->policies);
+  free(cfg->listeners);
+  free(cfg->groups);
+  free(cfg->path);
+  free(cfg);
+}

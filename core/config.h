@@ -1,0 +1,63 @@
+/*
+ * The configuration of one generation, as plain C data.
+ *
+ * fy_config_load() runs the config file in a sandboxed Lua state, checks it
+ * with the schema in lua/ferry/config.lua and copies the normalised result
+ * here. All validation rules live in that Lua module; this unit only moves
+ * checked values into structs. Times are milliseconds.
+ */
+#ifndef FERRY_CONFIG_H
+#define FERRY_CONFIG_H
+
+#include "buf.h"
+
+#include <stdbool.h>
+
+typedef struct fy_cfg_listener {
+  char *name;
+  char *host;
+  int port;
+  int policy; /* index into fy_config.policies */
+} fy_cfg_listener;
+
+typedef struct fy_cfg_server {
+  char *name; /* "host:port" as written */
+  char *host;
+  int port;
+} fy_cfg_server;
+
+typedef struct fy_cfg_group {
+  char *name;
+  fy_cfg_server *servers;
+  size_t nservers;
+  uint64_t connect_timeout, read_timeout, write_timeout, idle_timeout;
+  unsigned max_idle;
+} fy_cfg_group;
+
+typedef struct fy_limits {
+  size_t max_request_line, max_header_bytes, max_headers;
+  uint64_t header_timeout, body_timeout, send_timeout, keepalive_timeout;
+  unsigned keepalive_requests;
+} fy_limits;
+
+typedef struct fy_config {
+  char *path;
+  fy_cfg_listener *listeners;
+  size_t nlisteners;
+  fy_cfg_group *groups; /* sorted by name */
+  size_t ngroups;
+  char **policies;
+  size_t npolicies;
+  fy_limits limits;
+  int log_level;
+  bool access_log;
+} fy_config;
+
+/*
+ * Loads and checks path. On failure returns FY_ECONFIG and appends one line
+ * per error ("file:line: message") to errors.
+ */
+int fy_config_load(const char *path, fy_config **out, fy_buf *errors);
+void fy_config_free(fy_config *cfg);
+
+#endif

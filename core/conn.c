@@ -1,0 +1,540 @@
+/* The client side of a connection: parsing, limits, timers, writes, closing. */
+#include "conn.h"
+
+#include "log.h"
+
+#include <stdio.h>
+#include <strings.h>
+
+#define FY_LINGER_MS 2000
+
+static void fy_conn_request_begin(fy_conn *c);
+static void fy_conn_update_reading(fy_conn *c);
+static void fy_conn_arm(fy_conn *c, uint64_t ms);
+
+static inline fy_conn *fy_conn_of(llhttp_t *p) { return p->data; }
+static inline const fy_limits *fy_conn_limits(fy_conn *c) { return &c->gen->cfg->limits; }
+
+uint64_t fy_now_ms(fy_conn *c) { return uv_now(c->w->loop); }
+
+/* ---- body output ------------------------------------------------------- */
+
+void fy_bodyout_add(fy_bodyout *o, const char *at, size_t len) {
+  if (o->chunked) {
+    fy_http_chunk(&o->copy, at, len);
+    return;
+  }
+  if (o->span == NULL && o->copy.len == 0) {
+    o->span = at;
+    o->span_len = len;
+    return;
+  }
+  if (o->span) {
+    fy_buf_append(&o->copy, o->span, o->span_len);
+    o->span = NULL;
+  }
+  fy_buf_append(&o->copy, at, len);
+}
+
+unsigned fy_bodyout_bufs(fy_buf *head, fy_bodyout *o, uv_buf_t *bufs) {
+  unsigned n = 0;
+  if (head->len) bufs[n++] = uv_buf_init(head->data, (unsigned)head->len);
+  if (o->span) bufs[n++] = uv_buf_init((char *)o->span, (unsigned)o->span_len);
+  else if (o->copy.len) bufs[n++] = uv_buf_init(o->copy.data, (unsigned)o->copy.len);
+  return n;
+}
+
+void fy_bodyout_reset(fy_bodyout *o) {
+  o->span = NULL;
+  o->span_len = 0;
+  fy_buf_reset(&o->copy);
+}
+
+/* ---- request parser callbacks ---------------------------------------- */
+
+static int fy_conn_refuse(fy_conn *c, int status) {
+  c->error_status = status;
+  return -1;
+}
+
+static int fy_on_message_begin(llhttp_t *p) {
+  fy_conn *c = fy_conn_of(p);
+  c->req.started_ms = fy_now_ms(c);
+  if (c->nreq > 0) fy_conn_arm(c, fy_conn_limits(c)->header_timeout);
+  return 0;
+}
+
+static int fy_on_url(llhttp_t *p, const char *at, size_t len) {
+  fy_conn *c = fy_conn_of(p);
+  if (c->req.url.len + len > fy_conn_limits(c)->max_request_line) return fy_conn_refuse(c, 414);
+  fy_buf_append(&c->req.url, at, len);
+  return 0;
+}
+
+static int fy_on_header_field(llhttp_t *p, const char *at, size_t len) {
+  fy_conn *c = fy_conn_of(p);
+  fy_headers *h = &c->req.headers;
+  c->req.header_bytes += len;
+  if (c->req.header_bytes > fy_conn_limits(c)->max_header_bytes) return fy_conn_refuse(c, 431);
+  if (h->n == 0 || h->v[h->n - 1].val_off != UINT32_MAX - 1) {
+    /* First piece of a new name: open an entry whose value is not started. */
+    if (h->n >= fy_conn_limits(c)->max_headers) return fy_conn_refuse(c, 431);
+    fy_headers_add(h, at, 0, NULL, 0);
+    h->v[h->n - 1].val_off = UINT32_MAX - 1;
+  }
+  fy_buf_append(&h->buf, at, len);
+  h->v[h->n - 1].name_len += (uint32_t)len;
+  return 0;
+}
+
+static int fy_on_header_field_complete(llhttp_t *p) {
+  fy_headers *h = &fy_conn_of(p)->req.headers;
+  h->v[h->n - 1].val_off = (uint32_t)h->buf.len;
+  return 0;
+}
+
+static int fy_on_header_value(llhttp_t *p, const char *at, size_t len) {
+  fy_conn *c = fy_conn_of(p);
+  fy_headers *h = &c->req.headers;
+  c->req.header_bytes += len;
+  if (c->req.header_bytes > fy_conn_limits(c)->max_header_bytes) return fy_conn_refuse(c, 431);
+  fy_buf_append(&h->buf, at, len);
+  h->v[h->n - 1].val_len += (uint32_t)len;
+  return 0;
+}
+
+/* Host from the absolute-form target, else from the single Host header. */
+static int fy_conn_find_host(fy_conn *c) {
+  fy_req *r = &c->req;
+  fy_headers *h = &r->headers;
+  ssize_t i = fy_headers_find(h, "host", 4, 0);
+  if (i >= 0 && fy_headers_find(h, "host", 4, (size_t)i + 1) >= 0) return -1;
+  if (i < 0 && r->http_minor >= 1) return -1;
+  const char *src = r->target.authority;
+  size_t len = r->target.authority_len;
+  if (src == NULL && i >= 0) {
+    src = fy_hdr_val(h, &h->v[i]);
+    len = h->v[i].val_len;
+  }
+  if (src == NULL) {
+    r->host[0] = '\0';
+    r->host_len = 0;
+    return 0;
+  }
+  ssize_t n = fy_http_host_normalize(src, len, r->host, sizeof r->host);
+  if (n < 0) return -1;
+  r->host_len = (size_t)n;
+  return 0;
+}
+
+static int fy_conn_check_expect(fy_conn *c) {
+  fy_req *r = &c->req;
+  ssize_t i = fy_headers_find(&r->headers, "expect", 6, 0);
+  if (i < 0) return 0;
+  const fy_hdr *e = &r->headers.v[i];
+  if (!fy_http_token_eq(fy_hdr_val(&r->headers, e), e->val_len, "100-continue", 12)) return -1;
+  r->expect_continue = r->has_body && r->http_minor >= 1;
+  r->headers.v[i].flags |= FY_HDR_REMOVED;
+  return 0;
+}
+
+static int fy_on_headers_complete(llhttp_t *p) {
+  fy_conn *c = fy_conn_of(p);
+  fy_req *r = &c->req;
+  if (p->http_major != 1) return fy_conn_refuse(c, 505);
+  if (p->method == HTTP_CONNECT) return fy_conn_refuse(c, 405);
+  r->http_minor = p->http_minor;
+  r->method = llhttp_method_name(p->method);
+  r->head = p->method == HTTP_HEAD;
+  r->chunked = (p->flags & F_CHUNKED) != 0;
+  r->has_body = r->chunked || ((p->flags & F_CONTENT_LENGTH) && p->content_length > 0);
+  r->keepalive = llhttp_should_keep_alive(p) && !llhttp_get_upgrade(p);
+  if (fy_http_target_parse(r->url.data, r->url.len, &r->target) != 0) return fy_conn_refuse(c, 400);
+  if (fy_conn_find_host(c) != 0) return fy_conn_refuse(c, 400);
+  if (fy_conn_check_expect(c) != 0) return fy_conn_refuse(c, 417);
+  fy_conn_arm(c, 0);
+  c->rq = FY_RQ_BODY;
+  /* Without a body the message completes at once; on_message_complete pauses. */
+  return r->has_body ? HPE_PAUSED : 0;
+}
+
+static int fy_on_body(llhttp_t *p, const char *at, size_t len) {
+  fy_conn *c = fy_conn_of(p);
+  if (c->up) fy_bodyout_add(&c->ubody, at, len);
+  return 0;
+}
+
+static int fy_on_message_complete(llhttp_t *p) {
+  fy_conn *c = fy_conn_of(p);
+  if (c->up && c->req.chunked) fy_http_chunk_end(&c->ubody.copy);
+  c->rq = FY_RQ_DONE;
+  return HPE_PAUSED;
+}
+
+static const llhttp_settings_t fy_request_settings = {
+    .on_message_begin = fy_on_message_begin,
+    .on_url = fy_on_url,
+    .on_header_field = fy_on_header_field,
+    .on_header_field_complete = fy_on_header_field_complete,
+    .on_header_value = fy_on_header_value,
+    .on_headers_complete = fy_on_headers_complete,
+    .on_body = fy_on_body,
+    .on_message_complete = fy_on_message_complete,
+};
+
+/* ---- parsing loop ------------------------------------------------------ */
+
+static void fy_conn_parse_error(fy_conn *c, llhttp_errno_t err) {
+  int status = c->error_status ? c->error_status : 400;
+  fy_log_info("client %s:%d: request refused with %d: %s", c->client_ip, c->client_port, status,
+              c->error_status ? fy_http_reason(status) : llhttp_get_error_reason(&c->parser));
+  (void)err;
+  c->close_after = true;
+  fy_proxy_abort(c);
+  fy_conn_respond_simple(c, status, fy_http_reason(status));
+}
+
+static bool fy_conn_can_parse(fy_conn *c) {
+  if (c->closing || c->rpos >= c->rlen) return false;
+  if (c->rq == FY_RQ_HEAD) return c->rs == FY_RS_NONE;
+  return c->rq == FY_RQ_BODY && fy_proxy_can_read_body(c);
+}
+
+void fy_conn_client_pump(fy_conn *c) {
+  while (fy_conn_can_parse(c)) {
+    const char *data = c->rbuf + c->rpos;
+    size_t len = c->rlen - c->rpos;
+    enum fy_req_state before = c->rq;
+    llhttp_errno_t err = llhttp_execute(&c->parser, data, len);
+    c->rpos += err == HPE_OK ? len : (size_t)(llhttp_get_error_pos(&c->parser) - data);
+    if (err == HPE_PAUSED) {
+      llhttp_resume(&c->parser);
+    } else if (err == HPE_PAUSED_UPGRADE) {
+      llhttp_resume_after_upgrade(&c->parser);
+      c->rq = FY_RQ_DONE;
+    } else if (err != HPE_OK) {
+      fy_conn_parse_error(c, err);
+      return;
+    }
+    if (before == FY_RQ_HEAD && c->rq != FY_RQ_HEAD) fy_proxy_start(c);
+  }
+  if (c->closing) return;
+  fy_proxy_flush_upstream(c);
+  fy_conn_update_reading(c);
+  fy_conn_exchange_maybe_done(c);
+}
+
+/* ---- reading ------------------------------------------------------------ */
+
+static __thread char fy_linger_sink[4096];
+
+static void fy_conn_alloc_cb(uv_handle_t *h, size_t suggested, uv_buf_t *buf) {
+  fy_conn *c = h->data;
+  (void)suggested;
+  if (c->lingering) {
+    *buf = uv_buf_init(fy_linger_sink, sizeof fy_linger_sink);
+    return;
+  }
+  if (c->rbuf == NULL) c->rbuf = fy_malloc(FY_CONN_RBUF_SIZE);
+  if (c->rpos == c->rlen) {
+    c->rpos = c->rlen = 0;
+  } else if (c->rpos > 0) {
+    memmove(c->rbuf, c->rbuf + c->rpos, c->rlen - c->rpos);
+    c->rlen -= c->rpos;
+    c->rpos = 0;
+  }
+  *buf = uv_buf_init(c->rbuf + c->rlen, (unsigned)(FY_CONN_RBUF_SIZE - c->rlen));
+}
+
+static void fy_conn_client_eof(fy_conn *c, ssize_t err) {
+  if (err != UV_EOF) fy_log_debug("client %s:%d: read: %s", c->client_ip, c->client_port, uv_strerror((int)err));
+  if (c->rq == FY_RQ_HEAD && c->rpos == c->rlen && c->req.url.len == 0) {
+    fy_conn_close(c); /* an idle client went away */
+    return;
+  }
+  if (c->rq == FY_RQ_HEAD) {
+    c->close_after = true;
+    fy_conn_respond_simple(c, 400, "incomplete request\n");
+    return;
+  }
+  fy_conn_close(c); /* gone in the middle of a body */
+}
+
+static void fy_conn_read_cb(uv_stream_t *s, ssize_t n, const uv_buf_t *buf) {
+  fy_conn *c = s->data;
+  (void)buf;
+  if (n == 0) return;
+  if (c->lingering) {
+    if (n < 0) fy_conn_close(c);
+    return;
+  }
+  if (n < 0) {
+    fy_conn_client_eof(c, n);
+    return;
+  }
+  c->rlen += (size_t)n;
+  if (c->rq == FY_RQ_BODY) fy_conn_arm(c, fy_conn_limits(c)->body_timeout);
+  fy_conn_client_pump(c);
+}
+
+static void fy_conn_update_reading(fy_conn *c) {
+  bool want = !c->closing && !c->lingering && (c->rbuf == NULL || c->rlen < FY_CONN_RBUF_SIZE) &&
+              ((c->rq == FY_RQ_HEAD && c->rs == FY_RS_NONE) ||
+               (c->rq == FY_RQ_BODY && fy_proxy_can_read_body(c)));
+  if (want == c->reading) return;
+  c->reading = want;
+  if (want) uv_read_start((uv_stream_t *)&c->tcp, fy_conn_alloc_cb, fy_conn_read_cb);
+  else uv_read_stop((uv_stream_t *)&c->tcp);
+}
+
+/* ---- timers ------------------------------------------------------------- */
+
+static void fy_conn_timeout_cb(uv_timer_t *t) {
+  fy_conn *c = t->data;
+  if (c->lingering || c->cw_pending || c->rq == FY_RQ_BODY) {
+    fy_conn_close(c);
+  } else if (c->rq == FY_RQ_HEAD && (c->req.url.len > 0 || c->rpos < c->rlen || c->nreq == 0) &&
+             c->req.started_ms) {
+    c->close_after = true;
+    fy_conn_respond_simple(c, 408, "request header timeout\n");
+  } else {
+    fy_conn_close(c);
+  }
+}
+
+static void fy_conn_arm(fy_conn *c, uint64_t ms) {
+  if (ms) uv_timer_start(&c->timer, fy_conn_timeout_cb, ms, 0);
+  else uv_timer_stop(&c->timer);
+}
+
+/* ---- writing ------------------------------------------------------------ */
+
+static void fy_conn_write_cb(uv_write_t *wr, int status) {
+  fy_conn *c = FY_CONTAINER_OF(wr, fy_conn, cwrite);
+  c->cw_pending = false;
+  if (c->closing) return;
+  if (status < 0) {
+    fy_log_debug("client %s:%d: write: %s", c->client_ip, c->client_port, uv_strerror(status));
+    fy_conn_close(c);
+    return;
+  }
+  fy_buf_reset(&c->chead);
+  fy_bodyout_reset(&c->cbody);
+  fy_conn_arm(c, c->rq == FY_RQ_BODY && c->reading ? fy_conn_limits(c)->body_timeout : 0);
+  if (c->rs == FY_RS_DONE) fy_conn_exchange_maybe_done(c);
+  else fy_proxy_response_written(c);
+}
+
+void fy_conn_flush_client(fy_conn *c) {
+  if (c->cw_pending || c->closing) return;
+  uv_buf_t bufs[2];
+  unsigned n = fy_bodyout_bufs(&c->chead, &c->cbody, bufs);
+  if (n == 0) return;
+  for (unsigned i = 0; i < n; i++) c->req.bytes_out += bufs[i].len;
+  int rc = uv_write(&c->cwrite, (uv_stream_t *)&c->tcp, bufs, n, fy_conn_write_cb);
+  if (rc < 0) {
+    fy_conn_close(c);
+    return;
+  }
+  c->cw_pending = true;
+  fy_conn_arm(c, fy_conn_limits(c)->send_timeout);
+}
+
+bool fy_conn_will_close(fy_conn *c) {
+  return c->close_after || !c->req.keepalive || c->rq != FY_RQ_DONE || c->w->stopping ||
+         c->nreq + 1 >= fy_conn_limits(c)->keepalive_requests;
+}
+
+void fy_conn_respond_simple(fy_conn *c, int status, const char *body) {
+  if (c->closing) return;
+  if (c->rs == FY_RS_BODY || c->rs == FY_RS_DONE) {
+    fy_conn_close(c); /* a response is already under way: all we can do is cut it */
+    return;
+  }
+  if (c->rq != FY_RQ_DONE) c->close_after = true;
+  fy_buf_reset(&c->chead);
+  fy_bodyout_reset(&c->cbody);
+  size_t blen = strlen(body);
+  fy_http_write_simple(&c->chead, status, "Content-Type: text/plain\r\n", 26, body, blen,
+                       c->req.head, fy_conn_will_close(c));
+  c->req.status = status;
+  c->rs = FY_RS_DONE;
+  fy_conn_flush_client(c);
+  fy_conn_update_reading(c);
+}
+
+/* ---- exchange lifecycle ----------------------------------------------- */
+
+static void fy_conn_access_log(fy_conn *c) {
+  fy_req *r = &c->req;
+  if (!c->gen->cfg->access_log) return;
+  fy_log_info("access %s \"%s %s://%.*s%.*s\" %d %llu %s %s %llums id=%llu", c->client_ip,
+              r->method ? r->method : "-", "http", (int)r->host_len, r->host,
+              (int)FY_MIN(r->url.len, 512), r->url.data ? r->url.data : "", r->status,
+              (unsigned long long)r->bytes_out,
+              r->group >= 0 && r->gen ? r->gen->cfg->groups[r->group].name : "-",
+              r->server ? r->server : "-",
+              (unsigned long long)(fy_now_ms(c) - r->started_ms), (unsigned long long)r->id);
+}
+
+static void fy_conn_request_end(fy_conn *c) {
+  fy_req *r = &c->req;
+  fy_buf_reset(&r->url);
+  fy_headers_reset(&r->headers);
+  fy_buf_reset(&r->respond_headers);
+  fy_buf_reset(&r->respond_body);
+  fy_headers_reset(&c->rheaders);
+  if (r->gen) fy_gen_unref(r->gen);
+  r->gen = NULL;
+}
+
+static void fy_conn_shutdown_cb(uv_shutdown_t *req, int status) {
+  fy_conn *c = req->data;
+  (void)status;
+  if (c->closing) return;
+  c->lingering = true;
+  c->reading = true;
+  uv_read_start((uv_stream_t *)&c->tcp, fy_conn_alloc_cb, fy_conn_read_cb);
+  fy_conn_arm(c, FY_LINGER_MS);
+}
+
+/*
+ * Closing right after the last write could reset the connection while the
+ * client still has unread request bytes in flight, and a reset can destroy
+ * the response before the client reads it. So: send FIN, read and discard
+ * until the client closes (or a short linger time), then close.
+ */
+static void fy_conn_close_gracefully(fy_conn *c) {
+  if (c->reading) uv_read_stop((uv_stream_t *)&c->tcp);
+  c->reading = false;
+  c->shutdown_req.data = c;
+  if (uv_shutdown(&c->shutdown_req, (uv_stream_t *)&c->tcp, fy_conn_shutdown_cb) < 0) fy_conn_close(c);
+  else fy_conn_arm(c, FY_LINGER_MS);
+}
+
+void fy_conn_exchange_maybe_done(fy_conn *c) {
+  if (c->closing || c->lingering || c->rs != FY_RS_DONE || c->cw_pending) return;
+  if (c->rq != FY_RQ_DONE && !c->close_after) return;
+  bool close = fy_conn_will_close(c);
+  fy_proxy_finish(c);
+  fy_conn_access_log(c);
+  fy_conn_request_end(c);
+  c->nreq++;
+  if (close) {
+    fy_conn_close_gracefully(c);
+    return;
+  }
+  fy_conn_request_begin(c);
+  fy_conn_client_pump(c);
+}
+
+static void fy_conn_request_begin(fy_conn *c) {
+  fy_req *r = &c->req;
+  if (c->gen != c->w->gen) { /* a reload happened: new requests use the new generation */
+    fy_gen_unref(c->gen);
+    c->gen = fy_gen_ref(c->w->gen);
+  }
+  r->gen = fy_gen_ref(c->gen);
+  r->id = ++c->w->next_req_id;
+  r->header_bytes = 0;
+  r->status = 0;
+  r->bytes_out = 0;
+  r->group = -1;
+  r->server = NULL;
+  r->method = NULL;
+  r->host_len = 0;
+  r->started_ms = 0;
+  r->respond_status = 0;
+  r->has_body = r->chunked = r->keepalive = r->expect_continue = r->head = false;
+  c->error_status = 0;
+  c->upstream_sent = false;
+  c->rq = FY_RQ_HEAD;
+  c->rs = FY_RS_NONE;
+  fy_conn_arm(c, c->nreq ? fy_conn_limits(c)->keepalive_timeout : fy_conn_limits(c)->header_timeout);
+  if (c->nreq == 0) r->started_ms = fy_now_ms(c);
+  if (c->rpos == c->rlen && c->rbuf) { /* idle: give the read buffer back */
+    free(c->rbuf);
+    c->rbuf = NULL;
+    c->rpos = c->rlen = 0;
+  }
+}
+
+/* ---- accept and close ------------------------------------------------- */
+
+static void fy_conn_free(fy_conn *c) {
+  fy_conn_request_end(c);
+  fy_buf_free(&c->req.url);
+  fy_headers_free(&c->req.headers);
+  fy_headers_free(&c->rheaders);
+  fy_buf_free(&c->req.respond_headers);
+  fy_buf_free(&c->req.respond_body);
+  fy_buf_free(&c->chead);
+  fy_buf_free(&c->uhead);
+  fy_buf_free(&c->cbody.copy);
+  fy_buf_free(&c->ubody.copy);
+  fy_gen_unref(c->gen);
+  free(c->rbuf);
+  free(c);
+}
+
+static void fy_conn_close_cb(uv_handle_t *h) {
+  fy_conn *c = h->data;
+  if (--c->handles_open == 0) {
+    fy_worker *w = c->w;
+    fy_conn_free(c);
+    fy_worker_maybe_stopped(w);
+  }
+}
+
+void fy_conn_close(fy_conn *c) {
+  if (c->closing) return;
+  if (c->rs != FY_RS_DONE && c->rq != FY_RQ_HEAD) {
+    c->req.status = c->req.status ? c->req.status : 499;
+    fy_conn_access_log(c);
+  }
+  c->closing = true;
+  fy_proxy_abort(c);
+  fy_list_remove(&c->link);
+  uv_close((uv_handle_t *)&c->tcp, fy_conn_close_cb);
+  uv_close((uv_handle_t *)&c->timer, fy_conn_close_cb);
+}
+
+void fy_conn_accept(fy_listener *l) {
+  fy_worker *w = l->w;
+  fy_conn *c = fy_calloc(1, sizeof *c);
+  uv_tcp_init(w->loop, &c->tcp);
+  c->tcp.data = c;
+  c->handles_open = 1;
+  c->w = w;
+  c->listener = l;
+  c->gen = fy_gen_ref(w->gen);
+  fy_list_init(&c->link);
+  if (uv_accept((uv_stream_t *)&l->tcp, (uv_stream_t *)&c->tcp) < 0) {
+    c->closing = true;
+    uv_close((uv_handle_t *)&c->tcp, fy_conn_close_cb);
+    return;
+  }
+  uv_timer_init(w->loop, &c->timer);
+  c->timer.data = c;
+  c->handles_open = 2;
+  fy_list_insert_head(&w->conns, &c->link);
+  uv_tcp_nodelay(&c->tcp, 1);
+
+  struct sockaddr_storage ss;
+  int sslen = sizeof ss;
+  if (uv_tcp_getpeername(&c->tcp, (struct sockaddr *)&ss, &sslen) == 0) {
+    if (ss.ss_family == AF_INET6) {
+      uv_ip6_name((struct sockaddr_in6 *)&ss, c->client_ip, sizeof c->client_ip);
+      c->client_port = ntohs(((struct sockaddr_in6 *)&ss)->sin6_port);
+    } else {
+      uv_ip4_name((struct sockaddr_in *)&ss, c->client_ip, sizeof c->client_ip);
+      c->client_port = ntohs(((struct sockaddr_in *)&ss)->sin_port);
+    }
+  }
+  llhttp_init(&c->parser, HTTP_REQUEST, &fy_request_settings);
+  c->parser.data = c;
+  fy_headers_init(&c->req.headers);
+  fy_headers_init(&c->rheaders);
+  fy_conn_request_begin(c);
+  fy_conn_update_reading(c);
+}

@@ -1,0 +1,132 @@
+/*
+ * A client connection and the HTTP exchanges on it.
+ *
+ * One request is handled at a time: when a request's last byte has been
+ * parsed the client parser pauses, so pipelined requests wait in the read
+ * buffer (and then in the kernel) and are answered in order. Each exchange
+ * moves through explicit states on both halves:
+ *
+ *   request half:  HEAD -> BODY -> DONE       (parsing the client's request)
+ *   response half: NONE -> WAIT -> BODY -> DONE (relaying the answer)
+ *
+ * The exchange ends when both halves are DONE and no write is in flight;
+ * then the connection either starts over at HEAD or closes. conn.c owns the
+ * client side (parsing, limits, timers, writes to the client, closing);
+ * proxy.c owns the upstream side (routing, forwarding, relaying).
+ *
+ * Back-pressure: body bytes are written from the buffer they were read into,
+ * and the side that produced them is not read again until the write ends. A
+ * connection therefore holds at most one read buffer per side, whatever the
+ * body size.
+ */
+#ifndef FERRY_CONN_H
+#define FERRY_CONN_H
+
+#include "http.h"
+#include "worker.h"
+
+#include <llhttp.h>
+#include <netinet/in.h>
+
+enum fy_req_state { FY_RQ_HEAD, FY_RQ_BODY, FY_RQ_DONE };
+enum fy_resp_state { FY_RS_NONE, FY_RS_WAIT, FY_RS_BODY, FY_RS_DONE };
+
+/* Where body bytes go next: a zero-copy span, or a copy with new framing. */
+typedef struct fy_bodyout {
+  const char *span;
+  size_t span_len;
+  fy_buf copy;
+  bool chunked;
+} fy_bodyout;
+
+typedef struct fy_req {
+  uint64_t id;
+  fy_gen *gen;
+  int policy;
+  fy_buf url;
+  fy_headers headers;
+  size_t header_bytes;
+  fy_target target;
+  char host[256];
+  size_t host_len;
+  const char *method;
+  uint8_t http_minor;
+  bool has_body, chunked, keepalive, expect_continue, head;
+  uint64_t started_ms;
+  int status; /* sent to the client */
+  uint64_t bytes_out;
+  int group;
+  const char *server;
+  /* A response made by req:respond(). */
+  int respond_status;
+  fy_buf respond_headers;
+  fy_buf respond_body;
+} fy_req;
+
+#define FY_CONN_RBUF_SIZE (64 * 1024)
+
+typedef struct fy_conn {
+  uv_tcp_t tcp;
+  uv_timer_t timer;
+  uv_write_t cwrite;   /* to the client */
+  uv_write_t uwrite;   /* to the upstream */
+  uv_shutdown_t shutdown_req;
+  fy_worker *w;
+  fy_listener *listener;
+  fy_gen *gen; /* the generation the connection started on */
+  fy_list link;
+  llhttp_t parser;
+  char *rbuf;
+  size_t rpos, rlen;
+  enum fy_req_state rq;
+  enum fy_resp_state rs;
+  fy_req req;
+  int error_status; /* set by a parser callback that refuses the request */
+  fy_uconn *up;
+  llhttp_t uparser;
+  fy_headers rheaders; /* upstream response headers */
+  int ustatus;
+  bool uresp_head_only;
+  fy_buf chead;      /* head to send to the client */
+  fy_bodyout cbody;  /* body bytes to send to the client */
+  fy_buf uhead;      /* head to send upstream */
+  fy_bodyout ubody;  /* body bytes to send upstream */
+  bool cw_pending, uw_pending;
+  bool reading;
+  bool close_after;  /* close the client connection when the exchange ends */
+  bool closing;
+  bool lingering;
+  bool upstream_sent; /* some request byte reached the upstream */
+  unsigned retries;   /* attempts after a stale keep-alive connection */
+  unsigned nreq;
+  unsigned handles_open;
+  char client_ip[INET6_ADDRSTRLEN];
+  int client_port;
+} fy_conn;
+
+void fy_conn_accept(fy_listener *l);
+void fy_conn_close(fy_conn *c);
+/* Answers the current request with a ferry-made response. */
+void fy_conn_respond_simple(fy_conn *c, int status, const char *body);
+/* Whether the client connection closes once the current exchange ends. */
+bool fy_conn_will_close(fy_conn *c);
+/* Called by proxy.c when the response half is done or new bytes were queued. */
+void fy_conn_flush_client(fy_conn *c);
+void fy_conn_exchange_maybe_done(fy_conn *c);
+void fy_conn_client_pump(fy_conn *c);
+uint64_t fy_now_ms(fy_conn *c);
+
+void fy_bodyout_add(fy_bodyout *o, const char *at, size_t len);
+/* Fills bufs (at most 2) from head and o; returns the count. */
+unsigned fy_bodyout_bufs(fy_buf *head, fy_bodyout *o, uv_buf_t *bufs);
+void fy_bodyout_reset(fy_bodyout *o);
+
+/* proxy.c */
+void fy_proxy_start(fy_conn *c);           /* headers parsed: route and forward */
+void fy_proxy_flush_upstream(fy_conn *c);  /* send queued request bytes */
+void fy_proxy_abort(fy_conn *c);           /* drop the upstream side */
+void fy_proxy_finish(fy_conn *c);          /* exchange over: pool or close the upstream */
+bool fy_proxy_can_read_body(fy_conn *c);
+void fy_proxy_response_written(fy_conn *c);
+
+#endif

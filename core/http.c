@@ -1,0 +1,250 @@
+#include "http.h"
+
+#include <ctype.h>
+#include <stdio.h>
+#include <sys/types.h>
+
+void fy_headers_init(fy_headers *h) {
+  fy_buf_init(&h->buf);
+  h->v = NULL;
+  h->n = h->cap = 0;
+}
+
+void fy_headers_reset(fy_headers *h) {
+  fy_buf_reset(&h->buf);
+  h->n = 0;
+}
+
+void fy_headers_free(fy_headers *h) {
+  fy_buf_free(&h->buf);
+  free(h->v);
+  fy_headers_init(h);
+}
+
+void fy_headers_add(fy_headers *h, const char *name, size_t nlen, const char *val, size_t vlen) {
+  if (h->n == h->cap) {
+    h->cap = h->cap ? h->cap * 2 : 32;
+    h->v = fy_realloc(h->v, h->cap * sizeof *h->v);
+  }
+  fy_hdr *e = &h->v[h->n++];
+  e->name_off = (uint32_t)h->buf.len;
+  e->name_len = (uint32_t)nlen;
+  fy_buf_append(&h->buf, name, nlen);
+  e->val_off = (uint32_t)h->buf.len;
+  e->val_len = (uint32_t)vlen;
+  fy_buf_append(&h->buf, val, vlen);
+  e->flags = 0;
+}
+
+bool fy_http_token_eq(const char *a, size_t alen, const char *b, size_t blen) {
+  return alen == blen && strncasecmp(a, b, alen) == 0;
+}
+
+ssize_t fy_headers_find(const fy_headers *h, const char *name, size_t nlen, size_t start) {
+  for (size_t i = start; i < h->n; i++) {
+    const fy_hdr *e = &h->v[i];
+    if (!(e->flags & FY_HDR_REMOVED) && fy_http_token_eq(fy_hdr_name(h, e), e->name_len, name, nlen))
+      return (ssize_t)i;
+  }
+  return -1;
+}
+
+size_t fy_headers_remove(fy_headers *h, const char *name, size_t nlen) {
+  size_t count = 0;
+  for (ssize_t i = fy_headers_find(h, name, nlen, 0); i >= 0;
+       i = fy_headers_find(h, name, nlen, (size_t)i + 1)) {
+    h->v[i].flags |= FY_HDR_REMOVED;
+    count++;
+  }
+  return count;
+}
+
+static const struct { const char *name; size_t len; } fy_hop_by_hop[] = {
+#define FY_HOP(s) {s, sizeof(s) - 1}
+    FY_HOP("connection"),       FY_HOP("keep-alive"),         FY_HOP("proxy-connection"),
+    FY_HOP("te"),               FY_HOP("trailer"),            FY_HOP("transfer-encoding"),
+    FY_HOP("upgrade"),          FY_HOP("proxy-authenticate"), FY_HOP("proxy-authorization"),
+    FY_HOP("content-length"),
+#undef FY_HOP
+};
+
+/* Content-Length is in the list because ferry always writes its own framing. */
+bool fy_http_is_hop_by_hop(const char *name, size_t len) {
+  for (size_t i = 0; i < FY_ARRAY_SIZE(fy_hop_by_hop); i++)
+    if (fy_http_token_eq(name, len, fy_hop_by_hop[i].name, fy_hop_by_hop[i].len)) return true;
+  return false;
+}
+
+/* Each comma-separated token of every Connection header names a header to drop. */
+static void fy_http_strip_connection_tokens(fy_headers *h) {
+  for (ssize_t i = fy_headers_find(h, "connection", 10, 0); i >= 0;
+       i = fy_headers_find(h, "connection", 10, (size_t)i + 1)) {
+    const fy_hdr *e = &h->v[i];
+    const char *p = fy_hdr_val(h, e), *end = p + e->val_len;
+    while (p < end) {
+      while (p < end && (*p == ',' || *p == ' ' || *p == '\t')) p++;
+      const char *tok = p;
+      while (p < end && *p != ',' && *p != ' ' && *p != '\t') p++;
+      if (p > tok) {
+        /* Copy first: removal does not move data, but the token lives in buf. */
+        char name[128];
+        size_t n = FY_MIN((size_t)(p - tok), sizeof name);
+        memcpy(name, tok, n);
+        fy_headers_remove(h, name, n);
+        e = &h->v[i];
+      }
+    }
+  }
+}
+
+void fy_http_strip_hop_by_hop(fy_headers *h) {
+  fy_http_strip_connection_tokens(h);
+  for (size_t i = 0; i < h->n; i++) {
+    fy_hdr *e = &h->v[i];
+    if (fy_http_is_hop_by_hop(fy_hdr_name(h, e), e->name_len)) e->flags |= FY_HDR_REMOVED;
+  }
+}
+
+bool fy_http_value_ok(const char *v, size_t len) {
+  for (size_t i = 0; i < len; i++) {
+    unsigned char c = (unsigned char)v[i];
+    if ((c < 0x20 && c != '\t') || c == 0x7f) return false;
+  }
+  return true;
+}
+
+bool fy_http_name_ok(const char *v, size_t len) {
+  static const char tchar[] = "!#$%&'*+-.^_`|~";
+  if (len == 0) return false;
+  for (size_t i = 0; i < len; i++) {
+    unsigned char c = (unsigned char)v[i];
+    if (!isalnum(c) && (c == 0 || strchr(tchar, c) == NULL)) return false;
+  }
+  return true;
+}
+
+ssize_t fy_http_host_normalize(const char *in, size_t len, char *out, size_t outcap) {
+  size_t end = len;
+  if (len > 0 && in[0] == '[') {
+    const char *close = memchr(in, ']', len);
+    if (close == NULL) return -1;
+    end = (size_t)(close - in) + 1;
+    if (end < len && in[end] != ':') return -1;
+  } else {
+    const char *colon = memchr(in, ':', len);
+    if (colon) end = (size_t)(colon - in);
+  }
+  if (end < len) { /* the port must be digits */
+    for (size_t i = end + 1; i < len; i++)
+      if (!isdigit((unsigned char)in[i])) return -1;
+  }
+  if (end + 1 > outcap) return -1;
+  for (size_t i = 0; i < end; i++) {
+    unsigned char c = (unsigned char)in[i];
+    if (!(isalnum(c) || c == '-' || c == '.' || c == '_' || c == '[' || c == ']' || c == ':'))
+      return -1;
+    out[i] = (char)tolower(c);
+  }
+  out[end] = '\0';
+  return (ssize_t)end;
+}
+
+int fy_http_target_parse(const char *t, size_t len, fy_target *out) {
+  memset(out, 0, sizeof *out);
+  if (len == 1 && t[0] == '*') {
+    out->path = t;
+    out->path_len = 1;
+    return 0;
+  }
+  const char *p = t, *end = t + len;
+  if (len > 0 && t[0] != '/') {
+    size_t skip;
+    if (len >= 7 && strncasecmp(t, "http://", 7) == 0) skip = 7;
+    else if (len >= 8 && strncasecmp(t, "https://", 8) == 0) skip = 8;
+    else return -1;
+    p = t + skip;
+    const char *a = p;
+    while (p < end && *p != '/' && *p != '?') p++;
+    if (p == a || memchr(a, '@', (size_t)(p - a))) return -1; /* no userinfo */
+    out->authority = a;
+    out->authority_len = (size_t)(p - a);
+  }
+  if (p == end) { /* absolute-form without a path means "/" */
+    out->path = "/";
+    out->path_len = 1;
+    return 0;
+  }
+  if (*p == '?' && out->authority) { /* "http://host?q": the path is "/" */
+    out->path = "/";
+    out->path_len = 1;
+    out->query = p + 1;
+    out->query_len = (size_t)(end - p - 1);
+    return 0;
+  }
+  if (*p != '/') return -1;
+  const char *q = memchr(p, '?', (size_t)(end - p));
+  out->path = p;
+  out->path_len = (size_t)((q ? q : end) - p);
+  if (q) {
+    out->query = q + 1;
+    out->query_len = (size_t)(end - q - 1);
+  }
+  return 0;
+}
+
+const char *fy_http_reason(int status) {
+  switch (status) {
+  case 100: return "Continue";
+  case 200: return "OK";
+  case 201: return "Created";
+  case 202: return "Accepted";
+  case 204: return "No Content";
+  case 206: return "Partial Content";
+  case 301: return "Moved Permanently";
+  case 302: return "Found";
+  case 304: return "Not Modified";
+  case 307: return "Temporary Redirect";
+  case 308: return "Permanent Redirect";
+  case 400: return "Bad Request";
+  case 401: return "Unauthorized";
+  case 403: return "Forbidden";
+  case 404: return "Not Found";
+  case 405: return "Method Not Allowed";
+  case 408: return "Request Timeout";
+  case 411: return "Length Required";
+  case 413: return "Content Too Large";
+  case 414: return "URI Too Long";
+  case 417: return "Expectation Failed";
+  case 421: return "Misdirected Request";
+  case 429: return "Too Many Requests";
+  case 431: return "Request Header Fields Too Large";
+  case 500: return "Internal Server Error";
+  case 501: return "Not Implemented";
+  case 502: return "Bad Gateway";
+  case 503: return "Service Unavailable";
+  case 504: return "Gateway Timeout";
+  case 505: return "HTTP Version Not Supported";
+  default: return status < 200 ? "Informational" : status < 300 ? "OK"
+                : status < 400 ? "Redirect" : status < 500 ? "Client Error" : "Server Error";
+  }
+}
+
+void fy_http_write_simple(fy_buf *out, int status, const char *extra, size_t extra_len,
+                          const char *body, size_t body_len, bool head_only, bool close) {
+  fy_buf_printf(out, "HTTP/1.1 %d %s\r\nServer: ferry\r\n", status, fy_http_reason(status));
+  if (extra_len) fy_buf_append(out, extra, extra_len);
+  if (status >= 200 && status != 204 && status != 304)
+    fy_buf_printf(out, "Content-Length: %zu\r\n", body_len);
+  if (close) fy_buf_puts(out, "Connection: close\r\n");
+  fy_buf_append(out, "\r\n", 2);
+  if (!head_only && body_len) fy_buf_append(out, body, body_len);
+}
+
+void fy_http_chunk(fy_buf *out, const char *data, size_t len) {
+  if (len == 0) return;
+  fy_buf_printf(out, "%zx\r\n", len);
+  fy_buf_append(out, data, len);
+  fy_buf_append(out, "\r\n", 2);
+}
+
+void fy_http_chunk_end(fy_buf *out) { fy_buf_append(out, "0\r\n\r\n", 5); }

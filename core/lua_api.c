@@ -1,0 +1,123 @@
+/*
+ * The C functions that lua/ferry/core.lua calls through the FFI.
+ *
+ * Each takes the request id that Lua was given and looks the request up on
+ * every call: only the request whose hook is running is reachable, so a
+ * handle that Lua kept after its hook returned fails cleanly. Return values:
+ * >= 0 success, FY_FFI_EGONE, FY_FFI_EPHASE or FY_FFI_EINVAL.
+ */
+#include "conn.h"
+#include "log.h"
+
+#include <stdio.h>
+
+#define FY_API __attribute__((visibility("default"))) extern
+
+enum { FY_FFI_EGONE = -1, FY_FFI_EPHASE = -2, FY_FFI_EINVAL = -3 };
+
+enum {
+  FY_FIELD_METHOD,
+  FY_FIELD_HOST,
+  FY_FIELD_PATH,
+  FY_FIELD_QUERY,
+  FY_FIELD_URI,
+  FY_FIELD_CLIENT_ADDR,
+  FY_FIELD_LISTENER,
+};
+
+static fy_req *fy_ffi_req(double id) {
+  fy_worker *w = fy_worker_current;
+  fy_req *r = w ? w->hook_req : NULL;
+  return r && (double)r->id == id ? r : NULL;
+}
+
+static fy_conn *fy_ffi_conn(fy_req *r) { return FY_CONTAINER_OF(r, fy_conn, req); }
+
+FY_API int fy_ffi_req_str(double id, int field, const char **out, size_t *len);
+int fy_ffi_req_str(double id, int field, const char **out, size_t *len) {
+  fy_req *r = fy_ffi_req(id);
+  if (r == NULL) return FY_FFI_EGONE;
+  fy_conn *c = fy_ffi_conn(r);
+  switch (field) {
+  case FY_FIELD_METHOD: *out = r->method, *len = strlen(r->method); return 1;
+  case FY_FIELD_HOST: *out = r->host, *len = r->host_len; return 1;
+  case FY_FIELD_PATH: *out = r->target.path, *len = r->target.path_len; return 1;
+  case FY_FIELD_QUERY:
+    *out = r->target.query, *len = r->target.query_len;
+    return r->target.query != NULL;
+  case FY_FIELD_URI: *out = r->url.data, *len = r->url.len; return 1;
+  case FY_FIELD_CLIENT_ADDR: *out = c->client_ip, *len = strlen(c->client_ip); return 1;
+  case FY_FIELD_LISTENER: *out = c->listener->name, *len = strlen(c->listener->name); return 1;
+  default: return FY_FFI_EINVAL;
+  }
+}
+
+FY_API int fy_ffi_req_client_port(double id);
+int fy_ffi_req_client_port(double id) {
+  fy_req *r = fy_ffi_req(id);
+  return r ? fy_ffi_conn(r)->client_port : FY_FFI_EGONE;
+}
+
+/* The nth (0-based) value of a header: 1 found, 0 absent. */
+FY_API int fy_ffi_req_header_get(double id, const char *name, size_t nlen, int nth, const char **out,
+                                 size_t *len);
+int fy_ffi_req_header_get(double id, const char *name, size_t nlen, int nth, const char **out,
+                          size_t *len) {
+  fy_req *r = fy_ffi_req(id);
+  if (r == NULL) return FY_FFI_EGONE;
+  ssize_t i = fy_headers_find(&r->headers, name, nlen, 0);
+  for (; i >= 0 && nth > 0; nth--) i = fy_headers_find(&r->headers, name, nlen, (size_t)i + 1);
+  if (i < 0) return 0;
+  *out = fy_hdr_val(&r->headers, &r->headers.v[i]);
+  *len = r->headers.v[i].val_len;
+  return 1;
+}
+
+enum { FY_HDR_SET, FY_HDR_ADD, FY_HDR_REMOVE };
+
+FY_API int fy_ffi_req_header_set(double id, int mode, const char *name, size_t nlen, const char *val,
+                                 size_t vlen);
+int fy_ffi_req_header_set(double id, int mode, const char *name, size_t nlen, const char *val,
+                          size_t vlen) {
+  fy_req *r = fy_ffi_req(id);
+  if (r == NULL) return FY_FFI_EGONE;
+  if (!fy_http_name_ok(name, nlen) || (mode != FY_HDR_REMOVE && !fy_http_value_ok(val, vlen)))
+    return FY_FFI_EINVAL;
+  if (mode != FY_HDR_ADD) fy_headers_remove(&r->headers, name, nlen);
+  if (mode != FY_HDR_REMOVE) fy_headers_add(&r->headers, name, nlen, val, vlen);
+  return 0;
+}
+
+FY_API int fy_ffi_req_respond_header(double id, const char *name, size_t nlen, const char *val,
+                                     size_t vlen);
+int fy_ffi_req_respond_header(double id, const char *name, size_t nlen, const char *val, size_t vlen) {
+  fy_req *r = fy_ffi_req(id);
+  if (r == NULL) return FY_FFI_EGONE;
+  if (!fy_http_name_ok(name, nlen) || !fy_http_value_ok(val, vlen)) return FY_FFI_EINVAL;
+  if (fy_http_is_hop_by_hop(name, nlen)) return 0; /* ferry frames the response itself */
+  fy_buf_append(&r->respond_headers, name, nlen);
+  fy_buf_append(&r->respond_headers, ": ", 2);
+  fy_buf_append(&r->respond_headers, val, vlen);
+  fy_buf_append(&r->respond_headers, "\r\n", 2);
+  return 0;
+}
+
+FY_API int fy_ffi_req_respond(double id, int status, const char *body, size_t blen);
+int fy_ffi_req_respond(double id, int status, const char *body, size_t blen) {
+  fy_req *r = fy_ffi_req(id);
+  if (r == NULL) return FY_FFI_EGONE;
+  if (r->respond_status) return FY_FFI_EPHASE;
+  if (status < 200 || status > 599) return FY_FFI_EINVAL;
+  r->respond_status = status;
+  fy_buf_reset(&r->respond_body);
+  fy_buf_append(&r->respond_body, body, blen);
+  return 0;
+}
+
+FY_API void fy_ffi_log(int level, const char *msg, size_t len);
+void fy_ffi_log(int level, const char *msg, size_t len) {
+  if (level < FY_LOG_DEBUG || level > FY_LOG_ERROR) level = FY_LOG_INFO;
+  fy_worker *w = fy_worker_current;
+  if (w && w->hook_req) fy_log(level, "request %llu: %.*s", (unsigned long long)w->hook_req->id, (int)len, msg);
+  else fy_log(level, "%.*s", (int)len, msg);
+}

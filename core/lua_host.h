@@ -1,0 +1,46 @@
+/*
+ * The Lua side of a generation: one LuaJIT state holding the ferry modules
+ * and the compiled policy scripts.
+ *
+ * Every hook runs through fy_lua_route() and friends, which go through one
+ * door (fy_lua_run): it calls into lua/ferry/core.lua under lua_pcall and maps
+ * what happened to an fy_hook_outcome. Lua reaches the request only through
+ * the fy_ffi_* functions (lua_api.c), which look the request up by id on each
+ * call; Lua never holds a C pointer.
+ */
+#ifndef FERRY_LUA_HOST_H
+#define FERRY_LUA_HOST_H
+
+#include "buf.h"
+#include "config.h"
+
+struct lua_State;
+struct fy_req;
+
+enum fy_hook_outcome {
+  FY_HOOK_OK,
+  FY_HOOK_ERROR,  /* the hook raised or returned something unusable */
+  FY_HOOK_NOMEM,  /* the Lua state ran out of memory */
+};
+
+typedef struct fy_lua {
+  struct lua_State *L;
+  int route_ref; /* ferry.core.route */
+  uint64_t errors, nomem; /* counters, for metrics */
+} fy_lua;
+
+/* Creates the state, loads every policy of cfg. Errors as "file:line: message". */
+int fy_lua_init(fy_lua *lua, const fy_config *cfg, fy_buf *errors);
+void fy_lua_close(fy_lua *lua);
+
+/*
+ * Runs route(req) of policy number `policy`. On FY_HOOK_OK *group is the
+ * index of the chosen group, or -1 when the policy answered with
+ * req:respond(). On FY_HOOK_ERROR the message (with traceback) is in err.
+ */
+enum fy_hook_outcome fy_lua_route(fy_lua *lua, int policy, struct fy_req *req, int *group, fy_buf *err);
+
+/* Loads the embedded modules and makes them requirable in L. */
+void fy_lua_openlibs(struct lua_State *L);
+
+#endif

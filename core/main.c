@@ -1,0 +1,157 @@
+/* The ferry command: run, check, version. */
+#include "config.h"
+#include "log.h"
+#include "worker.h"
+
+#include <llhttp.h>
+#include <luajit.h>
+#include <signal.h>
+#include <stdio.h>
+#include <string.h>
+
+#ifndef FERRY_VERSION
+#define FERRY_VERSION "0.1.0"
+#endif
+#ifndef FERRY_DEFAULT_CONFIG
+#define FERRY_DEFAULT_CONFIG "examples/ferry.lua"
+#endif
+
+static void fy_usage(FILE *f) {
+  fprintf(f,
+          "usage: ferry <command> [options]\n"
+          "\n"
+          "  run [-c FILE]     serve with the configuration FILE\n"
+          "  check [-c FILE]   load FILE and every policy it names; print each error as\n"
+          "                    file:line: message and exit 1 if there is any\n"
+          "  version           print the versions of ferry and of the libraries it links\n"
+          "\n"
+          "FILE defaults to %s\n",
+          FERRY_DEFAULT_CONFIG);
+}
+
+static const char *fy_config_arg(int argc, char **argv) {
+  const char *path = FERRY_DEFAULT_CONFIG;
+  for (int i = 2; i < argc; i++) {
+    if ((strcmp(argv[i], "-c") == 0 || strcmp(argv[i], "--config") == 0) && i + 1 < argc) {
+      path = argv[++i];
+    } else {
+      fprintf(stderr, "ferry: unexpected argument '%s'\n", argv[i]);
+      fy_usage(stderr);
+      exit(2);
+    }
+  }
+  return path;
+}
+
+/* Loads config and builds a generation; prints errors and returns NULL on failure. */
+static fy_gen *fy_load(fy_worker *w, const char *path) {
+  fy_buf errors;
+  fy_buf_init(&errors);
+  fy_config *cfg = NULL;
+  fy_gen *gen = NULL;
+  if (fy_config_load(path, &cfg, &errors) == FY_OK && fy_gen_new(w, cfg, &gen, &errors) != FY_OK) {
+    fy_config_free(cfg);
+    gen = NULL;
+  }
+  if (errors.len) fwrite(errors.data, 1, errors.len, stderr);
+  fy_buf_free(&errors);
+  return gen;
+}
+
+static int fy_cmd_version(void) {
+  printf("ferry %s\n", FERRY_VERSION);
+  printf("libuv %s\n", uv_version_string());
+  printf("LuaJIT %s\n", LUAJIT_VERSION);
+  printf("llhttp %d.%d.%d (strict mode)\n", LLHTTP_VERSION_MAJOR, LLHTTP_VERSION_MINOR,
+         LLHTTP_VERSION_PATCH);
+  return 0;
+}
+
+static int fy_cmd_check(const char *path) {
+  uv_loop_t loop;
+  uv_loop_init(&loop);
+  fy_worker w;
+  fy_worker_init(&w, &loop, NULL);
+  fy_gen *gen = fy_load(&w, path);
+  if (gen == NULL) return 1;
+  printf("%s: ok (%zu listeners, %zu upstream groups, %zu policies)\n", path, gen->cfg->nlisteners,
+         gen->cfg->ngroups, gen->cfg->npolicies);
+  fy_gen_unref(gen);
+  uv_run(&loop, UV_RUN_NOWAIT);
+  uv_loop_close(&loop);
+  return 0;
+}
+
+static uv_signal_t fy_sigterm, fy_sigint, fy_sighup;
+
+static void fy_on_stopped(fy_worker *w) {
+  uv_close((uv_handle_t *)&fy_sigterm, NULL);
+  uv_close((uv_handle_t *)&fy_sigint, NULL);
+  uv_close((uv_handle_t *)&fy_sighup, NULL);
+  fy_log_info("stopped");
+  (void)w;
+}
+
+static void fy_on_signal(uv_signal_t *s, int signum) {
+  fy_worker *w = s->data;
+  if (signum == SIGHUP) {
+    fy_log_warn("SIGHUP: live reload is not part of this build; restart ferry to apply a new config");
+    return;
+  }
+  fy_log_info("%s: draining (in-flight requests finish, new connections are refused)",
+              signum == SIGTERM ? "SIGTERM" : "SIGINT");
+  fy_worker_stop(w, fy_on_stopped);
+}
+
+static int fy_cmd_run(const char *path) {
+  uv_loop_t *loop = uv_default_loop();
+  fy_worker w;
+  fy_worker_init(&w, loop, NULL);
+  fy_gen *gen = fy_load(&w, path);
+  if (gen == NULL) {
+    fprintf(stderr, "ferry: %s: not starting\n", path);
+    return 1;
+  }
+  fy_log_level_current = gen->cfg->log_level;
+  w.gen = gen;
+  fy_buf errors;
+  fy_buf_init(&errors);
+  if (fy_worker_listen(&w, &errors) != 0) {
+    fwrite(errors.data, 1, errors.len, stderr);
+    fprintf(stderr, "ferry: %s: not starting\n", path);
+    return 1;
+  }
+  fy_buf_free(&errors);
+  signal(SIGPIPE, SIG_IGN);
+  uv_signal_t *sigs[] = {&fy_sigterm, &fy_sigint, &fy_sighup};
+  int nums[] = {SIGTERM, SIGINT, SIGHUP};
+  for (int i = 0; i < 3; i++) {
+    uv_signal_init(loop, sigs[i]);
+    sigs[i]->data = &w;
+    uv_signal_start(sigs[i], fy_on_signal, nums[i]);
+  }
+  fy_log_info("ferry %s running with %s (pid %d)", FERRY_VERSION, path, (int)uv_os_getpid());
+  uv_run(loop, UV_RUN_DEFAULT);
+  fy_gen_unref(w.gen);
+  uv_run(loop, UV_RUN_NOWAIT); /* close callbacks of pooled upstream connections */
+  free(w.listeners);
+  return 0;
+}
+
+int main(int argc, char **argv) {
+  if (argc < 2) {
+    fy_usage(stderr);
+    return 2;
+  }
+  const char *cmd = argv[1];
+  if (strcmp(cmd, "version") == 0 || strcmp(cmd, "--version") == 0) return fy_cmd_version();
+  if (strcmp(cmd, "help") == 0 || strcmp(cmd, "--help") == 0 || strcmp(cmd, "-h") == 0) {
+    fy_usage(stdout);
+    return 0;
+  }
+  if (strcmp(cmd, "check") == 0) return fy_cmd_check(fy_config_arg(argc, argv));
+  if (strcmp(cmd, "run") == 0) return fy_cmd_run(fy_config_arg(argc, argv));
+  fprintf(stderr, "ferry: unknown command '%s'\n", cmd);
+  fy_usage(stderr);
+  return 2;
+}

@@ -1,0 +1,399 @@
+/*
+ * The upstream side of an exchange: run the route hook, get a connection to
+ * a server of the chosen group, forward the request head and body, parse the
+ * response and relay it to the client with ferry's own framing.
+ */
+#include "conn.h"
+
+#include "log.h"
+
+#include <stdio.h>
+
+#define FY_MAX_RESPONSE_HEADER_BYTES (64 * 1024)
+#define FY_MAX_STALE_RETRIES 1
+
+static void fy_proxy_connect(fy_conn *c, bool fresh);
+static void fy_proxy_upstream_pump(fy_conn *c);
+
+static inline fy_conn *fy_proxy_conn_of(llhttp_t *p) { return p->data; }
+static inline const fy_cfg_group *fy_proxy_group(fy_conn *c) {
+  return &c->req.gen->cfg->groups[c->req.group];
+}
+
+/* ---- failure ------------------------------------------------------------ */
+
+static void fy_proxy_detach(fy_conn *c, bool reusable) {
+  fy_uconn *uc = c->up;
+  if (uc == NULL) return;
+  c->up = NULL;
+  c->uw_pending = false;
+  fy_buf_reset(&c->uhead);
+  fy_bodyout_reset(&c->ubody);
+  uc->owner = NULL;
+  fy_upstream_release(uc, reusable);
+}
+
+void fy_proxy_abort(fy_conn *c) { fy_proxy_detach(c, false); }
+
+/*
+ * The upstream failed. Before any byte of the response reached the client
+ * the client gets a 502 (504 on a timeout), or, when a reused keep-alive
+ * connection turned out to be stale and nothing but the head was sent, the
+ * request is tried once more on a new connection. After the response has
+ * started, the client connection is cut so that a truncated response can
+ * never look complete.
+ */
+static void fy_proxy_fail(fy_conn *c, int err) {
+  fy_uconn *uc = c->up;
+  bool stale = uc && uc->requests > 1 && (err == UV_EOF || err == UV_ECONNRESET || err == UV_EPIPE);
+  const char *server = uc ? uc->server->name : "-";
+  fy_proxy_abort(c);
+  if (c->rs == FY_RS_WAIT && stale && !c->req.has_body && c->retries < FY_MAX_STALE_RETRIES) {
+    c->retries++;
+    fy_log_debug("request %llu: stale keep-alive connection to %s, retrying",
+                 (unsigned long long)c->req.id, server);
+    c->rs = FY_RS_NONE;
+    fy_proxy_connect(c, true);
+    return;
+  }
+  if (c->rs == FY_RS_WAIT || c->rs == FY_RS_NONE) {
+    int status = err == FY_ETIMEDOUT ? 504 : 502;
+    fy_log_warn("request %llu: upstream %s: %s -> %d", (unsigned long long)c->req.id, server,
+                fy_strerror(err), status);
+    c->rs = FY_RS_NONE;
+    fy_conn_respond_simple(c, status, fy_http_reason(status));
+    return;
+  }
+  fy_log_warn("request %llu: upstream %s failed mid-response: %s; closing the client connection",
+              (unsigned long long)c->req.id, server, fy_strerror(err));
+  c->req.status = c->req.status ? c->req.status : 502;
+  fy_conn_close(c);
+}
+
+/* ---- response parser ---------------------------------------------------- */
+
+static int fy_on_resp_begin(llhttp_t *p) {
+  fy_headers_reset(&fy_proxy_conn_of(p)->rheaders);
+  return 0;
+}
+
+static int fy_on_resp_field(llhttp_t *p, const char *at, size_t len) {
+  fy_conn *c = fy_proxy_conn_of(p);
+  fy_headers *h = &c->rheaders;
+  if (h->buf.len + len > FY_MAX_RESPONSE_HEADER_BYTES) return -1;
+  if (h->n == 0 || h->v[h->n - 1].val_off != UINT32_MAX - 1) {
+    fy_headers_add(h, at, 0, NULL, 0);
+    h->v[h->n - 1].val_off = UINT32_MAX - 1;
+  }
+  fy_buf_append(&h->buf, at, len);
+  h->v[h->n - 1].name_len += (uint32_t)len;
+  return 0;
+}
+
+static int fy_on_resp_field_complete(llhttp_t *p) {
+  fy_headers *h = &fy_proxy_conn_of(p)->rheaders;
+  h->v[h->n - 1].val_off = (uint32_t)h->buf.len;
+  return 0;
+}
+
+static int fy_on_resp_value(llhttp_t *p, const char *at, size_t len) {
+  fy_headers *h = &fy_proxy_conn_of(p)->rheaders;
+  if (h->buf.len + len > FY_MAX_RESPONSE_HEADER_BYTES) return -1;
+  fy_buf_append(&h->buf, at, len);
+  h->v[h->n - 1].val_len += (uint32_t)len;
+  return 0;
+}
+
+/* Writes the response head for the client, choosing the framing of the body. */
+static void fy_proxy_write_response_head(fy_conn *c, llhttp_t *p) {
+  fy_req *r = &c->req;
+  fy_buf *o = &c->chead;
+  int status = p->status_code;
+  bool cl = (p->flags & F_CONTENT_LENGTH) && !(p->flags & F_CHUNKED);
+  bool bodiless = r->head || status == 204 || status == 304;
+  if (c->rq != FY_RQ_DONE) c->close_after = true; /* answered before the request ended */
+  c->cbody.chunked = false;
+  if (!bodiless && !cl) {
+    if (r->http_minor >= 1) c->cbody.chunked = true;
+    else c->close_after = true; /* HTTP/1.0 client: the end of the body is the close */
+  }
+  bool close = fy_conn_will_close(c);
+  fy_http_strip_hop_by_hop(&c->rheaders);
+  fy_buf_reset(o);
+  fy_buf_printf(o, "HTTP/1.1 %d %s\r\n", status, fy_http_reason(status));
+  for (size_t i = 0; i < c->rheaders.n; i++) {
+    const fy_hdr *e = &c->rheaders.v[i];
+    if (e->flags & FY_HDR_REMOVED) continue;
+    fy_buf_append(o, fy_hdr_name(&c->rheaders, e), e->name_len);
+    fy_buf_append(o, ": ", 2);
+    fy_buf_append(o, fy_hdr_val(&c->rheaders, e), e->val_len);
+    fy_buf_append(o, "\r\n", 2);
+  }
+  if (cl && status != 204) fy_buf_printf(o, "Content-Length: %llu\r\n", (unsigned long long)p->content_length);
+  if (c->cbody.chunked) fy_buf_puts(o, "Transfer-Encoding: chunked\r\n");
+  if (close) fy_buf_puts(o, "Connection: close\r\n");
+  else if (r->http_minor == 0) fy_buf_puts(o, "Connection: keep-alive\r\n");
+  fy_buf_append(o, "\r\n", 2);
+  r->status = status;
+}
+
+static int fy_on_resp_headers_complete(llhttp_t *p) {
+  fy_conn *c = fy_proxy_conn_of(p);
+  int status = p->status_code;
+  if (status == 101) return -1; /* ferry never asks for an upgrade */
+  if (status < 200) return 0;   /* interim responses are dropped */
+  fy_proxy_write_response_head(c, p);
+  c->rs = FY_RS_BODY;
+  return c->req.head ? 1 : 0;
+}
+
+static int fy_on_resp_body(llhttp_t *p, const char *at, size_t len) {
+  fy_bodyout_add(&fy_proxy_conn_of(p)->cbody, at, len);
+  return 0;
+}
+
+static int fy_on_resp_complete(llhttp_t *p) {
+  fy_conn *c = fy_proxy_conn_of(p);
+  if (c->rs != FY_RS_BODY) return 0; /* the end of an interim response */
+  if (c->cbody.chunked) fy_http_chunk_end(&c->cbody.copy);
+  c->rs = FY_RS_DONE;
+  return HPE_PAUSED;
+}
+
+static const llhttp_settings_t fy_response_settings = {
+    .on_message_begin = fy_on_resp_begin,
+    .on_header_field = fy_on_resp_field,
+    .on_header_field_complete = fy_on_resp_field_complete,
+    .on_header_value = fy_on_resp_value,
+    .on_headers_complete = fy_on_resp_headers_complete,
+    .on_body = fy_on_resp_body,
+    .on_message_complete = fy_on_resp_complete,
+};
+
+/* ---- relaying the response ---------------------------------------------- */
+
+static void fy_proxy_update_upstream_reading(fy_conn *c) {
+  fy_uconn *uc = c->up;
+  if (uc == NULL) return;
+  bool want = (c->rs == FY_RS_WAIT || c->rs == FY_RS_BODY) && !c->cw_pending && uc->rpos == uc->rlen;
+  if (want) fy_uconn_read_start(uc);
+  else fy_uconn_read_stop(uc);
+}
+
+static void fy_proxy_upstream_pump(fy_conn *c) {
+  fy_uconn *uc = c->up;
+  while (uc->rpos < uc->rlen && c->rs != FY_RS_DONE && !c->cw_pending) {
+    const char *data = uc->rbuf + uc->rpos;
+    size_t len = uc->rlen - uc->rpos;
+    llhttp_errno_t err = llhttp_execute(&uc->parser, data, len);
+    uc->rpos += err == HPE_OK ? len : (size_t)(llhttp_get_error_pos(&uc->parser) - data);
+    if (err == HPE_PAUSED) {
+      llhttp_resume(&uc->parser);
+    } else if (err != HPE_OK) {
+      fy_log_warn("request %llu: bad response from %s: %s", (unsigned long long)c->req.id,
+                  uc->server->name, llhttp_get_error_reason(&uc->parser));
+      fy_proxy_fail(c, FY_EUPSTREAM);
+      return;
+    }
+  }
+  if (c->rs == FY_RS_DONE) fy_uconn_timer(uc, 0);
+  fy_conn_flush_client(c);
+  if (c->closing) return;
+  fy_proxy_update_upstream_reading(c);
+  fy_conn_exchange_maybe_done(c);
+}
+
+static void fy_proxy_on_read(fy_uconn *uc, ssize_t n) {
+  fy_conn *c = uc->owner;
+  if (n > 0) {
+    fy_uconn_timer(uc, fy_proxy_group(c)->read_timeout);
+    fy_proxy_upstream_pump(c);
+    return;
+  }
+  if (n == UV_EOF && c->rs == FY_RS_BODY && llhttp_message_needs_eof(&uc->parser)) {
+    llhttp_finish(&uc->parser); /* a close-delimited body ends here */
+    uc->parser.flags &= ~F_CONNECTION_KEEP_ALIVE;
+    fy_uconn_read_stop(uc);
+    fy_conn_flush_client(c);
+    fy_conn_exchange_maybe_done(c);
+    return;
+  }
+  fy_proxy_fail(c, (int)n);
+}
+
+void fy_proxy_response_written(fy_conn *c) {
+  if (c->up) fy_proxy_upstream_pump(c);
+}
+
+static void fy_proxy_on_timeout(fy_uconn *uc) { fy_proxy_fail(uc->owner, FY_ETIMEDOUT); }
+
+/* ---- forwarding the request --------------------------------------------- */
+
+static bool fy_proxy_skip_header(const fy_headers *h, const fy_hdr *e) {
+  const char *n = fy_hdr_name(h, e);
+  size_t len = e->name_len;
+  return (e->flags & FY_HDR_REMOVED) || fy_http_is_hop_by_hop(n, len) ||
+         fy_http_token_eq(n, len, "host", 4) || fy_http_token_eq(n, len, "x-forwarded-for", 15) ||
+         fy_http_token_eq(n, len, "x-forwarded-proto", 17);
+}
+
+static void fy_proxy_write_xff(fy_conn *c, fy_buf *o) {
+  const fy_headers *h = &c->req.headers;
+  fy_buf_puts(o, "X-Forwarded-For: ");
+  for (ssize_t i = fy_headers_find(h, "x-forwarded-for", 15, 0); i >= 0;
+       i = fy_headers_find(h, "x-forwarded-for", 15, (size_t)i + 1)) {
+    fy_buf_append(o, fy_hdr_val(h, &h->v[i]), h->v[i].val_len);
+    fy_buf_append(o, ", ", 2);
+  }
+  fy_buf_printf(o, "%s\r\nX-Forwarded-Proto: http\r\n", c->client_ip);
+}
+
+static void fy_proxy_write_request_head(fy_conn *c, fy_server *s) {
+  fy_req *r = &c->req;
+  const fy_headers *h = &r->headers;
+  fy_buf *o = &c->uhead;
+  fy_buf_reset(o);
+  fy_buf_printf(o, "%s %.*s", r->method, (int)r->target.path_len, r->target.path);
+  if (r->target.query) fy_buf_printf(o, "?%.*s", (int)r->target.query_len, r->target.query);
+  fy_buf_puts(o, " HTTP/1.1\r\nHost: ");
+  ssize_t host = fy_headers_find(h, "host", 4, 0);
+  if (r->target.authority) fy_buf_append(o, r->target.authority, r->target.authority_len);
+  else if (host >= 0) fy_buf_append(o, fy_hdr_val(h, &h->v[host]), h->v[host].val_len);
+  else fy_buf_puts(o, s->name);
+  fy_buf_append(o, "\r\n", 2);
+  for (size_t i = 0; i < h->n; i++) {
+    const fy_hdr *e = &h->v[i];
+    if (fy_proxy_skip_header(h, e)) continue;
+    fy_buf_append(o, fy_hdr_name(h, e), e->name_len);
+    fy_buf_append(o, ": ", 2);
+    fy_buf_append(o, fy_hdr_val(h, e), e->val_len);
+    fy_buf_append(o, "\r\n", 2);
+  }
+  fy_proxy_write_xff(c, o);
+  if (r->chunked) fy_buf_puts(o, "Transfer-Encoding: chunked\r\n");
+  else if (r->has_body) fy_buf_printf(o, "Content-Length: %llu\r\n", (unsigned long long)c->parser.content_length);
+  fy_buf_append(o, "\r\n", 2);
+}
+
+static void fy_proxy_upstream_write_cb(uv_write_t *wr, int status) {
+  fy_uconn *uc = FY_CONTAINER_OF(wr, fy_uconn, write_req);
+  fy_conn *c = uc->owner;
+  if (c == NULL) return; /* detached while the write was in flight */
+  c->uw_pending = false;
+  if (status < 0) {
+    fy_proxy_fail(c, status);
+    return;
+  }
+  fy_buf_reset(&c->uhead);
+  fy_bodyout_reset(&c->ubody);
+  if (c->rs == FY_RS_WAIT) fy_uconn_timer(uc, fy_proxy_group(c)->read_timeout);
+  fy_conn_client_pump(c);
+}
+
+void fy_proxy_flush_upstream(fy_conn *c) {
+  fy_uconn *uc = c->up;
+  if (uc == NULL || uc->state != FY_UC_ACTIVE || c->uw_pending) return;
+  uv_buf_t bufs[2];
+  unsigned n = fy_bodyout_bufs(&c->uhead, &c->ubody, bufs);
+  if (n == 0) return;
+  int rc = uv_write(&uc->write_req, (uv_stream_t *)&uc->tcp, bufs, n, fy_proxy_upstream_write_cb);
+  if (rc < 0) {
+    fy_proxy_fail(c, rc);
+    return;
+  }
+  c->uw_pending = true;
+  c->upstream_sent = true;
+  fy_uconn_timer(uc, fy_proxy_group(c)->write_timeout);
+}
+
+bool fy_proxy_can_read_body(fy_conn *c) {
+  return c->up && c->up->state == FY_UC_ACTIVE && !c->uw_pending;
+}
+
+/* The connection is usable: queue the head; the caller pumps the body. */
+static void fy_proxy_upstream_ready(fy_conn *c) {
+  fy_uconn *uc = c->up;
+  llhttp_init(&uc->parser, HTTP_RESPONSE, &fy_response_settings);
+  uc->parser.data = c;
+  uc->requests++;
+  c->rs = FY_RS_WAIT;
+  c->ubody.chunked = c->req.chunked;
+  fy_proxy_write_request_head(c, uc->server);
+  if (c->req.expect_continue) {
+    fy_buf_puts(&c->chead, "HTTP/1.1 100 Continue\r\n\r\n");
+    fy_conn_flush_client(c);
+  }
+  fy_uconn_read_start(uc);
+}
+
+static void fy_proxy_on_ready(fy_uconn *uc, int status) {
+  fy_conn *c = uc->owner;
+  if (status < 0) {
+    fy_proxy_fail(c, status);
+    return;
+  }
+  fy_proxy_upstream_ready(c);
+  fy_conn_client_pump(c);
+}
+
+static void fy_proxy_connect(fy_conn *c, bool fresh) {
+  fy_group *g = &c->req.gen->groups[c->req.group];
+  fy_server *s = fy_group_pick(g);
+  c->req.server = s->name;
+  c->rs = FY_RS_WAIT;
+  fy_uconn *uc;
+  int rc = fy_upstream_acquire(c->w->loop, s, c, fresh, fy_proxy_on_ready, fy_proxy_on_read,
+                               fy_proxy_on_timeout, &uc);
+  if (rc < 0) {
+    fy_proxy_fail(c, rc);
+    return;
+  }
+  c->up = uc;
+  if (rc == 1) fy_proxy_upstream_ready(c);
+}
+
+/* ---- routing ------------------------------------------------------------ */
+
+static void fy_proxy_respond_from_lua(fy_conn *c) {
+  fy_req *r = &c->req;
+  if (c->rq != FY_RQ_DONE) c->close_after = true;
+  fy_buf_reset(&c->chead);
+  fy_http_write_simple(&c->chead, r->respond_status, r->respond_headers.data, r->respond_headers.len,
+                       r->respond_body.data, r->respond_body.len, r->head, fy_conn_will_close(c));
+  r->status = r->respond_status;
+  c->rs = FY_RS_DONE;
+  fy_conn_flush_client(c);
+}
+
+void fy_proxy_start(fy_conn *c) {
+  fy_req *r = &c->req;
+  fy_buf err;
+  fy_buf_init(&err);
+  fy_http_strip_hop_by_hop(&r->headers);
+  r->policy = c->gen->cfg->listeners[c->listener->index].policy;
+  c->retries = 0;
+  int group = -1;
+  enum fy_hook_outcome out = fy_lua_route(&r->gen->lua, r->policy, r, &group, &err);
+  if (out != FY_HOOK_OK) {
+    fy_log_error("request %llu: route: %.*s", (unsigned long long)r->id, (int)err.len, err.data);
+    fy_buf_free(&err);
+    fy_conn_respond_simple(c, 500, "policy error\n");
+    return;
+  }
+  fy_buf_free(&err);
+  if (group < 0) {
+    fy_proxy_respond_from_lua(c);
+    return;
+  }
+  r->group = group;
+  fy_proxy_connect(c, false);
+}
+
+void fy_proxy_finish(fy_conn *c) {
+  fy_uconn *uc = c->up;
+  if (uc == NULL) return;
+  bool reusable = c->rs == FY_RS_DONE && c->rq == FY_RQ_DONE && !c->uw_pending &&
+                  uc->rpos == uc->rlen && llhttp_should_keep_alive(&uc->parser) &&
+                  llhttp_get_errno(&uc->parser) == HPE_OK;
+  fy_proxy_detach(c, reusable);
+}

@@ -1,0 +1,208 @@
+#include "upstream.h"
+
+#include "log.h"
+
+#include <netdb.h>
+#include <stdio.h>
+
+/* ---- groups ------------------------------------------------------------- */
+
+static int fy_server_resolve(fy_server *s, const fy_cfg_server *cs, const char *group, size_t i,
+                             fy_buf *errors) {
+  if (uv_ip4_addr(cs->host, cs->port, (struct sockaddr_in *)&s->addr) == 0) return 0;
+  if (uv_ip6_addr(cs->host, cs->port, (struct sockaddr_in6 *)&s->addr) == 0) return 0;
+  struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM}, *res = NULL;
+  char port[8];
+  snprintf(port, sizeof port, "%d", cs->port);
+  int rc = getaddrinfo(cs->host, port, &hints, &res);
+  if (rc != 0 || res == NULL) {
+    fy_buf_printf(errors, "upstreams.%s.servers[%zu]: cannot resolve '%s': %s\n", group, i + 1,
+                  cs->host, gai_strerror(rc));
+    return FY_ECONFIG;
+  }
+  memcpy(&s->addr, res->ai_addr, res->ai_addrlen);
+  freeaddrinfo(res);
+  return 0;
+}
+
+int fy_groups_init(fy_group **out, const fy_config *cfg, fy_buf *errors) {
+  int rc = 0;
+  fy_group *groups = fy_calloc(cfg->ngroups, sizeof *groups);
+  for (size_t i = 0; i < cfg->ngroups; i++) {
+    fy_group *g = &groups[i];
+    g->cfg = &cfg->groups[i];
+    g->nservers = g->cfg->nservers;
+    g->servers = fy_calloc(g->nservers, sizeof *g->servers);
+    for (size_t j = 0; j < g->nservers; j++) {
+      fy_server *s = &g->servers[j];
+      s->group = g;
+      s->name = g->cfg->servers[j].name;
+      fy_list_init(&s->idle);
+      if (fy_server_resolve(s, &g->cfg->servers[j], g->cfg->name, j, errors) != 0) rc = FY_ECONFIG;
+    }
+  }
+  *out = groups;
+  if (rc != 0) fy_groups_close(groups, cfg->ngroups);
+  return rc;
+}
+
+void fy_groups_close(fy_group *groups, size_t n) {
+  for (size_t i = 0; i < n; i++) {
+    fy_group *g = &groups[i];
+    for (size_t j = 0; j < g->nservers; j++) {
+      fy_server *s = &g->servers[j];
+      while (!fy_list_empty(&s->idle))
+        fy_upstream_release(FY_CONTAINER_OF(s->idle.next, fy_uconn, pool_link), false);
+    }
+    free(g->servers);
+  }
+  free(groups);
+}
+
+fy_server *fy_group_pick(fy_group *g) {
+  fy_server *s = &g->servers[g->next % g->nservers];
+  g->next++;
+  return s;
+}
+
+/* ---- connections -------------------------------------------------------- */
+
+static void fy_uconn_close_cb(uv_handle_t *h) {
+  fy_uconn *uc = h->data;
+  if (--uc->closing == 0) {
+    free(uc->rbuf);
+    free(uc);
+  }
+}
+
+static void fy_uconn_close(fy_uconn *uc) {
+  if (uc->state == FY_UC_CLOSING) return;
+  if (uc->state == FY_UC_IDLE) {
+    fy_list_remove(&uc->pool_link);
+    uc->server->nidle--;
+  } else {
+    uc->server->active--;
+  }
+  uc->state = FY_UC_CLOSING;
+  uc->owner = NULL;
+  uc->closing = 2;
+  uv_close((uv_handle_t *)&uc->tcp, fy_uconn_close_cb);
+  uv_close((uv_handle_t *)&uc->timer, fy_uconn_close_cb);
+}
+
+static void fy_uconn_timer_cb(uv_timer_t *t) {
+  fy_uconn *uc = t->data;
+  if (uc->state == FY_UC_IDLE || uc->owner == NULL) {
+    fy_uconn_close(uc);
+  } else if (uc->state == FY_UC_CONNECTING) {
+    fy_uconn_ready_cb ready = uc->on_ready;
+    ready(uc, FY_ETIMEDOUT); /* the owner releases it, which closes it */
+  } else {
+    uc->on_timeout(uc);
+  }
+}
+
+void fy_uconn_timer(fy_uconn *uc, uint64_t ms) {
+  if (ms) uv_timer_start(&uc->timer, fy_uconn_timer_cb, ms, 0);
+  else uv_timer_stop(&uc->timer);
+}
+
+static void fy_uconn_alloc_cb(uv_handle_t *h, size_t suggested, uv_buf_t *buf) {
+  fy_uconn *uc = h->data;
+  (void)suggested;
+  if (uc->rbuf == NULL) uc->rbuf = fy_malloc(FY_UCONN_RBUF_SIZE);
+  if (uc->rpos == uc->rlen) uc->rpos = uc->rlen = 0;
+  *buf = uv_buf_init(uc->rbuf + uc->rlen, (unsigned)(FY_UCONN_RBUF_SIZE - uc->rlen));
+}
+
+static void fy_uconn_on_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf) {
+  fy_uconn *uc = s->data;
+  (void)buf;
+  if (n == 0) return;
+  if (uc->state != FY_UC_ACTIVE || uc->owner == NULL) {
+    fy_uconn_close(uc); /* an idle connection spoke or closed: it is no use any more */
+    return;
+  }
+  if (n > 0) uc->rlen += (size_t)n;
+  uc->on_read(uc, n);
+}
+
+void fy_uconn_read_start(fy_uconn *uc) {
+  if (uc->reading) return;
+  uc->reading = true;
+  uv_read_start((uv_stream_t *)&uc->tcp, fy_uconn_alloc_cb, fy_uconn_on_read);
+}
+
+void fy_uconn_read_stop(fy_uconn *uc) {
+  if (!uc->reading) return;
+  uc->reading = false;
+  uv_read_stop((uv_stream_t *)&uc->tcp);
+}
+
+static void fy_uconn_connect_cb(uv_connect_t *req, int status) {
+  fy_uconn *uc = req->data;
+  if (uc->state != FY_UC_CONNECTING) return; /* closed while connecting */
+  if (status == 0) {
+    uc->state = FY_UC_ACTIVE;
+    uv_tcp_nodelay(&uc->tcp, 1);
+    fy_uconn_timer(uc, 0);
+  }
+  uc->on_ready(uc, status);
+}
+
+static fy_uconn *fy_pool_take(fy_server *s) {
+  if (fy_list_empty(&s->idle)) return NULL;
+  fy_uconn *uc = FY_CONTAINER_OF(s->idle.next, fy_uconn, pool_link);
+  fy_list_remove(&uc->pool_link);
+  s->nidle--;
+  s->active++;
+  uc->state = FY_UC_ACTIVE;
+  fy_uconn_read_stop(uc);
+  fy_uconn_timer(uc, 0);
+  return uc;
+}
+
+int fy_upstream_acquire(uv_loop_t *loop, fy_server *s, struct fy_conn *owner, bool fresh,
+                        fy_uconn_ready_cb ready, fy_uconn_read_cb on_read,
+                        fy_uconn_timeout_cb on_timeout, fy_uconn **out) {
+  fy_uconn *uc = fresh ? NULL : fy_pool_take(s);
+  int rc = uc ? 1 : 0;
+  if (uc == NULL) {
+    uc = fy_calloc(1, sizeof *uc);
+    uv_tcp_init(loop, &uc->tcp);
+    uv_timer_init(loop, &uc->timer);
+    uc->tcp.data = uc->timer.data = uc->connect_req.data = uc;
+    uc->server = s;
+    fy_list_init(&uc->pool_link);
+    uc->state = FY_UC_CONNECTING;
+    s->active++;
+    int err = uv_tcp_connect(&uc->connect_req, &uc->tcp, (struct sockaddr *)&s->addr, fy_uconn_connect_cb);
+    if (err < 0) {
+      fy_uconn_close(uc);
+      return err;
+    }
+    fy_uconn_timer(uc, s->group->cfg->connect_timeout);
+  }
+  uc->owner = owner;
+  uc->on_ready = ready;
+  uc->on_read = on_read;
+  uc->on_timeout = on_timeout;
+  *out = uc;
+  return rc;
+}
+
+void fy_upstream_release(fy_uconn *uc, bool reusable) {
+  fy_server *s = uc->server;
+  if (!reusable || uc->state != FY_UC_ACTIVE || s->nidle >= s->group->cfg->max_idle) {
+    fy_uconn_close(uc);
+    return;
+  }
+  s->active--;
+  s->nidle++;
+  uc->state = FY_UC_IDLE;
+  uc->owner = NULL;
+  uc->rpos = uc->rlen = 0;
+  fy_list_insert_head(&s->idle, &uc->pool_link);
+  fy_uconn_timer(uc, s->group->cfg->idle_timeout);
+  fy_uconn_read_start(uc); /* notice when the server closes it */
+}

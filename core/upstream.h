@@ -1,0 +1,100 @@
+/*
+ * Upstream groups, their servers and the connections to them.
+ *
+ * A group is a list of servers picked in turn. Each server keeps a pool of
+ * idle keep-alive connections (at most max_idle, each closed after
+ * idle_timeout or as soon as the server closes it). An fy_uconn is the
+ * transport to one server: it connects, reads into its own buffer and runs
+ * one timer; what the bytes mean is decided by its owner (proxy.c).
+ *
+ * Lifetime: fy_upstream_acquire() hands a connection to an owner; the owner
+ * gives it back with fy_upstream_release(), which pools or closes it. Memory
+ * is freed only in the close callbacks.
+ */
+#ifndef FERRY_UPSTREAM_H
+#define FERRY_UPSTREAM_H
+
+#include "common.h"
+#include "config.h"
+
+#include <llhttp.h>
+#include <stdbool.h>
+#include <uv.h>
+
+struct fy_gen;
+struct fy_conn;
+struct fy_uconn;
+
+typedef struct fy_server {
+  struct fy_group *group;
+  const char *name;
+  struct sockaddr_storage addr;
+  fy_list idle;  /* fy_uconn.pool_link */
+  unsigned nidle;
+  unsigned active;
+} fy_server;
+
+typedef struct fy_group {
+  const fy_cfg_group *cfg;
+  fy_server *servers;
+  size_t nservers;
+  size_t next; /* round robin cursor */
+} fy_group;
+
+enum fy_uconn_state {
+  FY_UC_CONNECTING,
+  FY_UC_ACTIVE, /* owned by a client connection */
+  FY_UC_IDLE,   /* in its server's pool */
+  FY_UC_CLOSING,
+};
+
+/* Called once per acquire when the connection is usable (status 0) or failed. */
+typedef void (*fy_uconn_ready_cb)(struct fy_uconn *uc, int status);
+/* Called for every read: n > 0 bytes were appended to rbuf, or n < 0 is an error/EOF. */
+typedef void (*fy_uconn_read_cb)(struct fy_uconn *uc, ssize_t n);
+typedef void (*fy_uconn_timeout_cb)(struct fy_uconn *uc);
+
+typedef struct fy_uconn {
+  uv_tcp_t tcp;
+  uv_timer_t timer;
+  uv_connect_t connect_req;
+  uv_write_t write_req;
+  fy_server *server;
+  struct fy_conn *owner;
+  fy_uconn_ready_cb on_ready;
+  fy_uconn_read_cb on_read;
+  fy_uconn_timeout_cb on_timeout;
+  fy_list pool_link;
+  llhttp_t parser;
+  char *rbuf;
+  size_t rpos, rlen;
+  enum fy_uconn_state state;
+  unsigned requests; /* exchanges started on this connection */
+  unsigned closing;  /* handles still to close */
+  bool reading;
+} fy_uconn;
+
+#define FY_UCONN_RBUF_SIZE (64 * 1024)
+
+/* Builds the runtime groups of a generation; resolves server names (blocking). */
+int fy_groups_init(fy_group **out, const fy_config *cfg, fy_buf *errors);
+void fy_groups_close(fy_group *groups, size_t n);
+
+fy_server *fy_group_pick(fy_group *g);
+
+/*
+ * Gives owner a connection to s: a pooled one, unless fresh (returns 1: the
+ * connection is usable now and ready is not called), or a new one (returns
+ * 0: ready is called once when the connect ends). A negative return is an
+ * error, and ready is never called.
+ */
+int fy_upstream_acquire(uv_loop_t *loop, fy_server *s, struct fy_conn *owner, bool fresh,
+                        fy_uconn_ready_cb ready, fy_uconn_read_cb on_read,
+                        fy_uconn_timeout_cb on_timeout, fy_uconn **out);
+/* Returns uc to its pool when reusable, otherwise closes it. */
+void fy_upstream_release(fy_uconn *uc, bool reusable);
+void fy_uconn_read_start(fy_uconn *uc);
+void fy_uconn_read_stop(fy_uconn *uc);
+void fy_uconn_timer(fy_uconn *uc, uint64_t ms); /* 0 stops it */
+
+#endif

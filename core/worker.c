@@ -1,0 +1,141 @@
+#include "worker.h"
+
+#include "conn.h"
+#include "log.h"
+
+#include <stdio.h>
+
+__thread fy_worker *fy_worker_current;
+
+#define FY_DRAIN_DEADLINE_MS 10000
+
+/* ---- generations -------------------------------------------------------- */
+
+int fy_gen_new(fy_worker *w, fy_config *cfg, fy_gen **out, fy_buf *errors) {
+  fy_gen *g = fy_calloc(1, sizeof *g);
+  g->refs = 1;
+  g->cfg = cfg;
+  g->w = w;
+  int rc = fy_groups_init(&g->groups, cfg, errors);
+  int lrc = fy_lua_init(&g->lua, cfg, errors);
+  if (rc != 0 || lrc != 0) {
+    if (rc == 0) fy_groups_close(g->groups, cfg->ngroups);
+    fy_lua_close(&g->lua);
+    free(g);
+    return rc != 0 ? rc : lrc;
+  }
+  *out = g;
+  return FY_OK;
+}
+
+void fy_gen_unref(fy_gen *g) {
+  if (--g->refs > 0) return;
+  fy_groups_close(g->groups, g->cfg->ngroups);
+  fy_lua_close(&g->lua);
+  fy_config_free(g->cfg);
+  free(g);
+}
+
+/* ---- listeners ---------------------------------------------------------- */
+
+static void fy_listener_on_connection(uv_stream_t *s, int status) {
+  fy_listener *l = s->data;
+  if (status < 0) {
+    fy_log_warn("listener %s: accept: %s", l->name, uv_strerror(status));
+    return;
+  }
+  fy_conn_accept(l);
+}
+
+static int fy_listener_open(fy_worker *w, fy_listener *l, const fy_cfg_listener *cl, fy_buf *errors) {
+  struct sockaddr_storage ss;
+  int rc = uv_ip4_addr(cl->host, cl->port, (struct sockaddr_in *)&ss);
+  if (rc != 0) rc = uv_ip6_addr(cl->host, cl->port, (struct sockaddr_in6 *)&ss);
+  if (rc != 0) {
+    fy_buf_printf(errors, "listener %s: '%s' is not an IP address\n", cl->name, cl->host);
+    return FY_ECONFIG;
+  }
+  uv_tcp_init(w->loop, &l->tcp);
+  l->tcp.data = l;
+  rc = uv_tcp_bind(&l->tcp, (struct sockaddr *)&ss, 0);
+  if (rc == 0) rc = uv_listen((uv_stream_t *)&l->tcp, 511, fy_listener_on_connection);
+  if (rc != 0) {
+    fy_buf_printf(errors, "listener %s: cannot listen on %s:%d: %s\n", cl->name, cl->host, cl->port,
+                  uv_strerror(rc));
+    return rc;
+  }
+  fy_log_info("listener %s: serving http on %s:%d", cl->name, cl->host, cl->port);
+  return 0;
+}
+
+int fy_worker_listen(fy_worker *w, fy_buf *errors) {
+  const fy_config *cfg = w->gen->cfg;
+  w->nlisteners = cfg->nlisteners;
+  w->listeners = fy_calloc(w->nlisteners, sizeof *w->listeners);
+  int rc = 0;
+  w->nlisteners = 0;
+  for (size_t i = 0; i < cfg->nlisteners && rc == 0; i++) {
+    fy_listener *l = &w->listeners[w->nlisteners++];
+    l->w = w;
+    l->index = i;
+    snprintf(l->name, sizeof l->name, "%s", cfg->listeners[i].name);
+    rc = fy_listener_open(w, l, &cfg->listeners[i], errors);
+  }
+  return rc;
+}
+
+/* ---- worker ------------------------------------------------------------- */
+
+int fy_worker_init(fy_worker *w, uv_loop_t *loop, fy_gen *gen) {
+  memset(w, 0, sizeof *w);
+  w->loop = loop;
+  w->gen = gen;
+  fy_list_init(&w->conns);
+  fy_worker_current = w;
+  return 0;
+}
+
+void fy_worker_maybe_stopped(fy_worker *w) {
+  if (w->stopping && w->closing == 0 && fy_list_empty(&w->conns) && w->on_stopped) {
+    if (!uv_is_closing((uv_handle_t *)&w->deadline)) uv_close((uv_handle_t *)&w->deadline, NULL);
+    void (*cb)(fy_worker *) = w->on_stopped;
+    w->on_stopped = NULL;
+    cb(w);
+  }
+}
+
+static void fy_worker_handle_closed(uv_handle_t *h) {
+  fy_worker *w = h->data;
+  w->closing--;
+  fy_worker_maybe_stopped(w);
+}
+
+static void fy_worker_deadline_cb(uv_timer_t *t) {
+  fy_worker *w = t->data;
+  fy_log_warn("drain deadline reached: closing the remaining connections");
+  while (!fy_list_empty(&w->conns)) fy_conn_close(FY_CONTAINER_OF(w->conns.next, fy_conn, link));
+}
+
+void fy_worker_stop(fy_worker *w, void (*on_stopped)(fy_worker *w)) {
+  if (w->stopping) return;
+  w->stopping = true;
+  w->on_stopped = on_stopped;
+  for (size_t i = 0; i < w->nlisteners; i++) {
+    w->listeners[i].tcp.data = w;
+    w->closing++;
+    uv_close((uv_handle_t *)&w->listeners[i].tcp, fy_worker_handle_closed);
+  }
+  /* Idle keep-alive connections close now; busy ones after their exchange. */
+  fy_list *e = w->conns.next;
+  while (e != &w->conns) {
+    fy_conn *c = FY_CONTAINER_OF(e, fy_conn, link);
+    e = e->next;
+    if (c->rq == FY_RQ_HEAD && c->req.url.len == 0 && c->rpos == c->rlen) fy_conn_close(c);
+  }
+  uv_timer_t *deadline = &w->deadline;
+  uv_timer_init(w->loop, deadline);
+  deadline->data = w;
+  uv_timer_start(deadline, fy_worker_deadline_cb, FY_DRAIN_DEADLINE_MS, 0);
+  uv_unref((uv_handle_t *)deadline);
+  fy_worker_maybe_stopped(w);
+}

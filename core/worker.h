@@ -1,0 +1,73 @@
+/*
+ * A worker: one libuv loop and everything that serves on it.
+ *
+ * Everything a worker owns (its loop, listeners, live generation, client
+ * connections, request ids, the current-hook context Lua calls back into)
+ * sits in fy_worker, so running several workers means creating several of
+ * these on their own threads, with SO_REUSEPORT listeners; nothing here is
+ * shared or locked.
+ *
+ * A generation (fy_gen) is one loaded configuration: the config, its upstream
+ * groups with their pools, and its Lua state. It is reference counted: the
+ * worker holds one reference for the live generation and every connection
+ * holds one for the generation it started on, so a generation is freed when
+ * the last user goes.
+ */
+#ifndef FERRY_WORKER_H
+#define FERRY_WORKER_H
+
+#include "config.h"
+#include "lua_host.h"
+#include "upstream.h"
+
+#include <stdbool.h>
+#include <uv.h>
+
+typedef struct fy_gen {
+  unsigned refs;
+  fy_config *cfg;
+  fy_group *groups;
+  fy_lua lua;
+  struct fy_worker *w;
+} fy_gen;
+
+typedef struct fy_listener {
+  uv_tcp_t tcp;
+  struct fy_worker *w;
+  size_t index; /* into the generation's cfg->listeners */
+  char name[64];
+} fy_listener;
+
+typedef struct fy_worker {
+  uv_loop_t *loop;
+  fy_gen *gen;
+  fy_listener *listeners;
+  size_t nlisteners;
+  fy_list conns;
+  uint64_t next_req_id;
+  /* The request whose hook is running, for the fy_ffi_* calls. */
+  struct fy_req *hook_req;
+  int hook;
+  uv_timer_t deadline; /* drain deadline once stopping */
+  bool stopping;
+  unsigned closing;
+  void (*on_stopped)(struct fy_worker *w);
+} fy_worker;
+
+/* Builds a generation from cfg (taking ownership of cfg on success). */
+int fy_gen_new(fy_worker *w, fy_config *cfg, fy_gen **out, fy_buf *errors);
+static inline fy_gen *fy_gen_ref(fy_gen *g) { g->refs++; return g; }
+void fy_gen_unref(fy_gen *g);
+
+int fy_worker_init(fy_worker *w, uv_loop_t *loop, fy_gen *gen);
+int fy_worker_listen(fy_worker *w, fy_buf *errors);
+/* Closes listeners and connections; on_stopped runs once all handles are closed. */
+void fy_worker_stop(fy_worker *w, void (*on_stopped)(fy_worker *w));
+
+/* Called when a connection or handle of a stopping worker is gone. */
+void fy_worker_maybe_stopped(fy_worker *w);
+
+/* The worker running on this thread, for calls that come from Lua. */
+extern __thread fy_worker *fy_worker_current;
+
+#endif

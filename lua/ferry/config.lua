@@ -1,0 +1,284 @@
+-- ferry.config: loads a configuration file and checks it against the schema.
+--
+-- The file is a Lua chunk run in a sandbox; it returns a table. check() walks
+-- that table with the schema below and returns a normalised copy (defaults
+-- filled in, paths resolved against the config file's directory, upstream
+-- groups as a sorted list) or the list of errors, each "file: key.path:
+-- message". The C side reads only the normalised copy, so every rule about
+-- what a config may say lives here, in one place.
+
+local M = {}
+
+local function dirname(path)
+  return path:match("^(.*)/[^/]*$") or "."
+end
+
+local function resolve(base, path)
+  if path:sub(1, 1) == "/" then return path end
+  return base .. "/" .. path
+end
+
+-- host:port, where host is a name, an IPv4 address or [IPv6].
+local function split_hostport(s)
+  local host, port = s:match("^%[([%x:.]+)%]:(%d+)$")
+  if not host then host, port = s:match("^([%w%.%-_]+):(%d+)$") end
+  port = tonumber(port)
+  if not host or not port or port < 1 or port > 65535 then return nil end
+  return host, port
+end
+
+local function check_hostport(v)
+  if split_hostport(v) then return true end
+  return false, "expected 'host:port' (IPv6 as '[addr]:port'), got '" .. v .. "'"
+end
+
+local seconds = function(default) return { type = "number", min = 0.001, max = 86400, default = default } end
+local bytes = function(default, min) return { type = "integer", min = min or 1, max = 1073741824, default = default } end
+
+local schema = {
+  type = "table",
+  fields = {
+    listeners = {
+      type = "list", required = true, nonempty = true,
+      item = {
+        type = "table",
+        fields = {
+          name = { type = "string" },
+          type = { type = "string", enum = { "http" }, default = "http" },
+          address = { type = "string", required = true, check = check_hostport },
+          policy = { type = "string" },
+        },
+      },
+    },
+    upstreams = {
+      type = "map",
+      item = {
+        type = "table",
+        fields = {
+          servers = { type = "list", required = true, nonempty = true,
+                      item = { type = "string", check = check_hostport } },
+          timeouts = { type = "table", default = {}, fields = {
+            connect = seconds(5), read = seconds(60), write = seconds(60),
+          } },
+          keepalive = { type = "table", default = {}, fields = {
+            max_idle = { type = "integer", min = 0, max = 100000, default = 32 },
+            idle_timeout = seconds(50),
+          } },
+        },
+      },
+    },
+    policy = { type = "string" },
+    limits = { type = "table", default = {}, fields = {
+      max_request_line = bytes(8192, 64),
+      max_header_bytes = bytes(32768, 256),
+      max_headers = { type = "integer", min = 1, max = 10000, default = 100 },
+      header_timeout = seconds(10),
+      body_timeout = seconds(60),
+      send_timeout = seconds(60),
+      keepalive_timeout = seconds(75),
+      keepalive_requests = { type = "integer", min = 1, max = 1e9, default = 10000 },
+    } },
+    log = { type = "table", default = {}, fields = {
+      level = { type = "string", enum = { "debug", "info", "warn", "error" }, default = "info" },
+      access = { type = "boolean", default = true },
+    } },
+  },
+}
+
+local function path_join(path, key)
+  if type(key) == "number" then return path .. "[" .. key .. "]" end
+  if path == "" then return key end
+  return path .. "." .. key
+end
+
+local function is_list(t)
+  local n = #t
+  for k in pairs(t) do
+    if type(k) ~= "number" or k < 1 or k > n or k % 1 ~= 0 then return false end
+  end
+  return true
+end
+
+local check_value
+
+local function check_fields(spec, value, path, errs)
+  local out = {}
+  for k in pairs(value) do
+    if type(k) ~= "string" or not spec.fields[k] then
+      errs[#errs + 1] = path_join(path, tostring(k)) .. ": unknown key"
+    end
+  end
+  for k, fspec in pairs(spec.fields) do
+    out[k] = check_value(fspec, value[k], path_join(path, k), errs)
+  end
+  return out
+end
+
+local kinds = {
+  string = function(v) return type(v) == "string" end,
+  number = function(v) return type(v) == "number" end,
+  integer = function(v) return type(v) == "number" and v % 1 == 0 end,
+  boolean = function(v) return type(v) == "boolean" end,
+  table = function(v) return type(v) == "table" end,
+  list = function(v) return type(v) == "table" and is_list(v) end,
+  map = function(v) return type(v) == "table" end,
+}
+
+local kind_names = {
+  list = "a list", map = "a table of named entries", table = "a table",
+  integer = "an integer", string = "a string", number = "a number", boolean = "a boolean",
+}
+
+check_value = function(spec, value, path, errs)
+  if value == nil then
+    if spec.required then errs[#errs + 1] = path .. ": required" end
+    value = spec.default
+    if value == nil then return nil end
+  end
+  if not kinds[spec.type](value) then
+    errs[#errs + 1] = path .. ": expected " .. kind_names[spec.type] .. ", got " .. type(value)
+    return nil
+  end
+  if spec.min and value < spec.min then
+    errs[#errs + 1] = path .. ": must be at least " .. spec.min
+  elseif spec.max and value > spec.max then
+    errs[#errs + 1] = path .. ": must be at most " .. spec.max
+  end
+  if spec.enum then
+    local ok = false
+    for _, e in ipairs(spec.enum) do ok = ok or e == value end
+    if not ok then
+      errs[#errs + 1] = path .. ": '" .. tostring(value) .. "' is not one of " .. table.concat(spec.enum, ", ")
+    end
+  end
+  if spec.check then
+    local ok, msg = spec.check(value)
+    if not ok then errs[#errs + 1] = path .. ": " .. msg end
+  end
+  if spec.type == "table" then return check_fields(spec, value, path, errs) end
+  if spec.type == "list" then
+    if spec.nonempty and #value == 0 then errs[#errs + 1] = path .. ": must not be empty" end
+    local out = {}
+    for i, v in ipairs(value) do out[i] = check_value(spec.item, v, path_join(path, i), errs) end
+    return out
+  end
+  if spec.type == "map" then
+    local out = {}
+    for k, v in pairs(value) do
+      if type(k) ~= "string" or not k:match("^[%w_%-%.]+$") then
+        errs[#errs + 1] = path_join(path, tostring(k)) .. ": names may use letters, digits, '_', '-', '.'"
+      else
+        out[k] = check_value(spec.item, v, path_join(path, k), errs)
+      end
+    end
+    return out
+  end
+  return value
+end
+
+-- Cross-field rules and normalisation into the shape config.c reads.
+local function normalise(cfg, base, errs)
+  local out = { limits = cfg.limits, log = cfg.log, listeners = {}, upstreams = {}, policies = {} }
+  local policy_index = {}
+  local function policy(path, where)
+    if not path then
+      errs[#errs + 1] = where .. ": no policy (set the top-level 'policy' or this listener's)"
+      return 0
+    end
+    local full = resolve(base, path)
+    if not policy_index[full] then
+      out.policies[#out.policies + 1] = full
+      policy_index[full] = #out.policies
+    end
+    return policy_index[full]
+  end
+  local names = {}
+  for i, l in ipairs(cfg.listeners or {}) do
+    local name = l.name or ("listener" .. i)
+    if names[name] then errs[#errs + 1] = path_join(path_join("listeners", i), "name") .. ": duplicate name '" .. name .. "'" end
+    names[name] = true
+    local host, port = split_hostport(l.address or "")
+    out.listeners[i] = { name = name, type = l.type, host = host or "", port = port or 0,
+                         policy = policy(l.policy or cfg.policy, path_join("listeners", i)) }
+  end
+  local gnames = {}
+  for name in pairs(cfg.upstreams or {}) do gnames[#gnames + 1] = name end
+  table.sort(gnames)
+  for _, name in ipairs(gnames) do
+    local g = cfg.upstreams[name]
+    local servers = {}
+    for i, s in ipairs(g.servers or {}) do
+      local host, port = split_hostport(s)
+      servers[i] = { host = host or "", port = port or 0, name = s }
+    end
+    out.upstreams[#out.upstreams + 1] = {
+      name = name, servers = servers,
+      connect_timeout = g.timeouts.connect, read_timeout = g.timeouts.read,
+      write_timeout = g.timeouts.write,
+      max_idle = g.keepalive.max_idle, idle_timeout = g.keepalive.idle_timeout,
+    }
+  end
+  if #out.policies == 0 and cfg.policy then policy(cfg.policy, "policy") end
+  return out
+end
+
+local function sandbox()
+  return {
+    assert = assert, error = error, ipairs = ipairs, next = next, pairs = pairs,
+    select = select, tonumber = tonumber, tostring = tostring, type = type, unpack = unpack,
+    math = math, string = string, table = table,
+    os = { getenv = os.getenv },
+  }
+end
+
+-- Best effort at a line number for a key path: find each named component of
+-- the path in turn, each at or after the line of the one before it.
+local function locate(file, path)
+  local f = io.open(file, "r")
+  if not f then return nil end
+  local lines = {}
+  for line in f:lines() do lines[#lines + 1] = line end
+  f:close()
+  local at = 1
+  for comp in path:gmatch("[%w_%-]+") do
+    if not comp:match("^%d+$") then
+      local found
+      for i = at, #lines do
+        local l = lines[i]
+        if l:find("%f[%w_]" .. comp:gsub("%-", "%%-") .. "%s*=") or l:find('%["' .. comp:gsub("%-", "%%-") .. '"%]') then
+          found = i
+          break
+        end
+      end
+      if not found then return at > 1 and at or nil end
+      at = found
+    end
+  end
+  return at
+end
+
+-- Returns the normalised config, or nil and a list of error lines.
+function M.load(file)
+  local chunk, err = loadfile(file)
+  if not chunk then return nil, { err } end
+  setfenv(chunk, sandbox())
+  local ok, cfg = pcall(chunk)
+  if not ok then return nil, { tostring(cfg) } end
+  if type(cfg) ~= "table" then
+    return nil, { file .. ": the config must return a table, got " .. type(cfg) }
+  end
+  local errs = {}
+  local checked = check_value(schema, cfg, "", errs)
+  local out = checked and normalise(checked, dirname(file), errs)
+  if #errs > 0 then
+    for i, e in ipairs(errs) do
+      local line = locate(file, e:match("^([^:]*):") or "")
+      errs[i] = file .. ":" .. (line and (line .. ":") or "") .. " " .. e
+    end
+    return nil, errs
+  end
+  return out
+end
+
+M.split_hostport = split_hostport
+return M

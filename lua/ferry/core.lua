@@ -1,0 +1,208 @@
+-- ferry.core: the Lua half of the runtime inside a worker.
+--
+-- C calls the functions at the bottom of this file (load_policy, set_groups,
+-- route) through lua_host.c. Requests reach Lua as handles: a small table
+-- holding the request id, whose fields are read through the FFI on first use
+-- (lib: fy_ffi_* in core/lua_api.c). No C pointer is ever stored in Lua.
+
+local ffi = require "ffi"
+local C = ffi.C
+
+ffi.cdef [[
+int fy_ffi_req_str(double id, int field, const char **out, size_t *len);
+int fy_ffi_req_client_port(double id);
+int fy_ffi_req_header_get(double id, const char *name, size_t nlen, int nth,
+                          const char **out, size_t *len);
+int fy_ffi_req_header_set(double id, int mode, const char *name, size_t nlen,
+                          const char *val, size_t vlen);
+int fy_ffi_req_respond_header(double id, const char *name, size_t nlen,
+                              const char *val, size_t vlen);
+int fy_ffi_req_respond(double id, int status, const char *body, size_t blen);
+void fy_ffi_log(int level, const char *msg, size_t len);
+]]
+
+local M = {}
+
+local policies = {}    -- policy number -> hook table
+local group_index = {} -- group name -> 0-based index in the generation
+local RESPONDED = setmetatable({}, { __tostring = function() return "response" end })
+
+local sptr = ffi.new("const char *[1]")
+local slen = ffi.new("size_t[1]")
+
+local failures = {
+  [-1] = "request is gone (a req handle is only valid during its hook)",
+  [-2] = "not allowed here",
+  [-3] = "invalid argument",
+}
+
+local function check(rc, what)
+  if rc < 0 then error(what .. ": " .. failures[rc], 3) end
+  return rc
+end
+
+local FIELDS = { method = 0, host = 1, path = 2, query = 3, uri = 4, client_addr = 5, listener = 6 }
+
+-- req.headers -----------------------------------------------------------
+
+local headers_methods = {}
+local headers_mt = { __index = headers_methods }
+
+local function header_name(name, what)
+  if type(name) ~= "string" then error(what .. ": header name must be a string", 3) end
+  return name
+end
+
+function headers_methods:get(name)
+  header_name(name, "headers:get")
+  local rc = check(C.fy_ffi_req_header_get(self._id, name, #name, 0, sptr, slen), "headers:get")
+  if rc == 0 then return nil end
+  return ffi.string(sptr[0], slen[0])
+end
+
+-- Every value of a header, in order (a list, possibly empty).
+function headers_methods:get_all(name)
+  header_name(name, "headers:get_all")
+  local out, n = {}, 0
+  while check(C.fy_ffi_req_header_get(self._id, name, #name, n, sptr, slen), "headers:get_all") == 1 do
+    n = n + 1
+    out[n] = ffi.string(sptr[0], slen[0])
+  end
+  return out
+end
+
+local function header_edit(self, mode, name, value, what)
+  header_name(name, what)
+  if mode ~= 2 then
+    if type(value) == "number" then value = tostring(value) end
+    if type(value) ~= "string" then error(what .. ": header value must be a string", 3) end
+  else
+    value = ""
+  end
+  check(C.fy_ffi_req_header_set(self._id, mode, name, #name, value, #value), what)
+end
+
+function headers_methods:set(name, value) header_edit(self, 0, name, value, "headers:set") end
+function headers_methods:add(name, value) header_edit(self, 1, name, value, "headers:add") end
+function headers_methods:remove(name) header_edit(self, 2, name, nil, "headers:remove") end
+
+-- req -------------------------------------------------------------------
+
+local req_methods = {}
+
+function req_methods:respond(status, body, headers)
+  if type(status) ~= "number" or status % 1 ~= 0 or status < 200 or status > 599 then
+    error("req:respond: status must be an integer from 200 to 599", 2)
+  end
+  if body == nil then body = "" end
+  if type(body) ~= "string" then error("req:respond: body must be a string", 2) end
+  if headers ~= nil then
+    if type(headers) ~= "table" then error("req:respond: headers must be a table", 2) end
+    for k, v in pairs(headers) do
+      k, v = tostring(k), tostring(v)
+      check(C.fy_ffi_req_respond_header(self._id, k, #k, v, #v), "req:respond: header " .. k)
+    end
+  end
+  local rc = C.fy_ffi_req_respond(self._id, status, body, #body)
+  if rc == -2 then error("req:respond: the request was already answered", 2) end
+  check(rc, "req:respond")
+  return RESPONDED
+end
+
+local req_mt = {}
+
+function req_mt.__index(self, k)
+  local f = FIELDS[k]
+  if f then
+    local rc = check(C.fy_ffi_req_str(self._id, f, sptr, slen), "req." .. k)
+    local v = rc == 1 and ffi.string(sptr[0], slen[0]) or nil
+    rawset(self, k, v) -- fixed for the request's life
+    return v
+  end
+  if k == "client_port" then
+    local v = check(C.fy_ffi_req_client_port(self._id), "req.client_port")
+    rawset(self, k, v)
+    return v
+  end
+  if k == "headers" then
+    local h = setmetatable({ _id = self._id }, headers_mt)
+    rawset(self, k, h)
+    return h
+  end
+  if k == "ctx" then
+    local t = {}
+    rawset(self, k, t)
+    return t
+  end
+  if k == "id" then return self._id end
+  return req_methods[k]
+end
+
+function req_mt.__tostring(self) return "ferry request " .. string.format("%d", self._id) end
+
+M.req_mt = req_mt
+M.RESPONDED = RESPONDED
+
+-- called from C ----------------------------------------------------------
+
+local traceback = debug.traceback
+local HOOKS = { route = true, select = true, retry = true, response = true, log = true, route_stream = true }
+
+local function add_package_dir(path)
+  local dir = path:match("^(.*)/[^/]*$") or "."
+  local entry = dir .. "/?.lua;" .. dir .. "/?/init.lua;"
+  if not package.path:find(entry, 1, true) then package.path = entry .. package.path end
+end
+
+-- Compiles and runs a policy file; returns its number or nil and "file:line: message".
+function M.load_policy(path)
+  add_package_dir(path)
+  local chunk, err = loadfile(path)
+  if not chunk then return nil, err end
+  local ok, mod = pcall(chunk)
+  if not ok then return nil, tostring(mod) end
+  if type(mod) ~= "table" then
+    return nil, path .. ": a policy must return a table of hooks, got " .. type(mod)
+  end
+  for name, v in pairs(mod) do
+    if HOOKS[name] and type(v) ~= "function" then
+      return nil, path .. ": hook '" .. tostring(name) .. "' must be a function, got " .. type(v)
+    end
+  end
+  if type(mod.route) ~= "function" then return nil, path .. ": the policy has no route(req) hook" end
+  policies[#policies + 1] = mod
+  return #policies
+end
+
+function M.set_groups(names)
+  group_index = {}
+  for i, name in ipairs(names) do group_index[name] = i - 1 end
+  return true
+end
+
+function M.route(policy, id)
+  local req = setmetatable({ _id = id }, req_mt)
+  local ok, res = xpcall(policies[policy].route, traceback, req)
+  if not ok then return -2, tostring(res) end
+  if res == RESPONDED then return -1 end
+  local g = group_index[res]
+  if g then return g end
+  if type(res) == "string" then return -2, "route returned unknown upstream group '" .. res .. "'" end
+  return -2, "route must return an upstream group name or req:respond(...), got " .. type(res)
+end
+
+-- ferry.log, for policies -------------------------------------------------
+
+local function logger(level)
+  return function(...)
+    local n = select("#", ...)
+    local parts = {}
+    for i = 1, n do parts[i] = tostring((select(i, ...))) end
+    local msg = table.concat(parts, " ")
+    C.fy_ffi_log(level, msg, #msg)
+  end
+end
+
+M.log = { debug = logger(0), info = logger(1), warn = logger(2), error = logger(3) }
+
+return M
