@@ -93,11 +93,38 @@ static int fy_on_header_field_complete(llhttp_t *p) {
   return 0;
 }
 
+/*
+ * llhttp accepts obs-fold (a value continued on a line that starts with
+ * whitespace) and reports the continuation as one more value span. A span is
+ * a legitimate continuation only when it starts exactly where the previous
+ * one ended: in the same buffer, or at the start of the next buffer when the
+ * previous one ended at the end of its own. Anything else is a fold. A value
+ * never starts with whitespace (llhttp skips it), so a first span that does
+ * is a fold after an empty value.
+ */
+static bool fy_conn_is_fold(fy_conn *c, const char *at, size_t len) {
+  bool fold;
+  if (!c->value_open) fold = len > 0 && (at[0] == ' ' || at[0] == '\t');
+  else if (c->value_exec == c->exec_seq) fold = at != c->value_end;
+  else fold = !(c->value_at_end && at == c->exec_start);
+  c->value_open = true;
+  c->value_exec = c->exec_seq;
+  c->value_end = at + len;
+  c->value_at_end = at + len == c->exec_end;
+  return fold;
+}
+
+static int fy_on_header_value_complete(llhttp_t *p) {
+  fy_conn_of(p)->value_open = false;
+  return 0;
+}
+
 static int fy_on_header_value(llhttp_t *p, const char *at, size_t len) {
   fy_conn *c = fy_conn_of(p);
   fy_headers *h = &c->req.headers;
   c->req.header_bytes += len;
   if (c->req.header_bytes > fy_conn_limits(c)->max_header_bytes) return fy_conn_refuse(c, 431);
+  if (!fy_http_value_ok(at, len) || fy_conn_is_fold(c, at, len)) return fy_conn_refuse(c, 400);
   fy_buf_append(&h->buf, at, len);
   h->v[h->n - 1].val_len += (uint32_t)len;
   return 0;
@@ -177,6 +204,7 @@ static const llhttp_settings_t fy_request_settings = {
     .on_header_field = fy_on_header_field,
     .on_header_field_complete = fy_on_header_field_complete,
     .on_header_value = fy_on_header_value,
+    .on_header_value_complete = fy_on_header_value_complete,
     .on_headers_complete = fy_on_headers_complete,
     .on_body = fy_on_body,
     .on_message_complete = fy_on_message_complete,
@@ -205,6 +233,9 @@ void fy_conn_client_pump(fy_conn *c) {
     const char *data = c->rbuf + c->rpos;
     size_t len = c->rlen - c->rpos;
     enum fy_req_state before = c->rq;
+    c->exec_seq++;
+    c->exec_start = data;
+    c->exec_end = data + len;
     llhttp_errno_t err = llhttp_execute(&c->parser, data, len);
     c->rpos += err == HPE_OK ? len : (size_t)(llhttp_get_error_pos(&c->parser) - data);
     if (err == HPE_PAUSED) {
@@ -278,11 +309,13 @@ static void fy_conn_read_cb(uv_stream_t *s, ssize_t n, const uv_buf_t *buf) {
 }
 
 static void fy_conn_update_reading(fy_conn *c) {
+  if (c->rpos == c->rlen && !c->uw_pending) c->rpos = c->rlen = 0; /* nothing refers to rbuf */
   bool want = !c->closing && !c->lingering && (c->rbuf == NULL || c->rlen < FY_CONN_RBUF_SIZE) &&
               ((c->rq == FY_RQ_HEAD && c->rs == FY_RS_NONE) ||
                (c->rq == FY_RQ_BODY && fy_proxy_can_read_body(c)));
   if (want == c->reading) return;
   c->reading = want;
+  if (want && c->rq == FY_RQ_BODY) fy_conn_arm(c, fy_conn_limits(c)->body_timeout);
   if (want) uv_read_start((uv_stream_t *)&c->tcp, fy_conn_alloc_cb, fy_conn_read_cb);
   else uv_read_stop((uv_stream_t *)&c->tcp);
 }
@@ -447,6 +480,7 @@ static void fy_conn_request_begin(fy_conn *c) {
   r->respond_status = 0;
   r->has_body = r->chunked = r->keepalive = r->expect_continue = r->head = false;
   c->error_status = 0;
+  c->value_open = false;
   c->upstream_sent = false;
   c->rq = FY_RQ_HEAD;
   c->rs = FY_RS_NONE;

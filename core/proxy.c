@@ -286,7 +286,10 @@ static void fy_proxy_upstream_write_cb(uv_write_t *wr, int status) {
   }
   fy_buf_reset(&c->uhead);
   fy_bodyout_reset(&c->ubody);
-  if (c->rs == FY_RS_WAIT) fy_uconn_timer(uc, fy_proxy_group(c)->read_timeout);
+  /* The read timeout runs once the whole request is sent; until then the
+   * client's body timeout bounds the wait. */
+  bool sent = c->rq == FY_RQ_DONE;
+  fy_uconn_timer(uc, c->rs == FY_RS_WAIT && sent ? fy_proxy_group(c)->read_timeout : 0);
   fy_conn_client_pump(c);
 }
 
