@@ -1,0 +1,76 @@
+-- The config schema (lua/ferry/config.lua), on files written by the spec.
+local config = require "ferry.config"
+
+local function with_file(src, fn)
+  local path = os.tmpname()
+  local f = assert(io.open(path, "w"))
+  f:write(src)
+  f:close()
+  local a, b = config.load(path)
+  os.remove(path)
+  return fn(a, b, path)
+end
+
+local minimal = [[
+return {
+  listeners = { { name = "edge", address = "127.0.0.1:8080" } },
+  upstreams = { metrics = { servers = { "127.0.0.1:9101", "[::1]:9102" } } },
+  policy = "p.lua",
+}
+]]
+
+describe("config", function()
+  it("fills in defaults", function()
+    with_file(minimal, function(cfg, errs, path)
+      assert.is_nil(errs)
+      local g = cfg.upstreams[1]
+      assert.equal("metrics", g.name)
+      assert.equal(5, g.connect_timeout)
+      assert.equal(32, g.max_idle)
+      assert.is_true(g.idle_timeout < 60, "the pool idle timeout must stay below an ALB's 60 s")
+      assert.equal("::1", g.servers[2].host)
+      assert.equal(9102, g.servers[2].port)
+      assert.equal(8192, cfg.limits.max_request_line)
+      assert.equal("http", cfg.listeners[1].type)
+      assert.equal(path:match("^(.*)/") .. "/p.lua", cfg.policies[1])
+    end)
+  end)
+
+  it("names the key path, with a line, of an unknown key", function()
+    with_file(minimal:gsub('policy = "p.lua",', 'policy = "p.lua",\n  upstream = {},'), function(cfg, errs, path)
+      assert.is_nil(cfg)
+      assert.equal(path .. ":5: upstream: unknown key", errs[1])
+    end)
+  end)
+
+  it("reports wrong types and bad addresses with their key paths", function()
+    local src = minimal:gsub('"127.0.0.1:9101"', '"nowhere"'):gsub('address = "127.0.0.1:8080"', 'address = 8080')
+    with_file(src, function(cfg, errs)
+      assert.is_nil(cfg)
+      local all = table.concat(errs, "\n")
+      assert.matches("listeners%[1%]%.address: expected a string, got number", all)
+      assert.matches("upstreams%.metrics%.servers%[1%]: expected 'host:port'", all)
+    end)
+  end)
+
+  it("reports a syntax error as file:line: message", function()
+    with_file("return {\n  listeners = {\n", function(cfg, errs, path)
+      assert.is_nil(cfg)
+      assert.matches("^" .. path:gsub("%p", "%%%0") .. ":%d+: ", errs[1])
+    end)
+  end)
+
+  it("refuses a config without a policy", function()
+    with_file(minimal:gsub('policy = "p.lua",', ''), function(cfg, errs)
+      assert.is_nil(cfg)
+      assert.matches("no policy", errs[1])
+    end)
+  end)
+
+  it("does not let the config reach the machine", function()
+    with_file('os.execute("true")\nreturn {}', function(cfg, errs)
+      assert.is_nil(cfg)
+      assert.matches("attempt to call field 'execute'", errs[1])
+    end)
+  end)
+end)

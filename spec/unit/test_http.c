@@ -1,0 +1,142 @@
+/* Unit tests for core/http.c: headers, hop-by-hop rules, hosts, targets, framing. */
+#include "check.h"
+#include "http.h"
+
+#include <sys/types.h>
+
+static void test_headers(void) {
+  fy_headers h;
+  fy_headers_init(&h);
+  fy_headers_add(&h, "Host", 4, "a.test", 6);
+  fy_headers_add(&h, "X-Tag", 5, "one", 3);
+  fy_headers_add(&h, "x-tag", 5, "two", 3);
+  CHECK(fy_headers_find(&h, "HOST", 4, 0) == 0);
+  CHECK(fy_headers_find(&h, "x-TAG", 5, 0) == 1);
+  CHECK(fy_headers_find(&h, "x-tag", 5, 2) == 2);
+  CHECK(fy_headers_find(&h, "x-ta", 4, 0) == -1);
+  CHECK(fy_headers_remove(&h, "X-TAG", 5) == 2);
+  CHECK(fy_headers_find(&h, "x-tag", 5, 0) == -1);
+  /* values stay addressable after the buffer grows */
+  for (int i = 0; i < 200; i++) fy_headers_add(&h, "X-Fill", 6, "0123456789abcdef", 16);
+  const fy_hdr *e = &h.v[0];
+  CHECK_STR(fy_hdr_val(&h, e), e->val_len, "a.test");
+  fy_headers_reset(&h);
+  CHECK(h.n == 0 && fy_headers_find(&h, "host", 4, 0) == -1);
+  fy_headers_free(&h);
+}
+
+static void test_hop_by_hop(void) {
+  fy_headers h;
+  fy_headers_init(&h);
+  fy_headers_add(&h, "Connection", 10, "keep-alive, X-Private ,x-other", 30);
+  fy_headers_add(&h, "X-Private", 9, "secret", 6);
+  fy_headers_add(&h, "X-Other", 7, "1", 1);
+  fy_headers_add(&h, "Keep-Alive", 10, "timeout=5", 9);
+  fy_headers_add(&h, "Transfer-Encoding", 17, "chunked", 7);
+  fy_headers_add(&h, "TE", 2, "trailers", 8);
+  fy_headers_add(&h, "Upgrade", 7, "websocket", 9);
+  fy_headers_add(&h, "Proxy-Connection", 16, "keep-alive", 10);
+  fy_headers_add(&h, "Content-Length", 14, "5", 1);
+  fy_headers_add(&h, "X-Kept", 6, "yes", 3);
+  fy_http_strip_hop_by_hop(&h);
+  size_t live = 0;
+  for (size_t i = 0; i < h.n; i++) live += !(h.v[i].flags & FY_HDR_REMOVED);
+  CHECK(live == 1);
+  CHECK(fy_headers_find(&h, "x-kept", 6, 0) == 9);
+  CHECK(fy_http_is_hop_by_hop("KEEP-ALIVE", 10));
+  CHECK(!fy_http_is_hop_by_hop("keep", 4));
+  fy_headers_free(&h);
+}
+
+static void host_is(const char *in, const char *want) {
+  char out[64];
+  ssize_t n = fy_http_host_normalize(in, strlen(in), out, sizeof out);
+  if (want == NULL) {
+    CHECK(n == -1);
+  } else {
+    CHECK(n >= 0 && (size_t)n == strlen(want) && strcmp(out, want) == 0);
+  }
+}
+
+static void test_host(void) {
+  host_is("Metrics.Observability.Internal", "metrics.observability.internal");
+  host_is("metrics.observability.internal:8080", "metrics.observability.internal");
+  host_is("[::1]:8080", "[::1]");
+  host_is("[::1]", "[::1]");
+  host_is("127.0.0.1:80", "127.0.0.1");
+  host_is("", "");
+  host_is("a.test:80x", NULL);
+  host_is("a b.test", NULL);
+  host_is("a.test/evil", NULL);
+  host_is("[::1", NULL);
+  host_is("user@a.test", NULL);
+}
+
+static void test_target(void) {
+  fy_target t;
+  const char *s = "/a/b?x=1&y=2";
+  CHECK(fy_http_target_parse(s, strlen(s), &t) == 0);
+  CHECK_STR(t.path, t.path_len, "/a/b");
+  CHECK_STR(t.query, t.query_len, "x=1&y=2");
+  CHECK(t.authority == NULL);
+  s = "http://Evil.Example:81/p?q";
+  CHECK(fy_http_target_parse(s, strlen(s), &t) == 0);
+  CHECK_STR(t.authority, t.authority_len, "Evil.Example:81");
+  CHECK_STR(t.path, t.path_len, "/p");
+  CHECK_STR(t.query, t.query_len, "q");
+  s = "http://a.test";
+  CHECK(fy_http_target_parse(s, strlen(s), &t) == 0 && t.path_len == 1 && t.path[0] == '/');
+  s = "http://a.test?z";
+  CHECK(fy_http_target_parse(s, strlen(s), &t) == 0 && t.path[0] == '/' && t.query_len == 1);
+  s = "*";
+  CHECK(fy_http_target_parse(s, 1, &t) == 0 && t.path_len == 1);
+  s = "/";
+  CHECK(fy_http_target_parse(s, 1, &t) == 0 && t.query == NULL);
+  CHECK(fy_http_target_parse("a.test:443", 10, &t) == -1);
+  CHECK(fy_http_target_parse("ftp://a/", 8, &t) == -1);
+  CHECK(fy_http_target_parse("http://u@a.test/", 16, &t) == -1);
+  CHECK(fy_http_target_parse("http:///x", 9, &t) == -1);
+}
+
+static void test_values(void) {
+  CHECK(fy_http_value_ok("a\tb c", 5));
+  CHECK(!fy_http_value_ok("a\r\nb", 4));
+  CHECK(!fy_http_value_ok("a\0b", 3));
+  CHECK(!fy_http_value_ok("\x7f", 1));
+  CHECK(fy_http_name_ok("X-Tag_1.v~", 10));
+  CHECK(!fy_http_name_ok("X Tag", 5));
+  CHECK(!fy_http_name_ok("X:Tag", 5));
+  CHECK(!fy_http_name_ok("", 0));
+}
+
+static void test_framing(void) {
+  fy_buf b;
+  fy_buf_init(&b);
+  fy_http_chunk(&b, "hello", 5);
+  fy_http_chunk(&b, "", 0); /* an empty span must not end the body */
+  fy_http_chunk(&b, "0123456789abcdefX", 17);
+  fy_http_chunk_end(&b);
+  CHECK_STR(b.data, b.len, "5\r\nhello\r\n11\r\n0123456789abcdefX\r\n0\r\n\r\n");
+  fy_buf_reset(&b);
+  fy_http_write_simple(&b, 421, NULL, 0, "no\n", 3, false, true);
+  CHECK_STR(b.data, b.len,
+            "HTTP/1.1 421 Misdirected Request\r\nServer: ferry\r\nContent-Length: 3\r\n"
+            "Connection: close\r\n\r\nno\n");
+  fy_buf_reset(&b);
+  fy_http_write_simple(&b, 200, "X-A: b\r\n", 8, "body", 4, true, false);
+  CHECK_STR(b.data, b.len, "HTTP/1.1 200 OK\r\nServer: ferry\r\nX-A: b\r\nContent-Length: 4\r\n\r\n");
+  fy_buf_reset(&b);
+  fy_http_write_simple(&b, 204, NULL, 0, "", 0, false, false);
+  CHECK_STR(b.data, b.len, "HTTP/1.1 204 No Content\r\nServer: ferry\r\n\r\n");
+  fy_buf_free(&b);
+}
+
+int main(void) {
+  test_headers();
+  test_hop_by_hop();
+  test_host();
+  test_target();
+  test_values();
+  test_framing();
+  return check_done("test_http");
+}
