@@ -342,6 +342,10 @@ static void fy_conn_arm(fy_conn *c, uint64_t ms) {
 
 /* ---- writing ------------------------------------------------------------ */
 
+static bool fy_conn_output_queued(fy_conn *c) {
+  return c->chead.len || c->cbody.span || c->cbody.copy.len;
+}
+
 static void fy_conn_write_cb(uv_write_t *wr, int status) {
   fy_conn *c = FY_CONTAINER_OF(wr, fy_conn, cwrite);
   c->cw_pending = false;
@@ -351,18 +355,34 @@ static void fy_conn_write_cb(uv_write_t *wr, int status) {
     fy_conn_close(c);
     return;
   }
-  fy_buf_reset(&c->chead);
-  fy_bodyout_reset(&c->cbody);
+  fy_buf_reset(&c->cw_head);
+  fy_buf_reset(&c->cw_copy);
   fy_conn_arm(c, c->rq == FY_RQ_BODY && c->reading ? fy_conn_limits(c)->body_timeout : 0);
-  if (c->rs == FY_RS_DONE) fy_conn_exchange_maybe_done(c);
+  if (fy_conn_output_queued(c)) fy_conn_flush_client(c); /* queued while this write ran */
+  else if (c->rs == FY_RS_DONE) fy_conn_exchange_maybe_done(c);
   else fy_proxy_response_written(c);
 }
 
+static void fy_buf_swap(fy_buf *a, fy_buf *b) {
+  fy_buf t = *a;
+  *a = *b;
+  *b = t;
+}
+
+/*
+ * Starts a write of everything queued for the client. The queued buffers are
+ * handed to the write (swapped with the idle in-flight pair), so output
+ * queued while it runs lands in fresh buffers and never moves memory the
+ * kernel is still reading.
+ */
 void fy_conn_flush_client(fy_conn *c) {
   if (c->cw_pending || c->closing) return;
   uv_buf_t bufs[2];
   unsigned n = fy_bodyout_bufs(&c->chead, &c->cbody, bufs);
   if (n == 0) return;
+  fy_buf_swap(&c->chead, &c->cw_head);
+  fy_buf_swap(&c->cbody.copy, &c->cw_copy);
+  c->cbody.span = NULL;
   for (unsigned i = 0; i < n; i++) c->req.bytes_out += bufs[i].len;
   int rc = uv_write(&c->cwrite, (uv_stream_t *)&c->tcp, bufs, n, fy_conn_write_cb);
   if (rc < 0) {
@@ -505,6 +525,8 @@ static void fy_conn_free(fy_conn *c) {
   fy_buf_free(&c->chead);
   fy_buf_free(&c->uhead);
   fy_buf_free(&c->cbody.copy);
+  fy_buf_free(&c->cw_head);
+  fy_buf_free(&c->cw_copy);
   fy_buf_free(&c->ubody.copy);
   fy_gen_unref(c->gen);
   free(c->rbuf);

@@ -93,6 +93,7 @@ typedef struct fy_conn {
   bool uresp_head_only;
   fy_buf chead;      /* head to send to the client */
   fy_bodyout cbody;  /* body bytes to send to the client */
+  fy_buf cw_head, cw_copy; /* what the client write in flight is sending */
   fy_buf uhead;      /* head to send upstream */
   fy_bodyout ubody;  /* body bytes to send upstream */
   bool cw_pending, uw_pending;

@@ -395,7 +395,7 @@ void fy_proxy_start(fy_conn *c) {
 void fy_proxy_finish(fy_conn *c) {
   fy_uconn *uc = c->up;
   if (uc == NULL) return;
-  bool reusable = c->rs == FY_RS_DONE && c->rq == FY_RQ_DONE && !c->uw_pending &&
+  bool reusable = c->rs == FY_RS_DONE && c->rq == FY_RQ_DONE && !c->uw_pending && !c->w->stopping &&
                   uc->rpos == uc->rlen && llhttp_should_keep_alive(&uc->parser) &&
                   llhttp_get_errno(&uc->parser) == HPE_OK;
   fy_proxy_detach(c, reusable);

@@ -46,7 +46,7 @@ int fy_groups_init(fy_group **out, const fy_config *cfg, fy_buf *errors) {
   return rc;
 }
 
-void fy_groups_close(fy_group *groups, size_t n) {
+void fy_groups_drop_idle(fy_group *groups, size_t n) {
   for (size_t i = 0; i < n; i++) {
     fy_group *g = &groups[i];
     for (size_t j = 0; j < g->nservers; j++) {
@@ -54,8 +54,12 @@ void fy_groups_close(fy_group *groups, size_t n) {
       while (!fy_list_empty(&s->idle))
         fy_upstream_release(FY_CONTAINER_OF(s->idle.next, fy_uconn, pool_link), false);
     }
-    free(g->servers);
   }
+}
+
+void fy_groups_close(fy_group *groups, size_t n) {
+  fy_groups_drop_idle(groups, n);
+  for (size_t i = 0; i < n; i++) free(groups[i].servers);
   free(groups);
 }
 

@@ -79,6 +79,8 @@ typedef struct fy_uconn {
 /* Builds the runtime groups of a generation; resolves server names (blocking). */
 int fy_groups_init(fy_group **out, const fy_config *cfg, fy_buf *errors);
 void fy_groups_close(fy_group *groups, size_t n);
+/* Closes every idle pooled connection (when stopping). */
+void fy_groups_drop_idle(fy_group *groups, size_t n);
 
 fy_server *fy_group_pick(fy_group *g);
 

@@ -132,6 +132,7 @@ void fy_worker_stop(fy_worker *w, void (*on_stopped)(fy_worker *w)) {
     e = e->next;
     if (c->rq == FY_RQ_HEAD && c->req.url.len == 0 && c->rpos == c->rlen) fy_conn_close(c);
   }
+  fy_groups_drop_idle(w->gen->groups, w->gen->cfg->ngroups);
   uv_timer_t *deadline = &w->deadline;
   uv_timer_init(w->loop, deadline);
   deadline->data = w;
