@@ -421,9 +421,12 @@ void fy_conn_respond_simple(fy_conn *c, int status, const char *body) {
 static void fy_conn_access_log(fy_conn *c) {
   fy_req *r = &c->req;
   if (!c->gen->cfg->access_log) return;
-  fy_log_info("access %s \"%s %s://%.*s%.*s\" %d %llu %s %s %llums id=%llu", c->client_ip,
-              r->method ? r->method : "-", "http", (int)r->host_len, r->host,
-              (int)FY_MIN(r->url.len, 512), r->url.data ? r->url.data : "", r->status,
+  /* The target fields are set once the head is parsed (method set with them). */
+  fy_target t = r->method ? r->target : (fy_target){0};
+  fy_log_info("access %s \"%s http://%.*s%.*s%s%.*s\" %d %llu %s %s %llums id=%llu", c->client_ip,
+              r->method ? r->method : "-", (int)r->host_len, r->host, (int)FY_MIN(t.path_len, 512),
+              t.path ? t.path : "", t.query ? "?" : "", (int)FY_MIN(t.query_len, 512),
+              t.query ? t.query : "", r->status,
               (unsigned long long)r->bytes_out,
               r->group >= 0 && r->gen ? r->gen->cfg->groups[r->group].name : "-",
               r->server ? r->server : "-",

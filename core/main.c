@@ -61,7 +61,7 @@ static fy_gen *fy_load(fy_worker *w, const char *path) {
 static int fy_cmd_version(void) {
   printf("ferry %s\n", FERRY_VERSION);
   printf("libuv %s\n", uv_version_string());
-  printf("LuaJIT %s\n", LUAJIT_VERSION);
+  printf("%s\n", LUAJIT_VERSION); /* "LuaJIT 2.1.0-beta3" */
   printf("llhttp %d.%d.%d (strict mode)\n", LLHTTP_VERSION_MAJOR, LLHTTP_VERSION_MINOR,
          LLHTTP_VERSION_PATCH);
   return 0;
