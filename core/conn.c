@@ -2,6 +2,7 @@
 #include "conn.h"
 
 #include "log.h"
+#include "pool.h"
 
 #include <stdio.h>
 #include <strings.h>
@@ -266,7 +267,7 @@ static void fy_conn_alloc_cb(uv_handle_t *h, size_t suggested, uv_buf_t *buf) {
     *buf = uv_buf_init(fy_linger_sink, sizeof fy_linger_sink);
     return;
   }
-  if (c->rbuf == NULL) c->rbuf = fy_malloc(FY_CONN_RBUF_SIZE);
+  if (c->rbuf == NULL) c->rbuf = fy_pool_get();
   if (c->rpos == c->rlen) {
     c->rpos = c->rlen = 0;
   } else if (c->rpos > 0) {
@@ -510,10 +511,14 @@ static void fy_conn_request_begin(fy_conn *c) {
   fy_conn_arm(c, c->nreq ? fy_conn_limits(c)->keepalive_timeout : fy_conn_limits(c)->header_timeout);
   if (c->nreq == 0) r->started_ms = fy_now_ms(c);
   if (c->rpos == c->rlen && c->rbuf) { /* idle: give the read buffer back */
-    free(c->rbuf);
+    fy_pool_put(c->rbuf);
     c->rbuf = NULL;
     c->rpos = c->rlen = 0;
   }
+  /* Keep small buffers for the next request; drop ones a big exchange grew. */
+  fy_buf *bufs[] = {&c->cbody.copy, &c->ubody.copy, &c->cw_copy, &c->cw_head, &c->chead, &c->uhead};
+  for (size_t i = 0; i < FY_ARRAY_SIZE(bufs); i++)
+    if (bufs[i]->cap > FY_CONN_KEEP_BUF) fy_buf_free(bufs[i]);
 }
 
 /* ---- accept and close ------------------------------------------------- */
@@ -532,7 +537,7 @@ static void fy_conn_free(fy_conn *c) {
   fy_buf_free(&c->cw_copy);
   fy_buf_free(&c->ubody.copy);
   fy_gen_unref(c->gen);
-  free(c->rbuf);
+  fy_pool_put(c->rbuf);
   free(c);
 }
 

@@ -23,6 +23,7 @@
 #define FERRY_CONN_H
 
 #include "http.h"
+#include "pool.h"
 #include "worker.h"
 
 #include <llhttp.h>
@@ -63,7 +64,8 @@ typedef struct fy_req {
   fy_buf respond_body;
 } fy_req;
 
-#define FY_CONN_RBUF_SIZE (64 * 1024)
+#define FY_CONN_RBUF_SIZE FY_POOL_BLOCK_SIZE
+#define FY_CONN_KEEP_BUF 4096 /* larger output buffers are freed between requests */
 
 typedef struct fy_conn {
   uv_tcp_t tcp;

@@ -1,6 +1,7 @@
 #include "upstream.h"
 
 #include "log.h"
+#include "pool.h"
 
 #include <netdb.h>
 #include <stdio.h>
@@ -74,7 +75,7 @@ fy_server *fy_group_pick(fy_group *g) {
 static void fy_uconn_close_cb(uv_handle_t *h) {
   fy_uconn *uc = h->data;
   if (--uc->closing == 0) {
-    free(uc->rbuf);
+    fy_pool_put(uc->rbuf);
     free(uc);
   }
 }
@@ -114,7 +115,7 @@ void fy_uconn_timer(fy_uconn *uc, uint64_t ms) {
 static void fy_uconn_alloc_cb(uv_handle_t *h, size_t suggested, uv_buf_t *buf) {
   fy_uconn *uc = h->data;
   (void)suggested;
-  if (uc->rbuf == NULL) uc->rbuf = fy_malloc(FY_UCONN_RBUF_SIZE);
+  if (uc->rbuf == NULL) uc->rbuf = fy_pool_get();
   if (uc->rpos == uc->rlen) uc->rpos = uc->rlen = 0;
   *buf = uv_buf_init(uc->rbuf + uc->rlen, (unsigned)(FY_UCONN_RBUF_SIZE - uc->rlen));
 }
@@ -206,6 +207,8 @@ void fy_upstream_release(fy_uconn *uc, bool reusable) {
   uc->state = FY_UC_IDLE;
   uc->owner = NULL;
   uc->rpos = uc->rlen = 0;
+  fy_pool_put(uc->rbuf); /* an idle connection holds no buffer */
+  uc->rbuf = NULL;
   fy_list_insert_head(&s->idle, &uc->pool_link);
   fy_uconn_timer(uc, s->group->cfg->idle_timeout);
   fy_uconn_read_start(uc); /* notice when the server closes it */

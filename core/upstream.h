@@ -16,6 +16,7 @@
 
 #include "common.h"
 #include "config.h"
+#include "pool.h"
 
 #include <llhttp.h>
 #include <stdbool.h>
@@ -74,7 +75,7 @@ typedef struct fy_uconn {
   bool reading;
 } fy_uconn;
 
-#define FY_UCONN_RBUF_SIZE (64 * 1024)
+#define FY_UCONN_RBUF_SIZE FY_POOL_BLOCK_SIZE
 
 /* Builds the runtime groups of a generation; resolves server names (blocking). */
 int fy_groups_init(fy_group **out, const fy_config *cfg, fy_buf *errors);
