@@ -11,7 +11,8 @@
 
 static void fy_conn_request_begin(fy_conn *c);
 static void fy_conn_update_reading(fy_conn *c);
-static void fy_conn_arm(fy_conn *c, uint64_t ms);
+static void fy_conn_retime(fy_conn *c, bool activity);
+static void fy_conn_client_eof(fy_conn *c, ssize_t err);
 
 static inline fy_conn *fy_conn_of(llhttp_t *p) { return p->data; }
 static inline const fy_limits *fy_conn_limits(fy_conn *c) { return &c->gen->cfg->limits; }
@@ -60,8 +61,8 @@ static int fy_conn_refuse(fy_conn *c, int status) {
 
 static int fy_on_message_begin(llhttp_t *p) {
   fy_conn *c = fy_conn_of(p);
-  c->req.started_ms = fy_now_ms(c);
-  if (c->nreq > 0) fy_conn_arm(c, fy_conn_limits(c)->header_timeout);
+  if (c->req.started_ms == 0) c->req.started_ms = fy_now_ms(c);
+  fy_conn_retime(c, false); /* from keep-alive idle to the header deadline */
   return 0;
 }
 
@@ -180,7 +181,6 @@ static int fy_on_headers_complete(llhttp_t *p) {
   if (fy_http_target_parse(r->url.data, r->url.len, &r->target) != 0) return fy_conn_refuse(c, 400);
   if (fy_conn_find_host(c) != 0) return fy_conn_refuse(c, 400);
   if (fy_conn_check_expect(c) != 0) return fy_conn_refuse(c, 417);
-  fy_conn_arm(c, 0);
   c->rq = FY_RQ_BODY;
   /* Without a body the message completes at once; on_message_complete pauses. */
   return r->has_body ? HPE_PAUSED : 0;
@@ -251,8 +251,13 @@ void fy_conn_client_pump(fy_conn *c) {
     if (before == FY_RQ_HEAD && c->rq != FY_RQ_HEAD) fy_proxy_start(c);
   }
   if (c->closing) return;
+  if (c->client_eof && c->rq == FY_RQ_HEAD && c->rs == FY_RS_NONE && c->rpos == c->rlen) {
+    fy_conn_client_eof(c, UV_EOF); /* no complete request is left to answer */
+    return;
+  }
   fy_proxy_flush_upstream(c);
   fy_conn_update_reading(c);
+  fy_conn_retime(c, false);
   fy_conn_exchange_maybe_done(c);
 }
 
@@ -268,7 +273,9 @@ static void fy_conn_alloc_cb(uv_handle_t *h, size_t suggested, uv_buf_t *buf) {
     return;
   }
   if (c->rbuf == NULL) c->rbuf = fy_pool_get();
-  if (c->rpos == c->rlen) {
+  if (c->uw_pending) {
+    /* A write to the upstream may point into rbuf: append only. */
+  } else if (c->rpos == c->rlen) {
     c->rpos = c->rlen = 0;
   } else if (c->rpos > 0) {
     memmove(c->rbuf, c->rbuf + c->rpos, c->rlen - c->rpos);
@@ -289,6 +296,12 @@ static void fy_conn_client_eof(fy_conn *c, ssize_t err) {
     fy_conn_respond_simple(c, 400, "incomplete request\n");
     return;
   }
+  if (c->rq == FY_RQ_DONE && err == UV_EOF) {
+    /* The client half-closed after its request(s): answer what it sent, then close. */
+    c->client_eof = true;
+    fy_conn_update_reading(c);
+    return;
+  }
   fy_conn_close(c); /* gone in the middle of a body */
 }
 
@@ -305,38 +318,79 @@ static void fy_conn_read_cb(uv_stream_t *s, ssize_t n, const uv_buf_t *buf) {
     return;
   }
   c->rlen += (size_t)n;
-  if (c->rq == FY_RQ_BODY) fy_conn_arm(c, fy_conn_limits(c)->body_timeout);
+  fy_conn_retime(c, true);
   fy_conn_client_pump(c);
 }
 
+/*
+ * The client is read whenever there is room in the read buffer, also while
+ * an exchange is under way: a pipelined request then waits parsed-not in
+ * rbuf, and back-pressure comes from the buffer filling up. Toggling reads
+ * per request would cost epoll_ctl calls on every exchange.
+ */
 static void fy_conn_update_reading(fy_conn *c) {
   if (c->rpos == c->rlen && !c->uw_pending) c->rpos = c->rlen = 0; /* nothing refers to rbuf */
-  bool want = !c->closing && !c->lingering && (c->rbuf == NULL || c->rlen < FY_CONN_RBUF_SIZE) &&
-              ((c->rq == FY_RQ_HEAD && c->rs == FY_RS_NONE) ||
-               (c->rq == FY_RQ_BODY && fy_proxy_can_read_body(c)));
+  bool room = c->rbuf == NULL || c->rlen < FY_CONN_RBUF_SIZE || (c->rpos > 0 && !c->uw_pending);
+  bool want = !c->closing && !c->lingering && !c->client_eof && room;
   if (want == c->reading) return;
   c->reading = want;
-  if (want && c->rq == FY_RQ_BODY) fy_conn_arm(c, fy_conn_limits(c)->body_timeout);
   if (want) uv_read_start((uv_stream_t *)&c->tcp, fy_conn_alloc_cb, fy_conn_read_cb);
   else uv_read_stop((uv_stream_t *)&c->tcp);
 }
 
 /* ---- timers ------------------------------------------------------------- */
 
+/* What the connection waits for from the client right now, which sets its deadline. */
+static enum fy_conn_wait fy_conn_waiting_for(fy_conn *c) {
+  if (c->lingering) return FY_WAIT_LINGER;
+  if (c->cw_pending) return FY_WAIT_SEND;
+  if (c->rq == FY_RQ_HEAD && c->rs == FY_RS_NONE)
+    return c->req.started_ms ? FY_WAIT_HEADER : FY_WAIT_KEEPALIVE;
+  if (c->rq == FY_RQ_BODY && fy_proxy_can_read_body(c) && c->rpos == c->rlen) return FY_WAIT_BODY;
+  return FY_WAIT_NONE; /* waiting on the upstream, whose own timers run */
+}
+
 static void fy_conn_timeout_cb(uv_timer_t *t) {
   fy_conn *c = t->data;
-  if (c->lingering || c->cw_pending || c->rq == FY_RQ_BODY) {
-    fy_conn_close(c);
-  } else if (c->rq == FY_RQ_HEAD && (c->req.url.len > 0 || c->rpos < c->rlen || c->nreq == 0) &&
-             c->req.started_ms) {
+  switch (c->wait) {
+  case FY_WAIT_HEADER:
     c->close_after = true;
     fy_conn_respond_simple(c, 408, "request header timeout\n");
-  } else {
+    break;
+  case FY_WAIT_BODY:
+    fy_log_info("client %s:%d: request body timeout", c->client_ip, c->client_port);
+    c->close_after = true;
+    fy_proxy_abort(c);
+    c->rs = c->rs == FY_RS_WAIT ? FY_RS_NONE : c->rs;
+    fy_conn_respond_simple(c, 408, "request body timeout\n");
+    break;
+  default: /* keep-alive idle, a client that stopped reading, the end of a linger */
     fy_conn_close(c);
+    break;
   }
 }
 
-static void fy_conn_arm(fy_conn *c, uint64_t ms) {
+/*
+ * Re-arms the client deadline when what the connection waits for changed.
+ * Header and keep-alive deadlines are fixed when they start (a client
+ * trickling a header byte at a time cannot extend them); body and send
+ * deadlines restart on each sign of progress (activity).
+ */
+static void fy_conn_retime(fy_conn *c, bool activity) {
+  if (c->closing) return;
+  enum fy_conn_wait w = fy_conn_waiting_for(c);
+  if (w == c->wait && !(activity && (w == FY_WAIT_BODY || w == FY_WAIT_SEND))) return;
+  const fy_limits *l = fy_conn_limits(c);
+  uint64_t ms = 0;
+  switch (w) {
+  case FY_WAIT_HEADER: ms = l->header_timeout; break;
+  case FY_WAIT_KEEPALIVE: ms = l->keepalive_timeout; break;
+  case FY_WAIT_BODY: ms = l->body_timeout; break;
+  case FY_WAIT_SEND: ms = l->send_timeout; break;
+  case FY_WAIT_LINGER: ms = FY_LINGER_MS; break;
+  case FY_WAIT_NONE: break;
+  }
+  c->wait = w;
   if (ms) uv_timer_start(&c->timer, fy_conn_timeout_cb, ms, 0);
   else uv_timer_stop(&c->timer);
 }
@@ -358,7 +412,8 @@ static void fy_conn_write_cb(uv_write_t *wr, int status) {
   }
   fy_buf_reset(&c->cw_head);
   fy_buf_reset(&c->cw_copy);
-  fy_conn_arm(c, c->rq == FY_RQ_BODY && c->reading ? fy_conn_limits(c)->body_timeout : 0);
+  if (c->up) c->up->pinned = false;
+  fy_conn_retime(c, true);
   if (fy_conn_output_queued(c)) fy_conn_flush_client(c); /* queued while this write ran */
   else if (c->rs == FY_RS_DONE) fy_conn_exchange_maybe_done(c);
   else fy_proxy_response_written(c);
@@ -383,6 +438,7 @@ void fy_conn_flush_client(fy_conn *c) {
   if (n == 0) return;
   fy_buf_swap(&c->chead, &c->cw_head);
   fy_buf_swap(&c->cbody.copy, &c->cw_copy);
+  if (c->cbody.span && c->up) c->up->pinned = true; /* the span lives in the upstream's rbuf */
   c->cbody.span = NULL;
   for (unsigned i = 0; i < n; i++) c->req.bytes_out += bufs[i].len;
   int rc = uv_write(&c->cwrite, (uv_stream_t *)&c->tcp, bufs, n, fy_conn_write_cb);
@@ -391,11 +447,11 @@ void fy_conn_flush_client(fy_conn *c) {
     return;
   }
   c->cw_pending = true;
-  fy_conn_arm(c, fy_conn_limits(c)->send_timeout);
+  fy_conn_retime(c, true);
 }
 
 bool fy_conn_will_close(fy_conn *c) {
-  return c->close_after || !c->req.keepalive || c->rq != FY_RQ_DONE || c->w->stopping ||
+  return c->close_after || (c->client_eof && c->rpos == c->rlen) || !c->req.keepalive || c->rq != FY_RQ_DONE || c->w->stopping ||
          c->nreq + 1 >= fy_conn_limits(c)->keepalive_requests;
 }
 
@@ -447,12 +503,13 @@ static void fy_conn_request_end(fy_conn *c) {
 
 static void fy_conn_shutdown_cb(uv_shutdown_t *req, int status) {
   fy_conn *c = req->data;
-  (void)status;
   if (c->closing) return;
-  c->lingering = true;
+  if (status < 0 || c->client_eof) {
+    fy_conn_close(c);
+    return;
+  }
   c->reading = true;
   uv_read_start((uv_stream_t *)&c->tcp, fy_conn_alloc_cb, fy_conn_read_cb);
-  fy_conn_arm(c, FY_LINGER_MS);
 }
 
 /*
@@ -464,9 +521,10 @@ static void fy_conn_shutdown_cb(uv_shutdown_t *req, int status) {
 static void fy_conn_close_gracefully(fy_conn *c) {
   if (c->reading) uv_read_stop((uv_stream_t *)&c->tcp);
   c->reading = false;
+  c->lingering = true;
+  fy_conn_retime(c, false);
   c->shutdown_req.data = c;
   if (uv_shutdown(&c->shutdown_req, (uv_stream_t *)&c->tcp, fy_conn_shutdown_cb) < 0) fy_conn_close(c);
-  else fy_conn_arm(c, FY_LINGER_MS);
 }
 
 void fy_conn_exchange_maybe_done(fy_conn *c) {
@@ -508,8 +566,9 @@ static void fy_conn_request_begin(fy_conn *c) {
   c->upstream_sent = false;
   c->rq = FY_RQ_HEAD;
   c->rs = FY_RS_NONE;
-  fy_conn_arm(c, c->nreq ? fy_conn_limits(c)->keepalive_timeout : fy_conn_limits(c)->header_timeout);
-  if (c->nreq == 0) r->started_ms = fy_now_ms(c);
+  if (c->nreq == 0) r->started_ms = fy_now_ms(c); /* the first request's clock starts at accept */
+  c->wait = FY_WAIT_NONE;
+  fy_conn_retime(c, false);
   if (c->rpos == c->rlen && c->rbuf) { /* idle: give the read buffer back */
     fy_pool_put(c->rbuf);
     c->rbuf = NULL;

@@ -32,6 +32,16 @@
 enum fy_req_state { FY_RQ_HEAD, FY_RQ_BODY, FY_RQ_DONE };
 enum fy_resp_state { FY_RS_NONE, FY_RS_WAIT, FY_RS_BODY, FY_RS_DONE };
 
+/* What a client connection is waiting for; each has its own timeout. */
+enum fy_conn_wait {
+  FY_WAIT_NONE,      /* nothing from the client (the upstream's timers run) */
+  FY_WAIT_KEEPALIVE, /* the first byte of the next request */
+  FY_WAIT_HEADER,    /* the rest of a request head */
+  FY_WAIT_BODY,      /* more request body */
+  FY_WAIT_SEND,      /* the client to take what ferry writes */
+  FY_WAIT_LINGER,    /* the client's close after ferry's */
+};
+
 /* Where body bytes go next: a zero-copy span, or a copy with new framing. */
 typedef struct fy_bodyout {
   const char *span;
@@ -98,11 +108,13 @@ typedef struct fy_conn {
   fy_buf cw_head, cw_copy; /* what the client write in flight is sending */
   fy_buf uhead;      /* head to send upstream */
   fy_bodyout ubody;  /* body bytes to send upstream */
+  enum fy_conn_wait wait;
   bool cw_pending, uw_pending;
   bool reading;
   bool close_after;  /* close the client connection when the exchange ends */
   bool closing;
   bool lingering;
+  bool client_eof;   /* the client half-closed after a complete request */
   bool upstream_sent; /* some request byte reached the upstream */
   unsigned retries;   /* attempts after a stale keep-alive connection */
   unsigned nreq;

@@ -172,14 +172,6 @@ static const llhttp_settings_t fy_response_settings = {
 
 /* ---- relaying the response ---------------------------------------------- */
 
-static void fy_proxy_update_upstream_reading(fy_conn *c) {
-  fy_uconn *uc = c->up;
-  if (uc == NULL) return;
-  bool want = (c->rs == FY_RS_WAIT || c->rs == FY_RS_BODY) && !c->cw_pending && uc->rpos == uc->rlen;
-  if (want) fy_uconn_read_start(uc);
-  else fy_uconn_read_stop(uc);
-}
-
 static void fy_proxy_upstream_pump(fy_conn *c) {
   fy_uconn *uc = c->up;
   while (uc->rpos < uc->rlen && c->rs != FY_RS_DONE && !c->cw_pending) {
@@ -199,7 +191,7 @@ static void fy_proxy_upstream_pump(fy_conn *c) {
   if (c->rs == FY_RS_DONE) fy_uconn_timer(uc, 0);
   fy_conn_flush_client(c);
   if (c->closing) return;
-  fy_proxy_update_upstream_reading(c);
+  if (c->up) fy_uconn_update_reading(c->up);
   fy_conn_exchange_maybe_done(c);
 }
 
@@ -213,7 +205,6 @@ static void fy_proxy_on_read(fy_uconn *uc, ssize_t n) {
   if (n == UV_EOF && c->rs == FY_RS_BODY && llhttp_message_needs_eof(&uc->parser)) {
     llhttp_finish(&uc->parser); /* a close-delimited body ends here */
     uc->parser.flags &= ~F_CONNECTION_KEEP_ALIVE;
-    fy_uconn_read_stop(uc);
     fy_conn_flush_client(c);
     fy_conn_exchange_maybe_done(c);
     return;
@@ -326,7 +317,6 @@ static void fy_proxy_upstream_ready(fy_conn *c) {
     fy_buf_puts(&c->chead, "HTTP/1.1 100 Continue\r\n\r\n");
     fy_conn_flush_client(c);
   }
-  fy_uconn_read_start(uc);
 }
 
 static void fy_proxy_on_ready(fy_uconn *uc, int status) {

@@ -116,7 +116,7 @@ static void fy_uconn_alloc_cb(uv_handle_t *h, size_t suggested, uv_buf_t *buf) {
   fy_uconn *uc = h->data;
   (void)suggested;
   if (uc->rbuf == NULL) uc->rbuf = fy_pool_get();
-  if (uc->rpos == uc->rlen) uc->rpos = uc->rlen = 0;
+  if (uc->rpos == uc->rlen && !uc->pinned) uc->rpos = uc->rlen = 0;
   *buf = uv_buf_init(uc->rbuf + uc->rlen, (unsigned)(FY_UCONN_RBUF_SIZE - uc->rlen));
 }
 
@@ -129,19 +129,25 @@ static void fy_uconn_on_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf) {
     return;
   }
   if (n > 0) uc->rlen += (size_t)n;
+  else uc->eof = true;
+  fy_uconn_update_reading(uc);
   uc->on_read(uc, n);
 }
 
-void fy_uconn_read_start(fy_uconn *uc) {
-  if (uc->reading) return;
-  uc->reading = true;
-  uv_read_start((uv_stream_t *)&uc->tcp, fy_uconn_alloc_cb, fy_uconn_on_read);
-}
-
-void fy_uconn_read_stop(fy_uconn *uc) {
-  if (!uc->reading) return;
-  uc->reading = false;
-  uv_read_stop((uv_stream_t *)&uc->tcp);
+/*
+ * A connection is read all the time, idle or busy, so that a server's close
+ * is noticed at once and no exchange pays for switching reads off and on.
+ * Reading pauses only when the buffer is full: of bytes not parsed yet, or
+ * of bytes a client write still points into (pinned).
+ */
+void fy_uconn_update_reading(fy_uconn *uc) {
+  if (uc->state == FY_UC_CLOSING || uc->state == FY_UC_CONNECTING) return;
+  bool full = uc->rbuf && uc->rlen == FY_UCONN_RBUF_SIZE && (uc->pinned || uc->rpos < uc->rlen);
+  bool want = !full && !uc->eof;
+  if (want == uc->reading) return;
+  uc->reading = want;
+  if (want) uv_read_start((uv_stream_t *)&uc->tcp, fy_uconn_alloc_cb, fy_uconn_on_read);
+  else uv_read_stop((uv_stream_t *)&uc->tcp);
 }
 
 static void fy_uconn_connect_cb(uv_connect_t *req, int status) {
@@ -151,6 +157,7 @@ static void fy_uconn_connect_cb(uv_connect_t *req, int status) {
     uc->state = FY_UC_ACTIVE;
     uv_tcp_nodelay(&uc->tcp, 1);
     fy_uconn_timer(uc, 0);
+    fy_uconn_update_reading(uc);
   }
   uc->on_ready(uc, status);
 }
@@ -162,7 +169,6 @@ static fy_uconn *fy_pool_take(fy_server *s) {
   s->nidle--;
   s->active++;
   uc->state = FY_UC_ACTIVE;
-  fy_uconn_read_stop(uc);
   fy_uconn_timer(uc, 0);
   return uc;
 }
@@ -198,7 +204,7 @@ int fy_upstream_acquire(uv_loop_t *loop, fy_server *s, struct fy_conn *owner, bo
 
 void fy_upstream_release(fy_uconn *uc, bool reusable) {
   fy_server *s = uc->server;
-  if (!reusable || uc->state != FY_UC_ACTIVE || s->nidle >= s->group->cfg->max_idle) {
+  if (!reusable || uc->eof || uc->state != FY_UC_ACTIVE || s->nidle >= s->group->cfg->max_idle) {
     fy_uconn_close(uc);
     return;
   }
@@ -207,9 +213,10 @@ void fy_upstream_release(fy_uconn *uc, bool reusable) {
   uc->state = FY_UC_IDLE;
   uc->owner = NULL;
   uc->rpos = uc->rlen = 0;
+  uc->pinned = false;
   fy_pool_put(uc->rbuf); /* an idle connection holds no buffer */
   uc->rbuf = NULL;
   fy_list_insert_head(&s->idle, &uc->pool_link);
   fy_uconn_timer(uc, s->group->cfg->idle_timeout);
-  fy_uconn_read_start(uc); /* notice when the server closes it */
+  fy_uconn_update_reading(uc);
 }

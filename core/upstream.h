@@ -73,6 +73,8 @@ typedef struct fy_uconn {
   unsigned requests; /* exchanges started on this connection */
   unsigned closing;  /* handles still to close */
   bool reading;
+  bool pinned; /* a client write points into rbuf: append, never rewind */
+  bool eof;    /* the server closed its side */
 } fy_uconn;
 
 #define FY_UCONN_RBUF_SIZE FY_POOL_BLOCK_SIZE
@@ -96,8 +98,8 @@ int fy_upstream_acquire(uv_loop_t *loop, fy_server *s, struct fy_conn *owner, bo
                         fy_uconn_timeout_cb on_timeout, fy_uconn **out);
 /* Returns uc to its pool when reusable, otherwise closes it. */
 void fy_upstream_release(fy_uconn *uc, bool reusable);
-void fy_uconn_read_start(fy_uconn *uc);
-void fy_uconn_read_stop(fy_uconn *uc);
+/* Reads unless the buffer is full; call after rpos, rlen or pinned change. */
+void fy_uconn_update_reading(fy_uconn *uc);
 void fy_uconn_timer(fy_uconn *uc, uint64_t ms); /* 0 stops it */
 
 #endif
