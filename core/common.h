@@ -61,4 +61,10 @@ static inline void fy_list_remove(fy_list *e) {
   fy_list_init(e);
 }
 
+/* Work to run on the next turn of the loop (see fy_worker_defer). */
+typedef struct fy_deferred {
+  fy_list link;
+  void (*run)(struct fy_deferred *d);
+} fy_deferred;
+
 #endif

@@ -401,7 +401,7 @@ static bool fy_conn_output_queued(fy_conn *c) {
   return c->chead.len || c->cbody.span || c->cbody.copy.len;
 }
 
-static void fy_conn_write_cb(uv_write_t *wr, int status) {
+static void fy_conn_write_cb(fy_write_req *wr, int status) {
   fy_conn *c = FY_CONTAINER_OF(wr, fy_conn, cwrite);
   c->cw_pending = false;
   if (c->closing) return;
@@ -441,7 +441,7 @@ void fy_conn_flush_client(fy_conn *c) {
   if (c->cbody.span && c->up) c->up->pinned = true; /* the span lives in the upstream's rbuf */
   c->cbody.span = NULL;
   for (unsigned i = 0; i < n; i++) c->req.bytes_out += bufs[i].len;
-  int rc = uv_write(&c->cwrite, (uv_stream_t *)&c->tcp, bufs, n, fy_conn_write_cb);
+  int rc = fy_write(&c->cwrite, (uv_stream_t *)&c->tcp, bufs, n, fy_conn_write_cb);
   if (rc < 0) {
     fy_conn_close(c);
     return;
@@ -543,6 +543,23 @@ void fy_conn_exchange_maybe_done(fy_conn *c) {
   fy_conn_client_pump(c);
 }
 
+/*
+ * A connection with no bytes waiting is idle: it gives back its read buffer
+ * and frees its head buffers, so an idle keep-alive connection costs little
+ * more than its struct. The next request allocates them again (a few small
+ * mallocs, cheap next to the syscalls of a request).
+ */
+static void fy_conn_release_memory(fy_conn *c) {
+  fy_pool_put(c->rbuf);
+  c->rbuf = NULL;
+  c->rpos = c->rlen = 0;
+  fy_buf *bufs[] = {&c->req.url, &c->req.respond_headers, &c->req.respond_body, &c->chead,
+                    &c->uhead, &c->cw_head, &c->cw_copy, &c->cbody.copy, &c->ubody.copy};
+  for (size_t i = 0; i < FY_ARRAY_SIZE(bufs); i++) fy_buf_free(bufs[i]);
+  fy_headers_free(&c->req.headers);
+  fy_headers_free(&c->rheaders);
+}
+
 static void fy_conn_request_begin(fy_conn *c) {
   fy_req *r = &c->req;
   if (c->gen != c->w->gen) { /* a reload happened: new requests use the new generation */
@@ -569,15 +586,7 @@ static void fy_conn_request_begin(fy_conn *c) {
   if (c->nreq == 0) r->started_ms = fy_now_ms(c); /* the first request's clock starts at accept */
   c->wait = FY_WAIT_NONE;
   fy_conn_retime(c, false);
-  if (c->rpos == c->rlen && c->rbuf) { /* idle: give the read buffer back */
-    fy_pool_put(c->rbuf);
-    c->rbuf = NULL;
-    c->rpos = c->rlen = 0;
-  }
-  /* Keep small buffers for the next request; drop ones a big exchange grew. */
-  fy_buf *bufs[] = {&c->cbody.copy, &c->ubody.copy, &c->cw_copy, &c->cw_head, &c->chead, &c->uhead};
-  for (size_t i = 0; i < FY_ARRAY_SIZE(bufs); i++)
-    if (bufs[i]->cap > FY_CONN_KEEP_BUF) fy_buf_free(bufs[i]);
+  if (c->rpos == c->rlen) fy_conn_release_memory(c);
 }
 
 /* ---- accept and close ------------------------------------------------- */
@@ -616,6 +625,7 @@ void fy_conn_close(fy_conn *c) {
     fy_conn_access_log(c);
   }
   c->closing = true;
+  fy_write_forget(&c->cwrite);
   fy_proxy_abort(c);
   fy_list_remove(&c->link);
   uv_close((uv_handle_t *)&c->tcp, fy_conn_close_cb);

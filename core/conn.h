@@ -75,13 +75,11 @@ typedef struct fy_req {
 } fy_req;
 
 #define FY_CONN_RBUF_SIZE FY_POOL_BLOCK_SIZE
-#define FY_CONN_KEEP_BUF 4096 /* larger output buffers are freed between requests */
 
 typedef struct fy_conn {
   uv_tcp_t tcp;
   uv_timer_t timer;
-  uv_write_t cwrite;   /* to the client */
-  uv_write_t uwrite;   /* to the upstream */
+  fy_write_req cwrite; /* to the client */
   uv_shutdown_t shutdown_req;
   fy_worker *w;
   fy_listener *listener;

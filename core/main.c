@@ -73,10 +73,16 @@ static int fy_cmd_check(const char *path) {
   fy_worker w;
   fy_worker_init(&w, &loop, NULL);
   fy_gen *gen = fy_load(&w, path);
-  if (gen == NULL) return 1;
+  if (gen == NULL) {
+    fy_worker_close(&w);
+    uv_run(&loop, UV_RUN_NOWAIT);
+    uv_loop_close(&loop);
+    return 1;
+  }
   printf("%s: ok (%zu listeners, %zu upstream groups, %zu policies)\n", path, gen->cfg->nlisteners,
          gen->cfg->ngroups, gen->cfg->npolicies);
   fy_gen_unref(gen);
+  fy_worker_close(&w);
   uv_run(&loop, UV_RUN_NOWAIT);
   uv_loop_close(&loop);
   return 0;
@@ -85,6 +91,7 @@ static int fy_cmd_check(const char *path) {
 static uv_signal_t fy_sigterm, fy_sigint, fy_sighup;
 
 static void fy_on_stopped(fy_worker *w) {
+  fy_worker_close(w);
   uv_close((uv_handle_t *)&fy_sigterm, NULL);
   uv_close((uv_handle_t *)&fy_sigint, NULL);
   uv_close((uv_handle_t *)&fy_sighup, NULL);

@@ -266,7 +266,7 @@ static void fy_proxy_write_request_head(fy_conn *c, fy_server *s) {
   fy_buf_append(o, "\r\n", 2);
 }
 
-static void fy_proxy_upstream_write_cb(uv_write_t *wr, int status) {
+static void fy_proxy_upstream_write_cb(fy_write_req *wr, int status) {
   fy_uconn *uc = FY_CONTAINER_OF(wr, fy_uconn, write_req);
   fy_conn *c = uc->owner;
   if (c == NULL) return; /* detached while the write was in flight */
@@ -290,7 +290,7 @@ void fy_proxy_flush_upstream(fy_conn *c) {
   uv_buf_t bufs[2];
   unsigned n = fy_bodyout_bufs(&c->uhead, &c->ubody, bufs);
   if (n == 0) return;
-  int rc = uv_write(&uc->write_req, (uv_stream_t *)&uc->tcp, bufs, n, fy_proxy_upstream_write_cb);
+  int rc = fy_write(&uc->write_req, (uv_stream_t *)&uc->tcp, bufs, n, fy_proxy_upstream_write_cb);
   if (rc < 0) {
     fy_proxy_fail(c, rc);
     return;

@@ -90,6 +90,7 @@ static void fy_uconn_close(fy_uconn *uc) {
   }
   uc->state = FY_UC_CLOSING;
   uc->owner = NULL;
+  fy_write_forget(&uc->write_req);
   uc->closing = 2;
   uv_close((uv_handle_t *)&uc->tcp, fy_uconn_close_cb);
   uv_close((uv_handle_t *)&uc->timer, fy_uconn_close_cb);

@@ -17,6 +17,7 @@
 #include "common.h"
 #include "config.h"
 #include "pool.h"
+#include "write.h"
 
 #include <llhttp.h>
 #include <stdbool.h>
@@ -59,7 +60,7 @@ typedef struct fy_uconn {
   uv_tcp_t tcp;
   uv_timer_t timer;
   uv_connect_t connect_req;
-  uv_write_t write_req;
+  fy_write_req write_req;
   fy_server *server;
   struct fy_conn *owner;
   fy_uconn_ready_cb on_ready;

@@ -91,8 +91,50 @@ int fy_worker_init(fy_worker *w, uv_loop_t *loop, fy_gen *gen) {
   w->loop = loop;
   w->gen = gen;
   fy_list_init(&w->conns);
+  fy_list_init(&w->deferred);
+  uv_idle_init(loop, &w->idle);
+  uv_check_init(loop, &w->check);
+  w->idle.data = w->check.data = w;
   fy_worker_current = w;
   return 0;
+}
+
+void fy_worker_close(fy_worker *w) {
+  if (!uv_is_closing((uv_handle_t *)&w->idle)) uv_close((uv_handle_t *)&w->idle, NULL);
+  if (!uv_is_closing((uv_handle_t *)&w->check)) uv_close((uv_handle_t *)&w->check, NULL);
+}
+
+/* ---- deferred work -------------------------------------------------------- */
+
+/*
+ * Deferred work runs in the check phase, right after the poll callbacks of
+ * the same loop turn, so a write that completed at once costs no extra turn
+ * of the loop. Work queued outside the poll phase (a timer) also starts the
+ * idle handle, whose only job is to keep poll from blocking until then.
+ */
+static void fy_worker_check_cb(uv_check_t *h) {
+  fy_worker *w = h->data;
+  while (!fy_list_empty(&w->deferred)) {
+    fy_deferred *d = FY_CONTAINER_OF(w->deferred.next, fy_deferred, link);
+    fy_list_remove(&d->link);
+    d->run(d);
+  }
+  uv_check_stop(&w->check);
+  uv_idle_stop(&w->idle);
+}
+
+static void fy_worker_idle_cb(uv_idle_t *h) { (void)h; }
+
+void fy_worker_defer(fy_worker *w, fy_deferred *d) {
+  if (fy_list_empty(&w->deferred)) {
+    uv_check_start(&w->check, fy_worker_check_cb);
+    uv_idle_start(&w->idle, fy_worker_idle_cb);
+  }
+  fy_list_insert_head(w->deferred.prev, &d->link); /* append: run in order */
+}
+
+void fy_worker_undefer(fy_deferred *d) {
+  if (d->link.next != NULL) fy_list_remove(&d->link);
 }
 
 void fy_worker_maybe_stopped(fy_worker *w) {

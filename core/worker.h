@@ -49,6 +49,9 @@ typedef struct fy_worker {
   struct fy_req *hook_req;
   int hook;
   uv_timer_t deadline; /* drain deadline once stopping */
+  uv_check_t check;    /* runs the deferred queue */
+  uv_idle_t idle;      /* keeps poll from blocking while work is queued */
+  fy_list deferred;
   bool stopping;
   unsigned closing;
   void (*on_stopped)(struct fy_worker *w);
@@ -60,6 +63,11 @@ static inline fy_gen *fy_gen_ref(fy_gen *g) { g->refs++; return g; }
 void fy_gen_unref(fy_gen *g);
 
 int fy_worker_init(fy_worker *w, uv_loop_t *loop, fy_gen *gen);
+/* Closes the worker's own handles once it has stopped (or never started). */
+void fy_worker_close(fy_worker *w);
+/* Queues d->run for the next turn of the loop; undefer takes it back. */
+void fy_worker_defer(fy_worker *w, fy_deferred *d);
+void fy_worker_undefer(fy_deferred *d);
 int fy_worker_listen(fy_worker *w, fy_buf *errors);
 /* Closes listeners and connections; on_stopped runs once all handles are closed. */
 void fy_worker_stop(fy_worker *w, void (*on_stopped)(fy_worker *w));

@@ -154,7 +154,7 @@ static void *client_main(void *arg) {
 }
 
 static void on_stopped(fy_worker *w) {
-  (void)w;
+  fy_worker_close(w);
   uv_close((uv_handle_t *)&stop_async, NULL);
 }
 

@@ -1,0 +1,17 @@
+-- ferry bench policy: route by Host to the three upstream groups; any other
+-- host gets 421, like the nginx, nginx+lua and HAProxy peers.
+local M = {}
+
+local groups = {
+  ["metrics.observability.internal"] = "metrics",
+  ["logs.observability.internal"]    = "logs",
+  ["traces.observability.internal"]  = "traces",
+}
+
+function M.route(req)
+  local group = groups[req.host]
+  if group then return group end
+  return req:respond(421, "unknown host\n")
+end
+
+return M
