@@ -202,6 +202,7 @@ static void fy_proxy_on_read(fy_uconn *uc, ssize_t n) {
     fy_proxy_upstream_pump(c);
     return;
   }
+  if (c->rs == FY_RS_DONE) return; /* closed after a complete answer: just not reusable */
   if (n == UV_EOF && c->rs == FY_RS_BODY && llhttp_message_needs_eof(&uc->parser)) {
     llhttp_finish(&uc->parser); /* a close-delimited body ends here */
     uc->parser.flags &= ~F_CONNECTION_KEEP_ALIVE;

@@ -107,6 +107,33 @@ class LargeTest(E2ECase):
         self.assertEqual((n, digest.hexdigest()), (SIZE, self.expected))
         self.assertPeakRss("64 MiB download to a slow reader")
 
+    def test_upstream_close_after_answer_to_slow_reader(self):
+        """The upstream sends a whole response and closes while ferry still has
+        most of it to write to a slow client: the client gets every byte and
+        its connection stays usable."""
+        size = 4 * 1024 * 1024
+        sock = connect(self.ferry.port, timeout=10, rcvbuf=64 * 1024)
+        try:
+            sock.sendall(request_bytes("GET", "/bytes?n=%d&mode=cl&close=1" % size, host=HOST))
+            reader = HttpReader(sock, timeout=30)
+            resp = reader.read_head(time.monotonic() + 10)
+            self.assertEqual(resp.status, 200)
+            time.sleep(0.5)  # the upstream finishes and closes meanwhile
+            n = len(reader.buf)
+            reader.buf.clear()
+            sock.settimeout(30)
+            while n < size:
+                block = sock.recv(1 << 20)
+                if not block:
+                    break
+                n += len(block)
+            self.assertEqual(n, size, "the response was cut short")
+            sock.sendall(request_bytes("GET", "/echo?again=1", host=HOST))
+            again = HttpReader(sock, timeout=10).read_response()
+            self.assertEqual(again.status, 200)
+        finally:
+            sock.close()
+
     def test_upload_to_slow_upstream_applies_backpressure(self):
         """The upstream does not read for 1.5 s: ferry must stop reading the client."""
         args = CURL_BASE + ["--max-time", "60", "-H", "Host: " + HOST, "-H", "Expect:",

@@ -146,6 +146,22 @@ class ProxyBasicTest(E2ECase):
         self.assertEqual([json.loads(b)["query"] for _, _, b in results],
                          ["i=%d" % i for i in range(4)])
 
+    def test_upstream_closing_after_its_answer_keeps_the_client_connection(self):
+        # The upstream answers with Connection: close and closes right after a
+        # complete response: the client still gets every byte and keeps its
+        # own keep-alive connection; the next request goes on a new upstream
+        # connection.
+        urls = [self.ferry.url("/status?code=200&close=1"), self.ferry.url("/bytes?n=300000&mode=cl&close=1"),
+                self.ferry.url("/echo?after=close")]
+        results, rc, err = curl_many(urls, host=METRICS)
+        self.assertEqual(rc, 0, err)
+        self.assertEqual([s for s, _, _ in results], [200] * 3)
+        self.assertEqual([c for _, c, _ in results], [1, 0, 0],
+                         "ferry closed the client connection after an upstream close")
+        self.assertEqual(results[0][2], b"status 200\n")
+        self.assertEqual(len(results[1][2]), 300000)
+        self.assertEqual(json.loads(results[2][2])["query"], "after=close")
+
     def test_upstream_connection_is_reused(self):
         urls = [self.ferry.url("/echo?i=%d" % i) for i in range(4)]
         results, rc, err = curl_many(urls, host=METRICS)

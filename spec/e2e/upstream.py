@@ -13,7 +13,8 @@ Behaviours (the query string is the argument list):
     /bytes?n=N&mode=M          N pattern bytes; M = cl | chunked | close
     /upload[?delay=S]          reads the body (CL or chunked), returns length
                                and sha256; waits S seconds before reading
-    /status?code=N             that status; 1xx/204/304 carry no body
+    /status?code=N[&close=1]   that status; 1xx/204/304 carry no body; close=1
+                               answers with Connection: close and closes
     /abort?after=K[&mode=M]    announces more than K bytes, sends K, closes
     /slow?delay=S[&phase=P]    waits S seconds before the headers (P=head,
                                default) or between headers and body (P=body)
@@ -262,7 +263,7 @@ class Connection:
         no_body = status < 200 or status in (204, 304)
         if not no_body:
             headers += [("Content-Type", ctype), ("Content-Length", str(len(body)))]
-        close = req.wants_close()
+        close = req.wants_close() or req.arg_int("close", 0, 0, 1) == 1
         if close:
             headers.append(("Connection", "close"))
         self.send_head(status, headers)
@@ -317,7 +318,7 @@ class Connection:
             headers.append(("Connection", "close"))
         else:
             headers.append(("Content-Length", str(n)))
-        close = mode == "close" or req.wants_close()
+        close = mode == "close" or req.wants_close() or req.arg_int("close", 0, 0, 1) == 1
         if close and mode != "close":
             headers.append(("Connection", "close"))
         self.send_head(200, headers)
