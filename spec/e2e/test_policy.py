@@ -64,6 +64,11 @@ function M.route(req)
     h:set("x-ctx-fresh", tostring(next(req.ctx) == nil))
     req.ctx.mark = "set"
     h:set("x-ctx-mark", tostring(req.ctx.mark))
+  elseif case == "log" then
+    require("ferry").log.warn("policy says", "hello", 42)
+  elseif case == "bad_header" then
+    local ok, err = pcall(h.set, h, "X-Bad", "a\r\nInjected: yes")
+    h:set("x-bad-refused", ok and "no" or tostring(err))
   elseif case == "keep" then
     kept = req
   elseif case == "stale" then
@@ -105,6 +110,20 @@ class PolicyTest(E2ECase):
         self.assertEqual(r.body, b"no\n")
         self.assertEqual(r.header("x-a"), "b")
         self.assertNothingReached(self.up, "after req:respond")
+
+    def test_ferry_log_from_a_policy_carries_the_request_id(self):
+        r = self.get("/echo?case=log")
+        self.assertEqual((r.rc, r.status), (0, 200), r)
+        m = self.ferry.wait_log(r"\[warn\] request \d+: policy says hello 42", timeout=3)
+        self.assertIsNotNone(m, self.ferry.log_tail())
+
+    def test_header_injection_from_a_policy_is_refused(self):
+        r = self.get("/echo?case=bad_header")
+        self.assertEqual((r.rc, r.status), (0, 200), r)
+        info = r.json()
+        self.assertRegex(echo_values(info, "x-bad-refused")[0], "invalid argument")
+        self.assertEqual(echo_values(info, "injected"), [])
+        self.assertEqual(echo_values(info, "x-bad"), [])
 
     def test_error_in_hook_gives_500_and_logs_traceback(self):
         r = self.get("/echo?case=boom")
