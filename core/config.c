@@ -95,6 +95,21 @@ static void fy_cfg_read_rest(lua_State *L, int t, fy_config *cfg) {
   l->send_timeout = fy_cfg_ms(L, lim, "send_timeout");
   l->keepalive_timeout = fy_cfg_ms(L, lim, "keepalive_timeout");
   l->keepalive_requests = (unsigned)fy_cfg_num(L, lim, "keepalive_requests");
+  l->hook_timeout = fy_cfg_ms(L, lim, "hook_timeout");
+  l->lua_memory = (size_t)fy_cfg_num(L, lim, "lua_memory");
+  lua_pop(L, 1);
+
+  lua_getfield(L, t, "admin");
+  if (lua_istable(L, -1)) {
+    cfg->admin_host = fy_cfg_str(L, -1, "host");
+    cfg->admin_port = (int)fy_cfg_num(L, -1, "port");
+  }
+  lua_pop(L, 1);
+  lua_getfield(L, t, "reload");
+  lua_getfield(L, -1, "watch");
+  cfg->watch = lua_toboolean(L, -1);
+  lua_pop(L, 1);
+  cfg->watch_debounce = fy_cfg_ms(L, lua_gettop(L), "debounce");
   lua_pop(L, 1);
 
   lua_getfield(L, t, "log");
@@ -169,6 +184,7 @@ void fy_config_free(fy_config *cfg) {
   free(cfg->policies);
   free(cfg->listeners);
   free(cfg->groups);
+  free(cfg->admin_host);
   free(cfg->path);
   free(cfg);
 }

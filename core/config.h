@@ -38,6 +38,8 @@ typedef struct fy_limits {
   size_t max_request_line, max_header_bytes, max_headers;
   uint64_t header_timeout, body_timeout, send_timeout, keepalive_timeout;
   unsigned keepalive_requests;
+  uint64_t hook_timeout; /* longest run of one hook call */
+  size_t lua_memory;     /* cap of a generation's Lua state */
 } fy_limits;
 
 typedef struct fy_config {
@@ -51,6 +53,10 @@ typedef struct fy_config {
   fy_limits limits;
   int log_level;
   bool access_log;
+  char *admin_host; /* NULL: no admin listener */
+  int admin_port;
+  bool watch;       /* reload when the config or a policy file changes */
+  uint64_t watch_debounce;
 } fy_config;
 
 /*

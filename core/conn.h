@@ -124,7 +124,11 @@ typedef struct fy_conn {
 void fy_conn_accept(fy_listener *l);
 void fy_conn_close(fy_conn *c);
 /* Answers the current request with a ferry-made response. */
+void fy_conn_respond(fy_conn *c, int status, const char *ctype, const char *body, size_t blen);
 void fy_conn_respond_simple(fy_conn *c, int status, const char *body);
+
+/* admin.c: answers a request on the admin listener. */
+void fy_admin_handle(fy_conn *c);
 /* Whether the client connection closes once the current exchange ends. */
 bool fy_conn_will_close(fy_conn *c);
 /* Called by proxy.c when the response half is done or new bytes were queued. */

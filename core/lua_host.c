@@ -8,46 +8,137 @@
 #include <lua.h>
 #include <lualib.h>
 
+#include <uv.h>
+
+/* Time allowed to load one policy file (its module-level code). */
+#define FY_LUA_LOAD_BUDGET_MS 2000
+#define FY_LUA_HOOK_EVERY 1000 /* VM instructions between two deadline checks */
+
 void fy_lua_openlibs(lua_State *L) {
   luaL_openlibs(L);
   fy_lua_embed_preload(L);
 }
 
+const char *fy_hook_outcome_name(enum fy_hook_outcome out) {
+  switch (out) {
+  case FY_HOOK_OK: return "ok";
+  case FY_HOOK_ERROR: return "error";
+  case FY_HOOK_TIMEOUT: return "timeout";
+  case FY_HOOK_NOMEM: return "out of memory";
+  }
+  return "?";
+}
+
+/* ---- budgets ------------------------------------------------------------ */
+
+static void *fy_lua_alloc(void *ud, void *ptr, size_t osize, size_t nsize) {
+  fy_lua *lua = ud;
+  if (nsize == 0) {
+    free(ptr);
+    lua->mem_used -= osize;
+    return NULL;
+  }
+  if (nsize > osize && lua->mem_used + (nsize - osize) > lua->mem_cap) {
+    lua->oom = true;
+    return NULL;
+  }
+  void *p = realloc(ptr, nsize);
+  if (p == NULL) {
+    lua->oom = true;
+    return NULL;
+  }
+  lua->mem_used = lua->mem_used - osize + nsize;
+  return p;
+}
+
+static __thread fy_lua *fy_lua_running;
+
+static void fy_lua_budget_hook(lua_State *L, lua_Debug *ar) {
+  (void)ar;
+  fy_lua *lua = fy_lua_running;
+  if (lua == NULL || uv_hrtime() < lua->deadline_ns) return;
+  lua->timed_out = true;
+  /* From now on every instruction raises, so a pcall in the policy cannot swallow it. */
+  lua_sethook(L, fy_lua_budget_hook, LUA_MASKCOUNT, 1);
+  luaL_error(L, "ran longer than its %d ms budget (limits.hook_timeout)", (int)lua->budget_ms);
+}
+
+static void fy_lua_budget_start(fy_lua *lua, uint64_t ms) {
+  lua->timed_out = lua->oom = false;
+  lua->budget_ms = ms;
+  lua->deadline_ns = uv_hrtime() + ms * 1000000;
+  fy_lua_running = lua;
+  lua_sethook(lua->L, fy_lua_budget_hook, LUA_MASKCOUNT, FY_LUA_HOOK_EVERY);
+}
+
+static void fy_lua_budget_end(fy_lua *lua) {
+  lua_sethook(lua->L, NULL, 0, 0);
+  fy_lua_running = NULL;
+  if (lua->oom) lua_gc(lua->L, LUA_GCCOLLECT, 0); /* give the garbage back before the next call */
+}
+
 /* Calls ferry.core.<fn> with the value at the top of the stack; leaves 2 results. */
-static int fy_lua_core_call(lua_State *L, const char *fn, int nargs) {
+static int fy_lua_core_call(fy_lua *lua, const char *fn, int nargs) {
+  lua_State *L = lua->L;
   lua_getglobal(L, "require");
   lua_pushliteral(L, "ferry.core");
-  lua_call(L, 1, 1);
+  if (lua_pcall(L, 1, 1, 0) != 0) return LUA_ERRRUN;
   lua_getfield(L, -1, fn);
   lua_remove(L, -2);
   lua_insert(L, -1 - nargs);
-  return lua_pcall(L, nargs, 2, 0);
+  fy_lua_budget_start(lua, FY_LUA_LOAD_BUDGET_MS);
+  int rc = lua_pcall(L, nargs, 2, 0);
+  fy_lua_budget_end(lua);
+  return rc;
 }
 
-static void fy_lua_set_groups(lua_State *L, const fy_config *cfg) {
+static int fy_lua_set_groups(fy_lua *lua, const fy_config *cfg) {
+  lua_State *L = lua->L;
   lua_createtable(L, (int)cfg->ngroups, 0);
   for (size_t i = 0; i < cfg->ngroups; i++) {
     lua_pushstring(L, cfg->groups[i].name);
     lua_rawseti(L, -2, (int)i + 1);
   }
-  fy_lua_core_call(L, "set_groups", 1);
+  int rc = fy_lua_core_call(lua, "set_groups", 1);
   lua_settop(L, 0);
+  return rc;
 }
 
-int fy_lua_init(fy_lua *lua, const fy_config *cfg, fy_buf *errors) {
+static int fy_lua_load_policies(fy_lua *lua, const fy_config *cfg, fy_buf *errors) {
+  lua_State *L = lua->L;
   int rc = FY_OK;
-  memset(lua, 0, sizeof *lua);
-  lua_State *L = lua->L = luaL_newstate();
-  fy_lua_openlibs(L);
-  fy_lua_set_groups(L, cfg);
   for (size_t i = 0; i < cfg->npolicies; i++) {
     lua_pushstring(L, cfg->policies[i]);
-    if (fy_lua_core_call(L, "load_policy", 1) != 0 || lua_isnil(L, -2)) {
-      fy_buf_printf(errors, "%s\n", lua_tostring(L, -1));
+    int prc = fy_lua_core_call(lua, "load_policy", 1);
+    if (prc != 0 || lua_isnil(L, -2)) {
+      const char *msg = lua_tostring(L, -1);
+      if (lua->timed_out || lua->oom)
+        fy_buf_printf(errors, "%s: loading the policy %s\n", cfg->policies[i],
+                      lua->oom ? "ran out of memory (limits.lua_memory)" : "took too long (a loop at module level?)");
+      else
+        fy_buf_printf(errors, "%s\n", msg ? msg : "(error object is not a string)");
       rc = FY_ESCRIPT;
     }
     lua_settop(L, 0);
   }
+  return rc;
+}
+
+int fy_lua_init(fy_lua *lua, const fy_config *cfg, fy_buf *errors) {
+  memset(lua, 0, sizeof *lua);
+  lua->mem_cap = cfg->limits.lua_memory;
+  lua->hook_budget_ms = cfg->limits.hook_timeout;
+  lua_State *L = lua->L = lua_newstate(fy_lua_alloc, lua);
+  if (L == NULL) {
+    fy_buf_printf(errors, "cannot create a Lua state (limits.lua_memory too small?)\n");
+    return FY_ESCRIPT;
+  }
+  fy_lua_openlibs(L);
+  if (fy_lua_set_groups(lua, cfg) != 0) {
+    fy_buf_printf(errors, "ferry.core: %s\n", lua_tostring(L, -1));
+    return FY_ESCRIPT;
+  }
+  int rc = fy_lua_load_policies(lua, cfg, errors);
   lua_getglobal(L, "require");
   lua_pushliteral(L, "ferry.core");
   lua_call(L, 1, 1);
@@ -70,7 +161,11 @@ static enum fy_hook_outcome fy_lua_failed(fy_lua *lua, int rc, fy_buf *err) {
   if (msg == NULL) msg = "(error object is not a string)", len = strlen(msg);
   fy_buf_append(err, msg, len);
   lua_settop(lua->L, 0);
-  if (rc == LUA_ERRMEM) {
+  if (lua->timed_out) {
+    lua->timeouts++;
+    return FY_HOOK_TIMEOUT;
+  }
+  if (rc == LUA_ERRMEM || lua->oom) {
     lua->nomem++;
     return FY_HOOK_NOMEM;
   }
@@ -91,11 +186,13 @@ static enum fy_hook_outcome fy_lua_run(fy_lua *lua, int ref, int policy, struct 
   lua_pushinteger(L, policy + 1);
   lua_pushnumber(L, (double)req->id);
   w->hook_req = req;
+  fy_lua_budget_start(lua, lua->hook_budget_ms);
   int rc = lua_pcall(L, 2, 2, 0);
+  fy_lua_budget_end(lua);
   w->hook_req = NULL;
   if (rc != 0) return fy_lua_failed(lua, rc, err);
   *code = (int)lua_tointeger(L, -2);
-  if (*code == -2) return fy_lua_failed(lua, LUA_ERRRUN, err);
+  if (*code == -2 || lua->timed_out || lua->oom) return fy_lua_failed(lua, LUA_ERRRUN, err);
   lua_settop(L, 0);
   return FY_HOOK_OK;
 }

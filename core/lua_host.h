@@ -19,14 +19,30 @@ struct fy_req;
 
 enum fy_hook_outcome {
   FY_HOOK_OK,
-  FY_HOOK_ERROR,  /* the hook raised or returned something unusable */
-  FY_HOOK_NOMEM,  /* the Lua state ran out of memory */
+  FY_HOOK_ERROR,   /* the hook raised or returned something unusable */
+  FY_HOOK_TIMEOUT, /* the hook ran past limits.hook_timeout */
+  FY_HOOK_NOMEM,   /* the Lua state reached limits.lua_memory */
 };
 
+const char *fy_hook_outcome_name(enum fy_hook_outcome out);
+
+/*
+ * Budgets: policy code runs interpreted (ferry turns the JIT off for policy
+ * chunks and the modules they require, because LuaJIT's compiled code never
+ * checks hooks) under a count hook that raises once the call's deadline has
+ * passed; the state's allocator refuses memory past its cap. A C library
+ * call that never returns to Lua (a pathological string.find pattern) is
+ * the one thing these cannot stop.
+ */
 typedef struct fy_lua {
   struct lua_State *L;
   int route_ref; /* ferry.core.route */
-  uint64_t errors, nomem; /* counters, for metrics */
+  size_t mem_used, mem_cap;
+  uint64_t deadline_ns;  /* of the call running now */
+  uint64_t budget_ms;    /* of the call running now */
+  uint64_t hook_budget_ms; /* limits.hook_timeout */
+  bool timed_out, oom;   /* what the call running now ran into */
+  uint64_t errors, timeouts, nomem; /* counters, for metrics */
 } fy_lua;
 
 /* Creates the state, loads every policy of cfg. Errors as "file:line: message". */

@@ -3,11 +3,16 @@
 #include "log.h"
 #include "worker.h"
 
+#include <arpa/inet.h>
+#include <limits.h>
 #include <llhttp.h>
 #include <luajit.h>
+#include <netdb.h>
 #include <signal.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
 #ifndef FERRY_VERSION
 #define FERRY_VERSION "0.1.0"
@@ -23,6 +28,8 @@ static void fy_usage(FILE *f) {
           "  run [-c FILE]     serve with the configuration FILE\n"
           "  check [-c FILE]   load FILE and every policy it names; print each error as\n"
           "                    file:line: message and exit 1 if there is any\n"
+          "  reload [-c FILE]  ask the running ferry (through FILE's admin listener) to load\n"
+          "                    FILE as its next generation; exit 0 once it is live\n"
           "  version           print the versions of ferry and of the libraries it links\n"
           "\n"
           "FILE defaults to %s\n",
@@ -102,7 +109,14 @@ static void fy_on_stopped(fy_worker *w) {
 static void fy_on_signal(uv_signal_t *s, int signum) {
   fy_worker *w = s->data;
   if (signum == SIGHUP) {
-    fy_log_warn("SIGHUP: live reload is not part of this build; restart ferry to apply a new config");
+    fy_buf errors;
+    fy_buf_init(&errors);
+    unsigned number = 0;
+    fy_log_info("SIGHUP: reloading %s", w->config_path);
+    if (fy_worker_reload(w, w->config_path, &errors, &number) != FY_OK)
+      fy_log_error("reload refused, generation %u keeps serving:\n%.*s", w->gen->number, (int)errors.len,
+                   errors.data);
+    fy_buf_free(&errors);
     return;
   }
   fy_log_info("%s: draining (in-flight requests finish, new connections are refused)",
@@ -121,6 +135,8 @@ static int fy_cmd_run(const char *path) {
   }
   fy_log_level_current = gen->cfg->log_level;
   w.gen = gen;
+  char real[PATH_MAX];
+  w.config_path = fy_strdup(realpath(path, real) ? real : path);
   fy_buf errors;
   fy_buf_init(&errors);
   if (fy_worker_listen(&w, &errors) != 0) {
@@ -145,6 +161,72 @@ static int fy_cmd_run(const char *path) {
   return 0;
 }
 
+/* ---- ferry reload ------------------------------------------------------- */
+
+/* Sends one request to the admin listener and returns its status, the body in out. */
+static int fy_admin_call(const char *host, int port, const char *request, fy_buf *out) {
+  char portstr[8];
+  snprintf(portstr, sizeof portstr, "%d", port);
+  struct addrinfo hints = {.ai_socktype = SOCK_STREAM}, *res = NULL;
+  if (getaddrinfo(host, portstr, &hints, &res) != 0 || res == NULL) return -1;
+  int fd = socket(res->ai_family, SOCK_STREAM, 0);
+  int ok = fd >= 0 && connect(fd, res->ai_addr, res->ai_addrlen) == 0;
+  freeaddrinfo(res);
+  if (!ok) {
+    if (fd >= 0) close(fd);
+    return -1;
+  }
+  size_t len = strlen(request);
+  for (size_t off = 0; off < len;) {
+    ssize_t n = write(fd, request + off, len - off);
+    if (n <= 0) break;
+    off += (size_t)n;
+  }
+  char buf[4096];
+  ssize_t n;
+  while ((n = read(fd, buf, sizeof buf)) > 0) fy_buf_append(out, buf, (size_t)n);
+  close(fd);
+  fy_buf_append(out, "", 1);
+  int status = 0;
+  if (sscanf(out->data, "HTTP/1.%*d %d", &status) != 1) return -1;
+  const char *body = strstr(out->data, "\r\n\r\n");
+  size_t skip = body ? (size_t)(body + 4 - out->data) : out->len;
+  memmove(out->data, out->data + skip, out->len - skip);
+  out->len -= skip;
+  return status;
+}
+
+static int fy_cmd_reload(const char *path) {
+  fy_buf errors;
+  fy_buf_init(&errors);
+  fy_config *cfg = NULL;
+  if (fy_config_load(path, &cfg, &errors) != FY_OK) {
+    fwrite(errors.data, 1, errors.len, stderr);
+    return 1;
+  }
+  if (cfg->admin_host == NULL) {
+    fprintf(stderr, "ferry: %s has no admin.address; ferry reload talks to the running ferry through its "
+            "admin listener (or send it SIGHUP)\n", path);
+    fy_config_free(cfg);
+    return 2;
+  }
+  char real[PATH_MAX];
+  char request[PATH_MAX + 256];
+  snprintf(request, sizeof request,
+           "POST /reload HTTP/1.1\r\nHost: ferry-admin\r\nX-Ferry-Config: %s\r\n"
+           "Content-Length: 0\r\nConnection: close\r\n\r\n", realpath(path, real) ? real : path);
+  int status = fy_admin_call(cfg->admin_host, cfg->admin_port, request, &errors);
+  if (status < 0) {
+    fprintf(stderr, "ferry: no ferry answers on the admin listener %s:%d\n", cfg->admin_host,
+            cfg->admin_port);
+  } else {
+    fwrite(errors.data, 1, strnlen(errors.data, errors.len), status == 200 ? stdout : stderr);
+  }
+  fy_config_free(cfg);
+  fy_buf_free(&errors);
+  return status == 200 ? 0 : 1;
+}
+
 int main(int argc, char **argv) {
   if (argc < 2) {
     fy_usage(stderr);
@@ -158,6 +240,7 @@ int main(int argc, char **argv) {
   }
   if (strcmp(cmd, "check") == 0) return fy_cmd_check(fy_config_arg(argc, argv));
   if (strcmp(cmd, "run") == 0) return fy_cmd_run(fy_config_arg(argc, argv));
+  if (strcmp(cmd, "reload") == 0) return fy_cmd_reload(fy_config_arg(argc, argv));
   fprintf(stderr, "ferry: unknown command '%s'\n", cmd);
   fy_usage(stderr);
   return 2;

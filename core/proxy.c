@@ -361,15 +361,20 @@ static void fy_proxy_respond_from_lua(fy_conn *c) {
 
 void fy_proxy_start(fy_conn *c) {
   fy_req *r = &c->req;
+  if (c->listener->admin) {
+    fy_admin_handle(c);
+    return;
+  }
   fy_buf err;
   fy_buf_init(&err);
   fy_http_strip_hop_by_hop(&r->headers);
-  r->policy = c->gen->cfg->listeners[c->listener->index].policy;
+  r->policy = r->gen->cfg->listeners[c->listener->index].policy;
   c->retries = 0;
   int group = -1;
   enum fy_hook_outcome out = fy_lua_route(&r->gen->lua, r->policy, r, &group, &err);
   if (out != FY_HOOK_OK) {
-    fy_log_error("request %llu: route: %.*s", (unsigned long long)r->id, (int)err.len, err.data);
+    fy_log_error("request %llu: route: %s: %.*s", (unsigned long long)r->id, fy_hook_outcome_name(out),
+                 (int)err.len, err.data);
     fy_buf_free(&err);
     fy_conn_respond_simple(c, 500, "policy error\n");
     return;

@@ -58,6 +58,41 @@ void fy_groups_drop_idle(fy_group *groups, size_t n) {
   }
 }
 
+static bool fy_addr_equal(const struct sockaddr_storage *a, const struct sockaddr_storage *b) {
+  if (a->ss_family != b->ss_family) return false;
+  if (a->ss_family == AF_INET) {
+    const struct sockaddr_in *x = (const void *)a, *y = (const void *)b;
+    return x->sin_port == y->sin_port && x->sin_addr.s_addr == y->sin_addr.s_addr;
+  }
+  const struct sockaddr_in6 *x = (const void *)a, *y = (const void *)b;
+  return x->sin6_port == y->sin6_port && memcmp(&x->sin6_addr, &y->sin6_addr, sizeof x->sin6_addr) == 0;
+}
+
+static fy_server *fy_groups_find_server(fy_group *groups, size_t n, const struct sockaddr_storage *addr) {
+  for (size_t i = 0; i < n; i++)
+    for (size_t j = 0; j < groups[i].nservers; j++)
+      if (fy_addr_equal(&groups[i].servers[j].addr, addr)) return &groups[i].servers[j];
+  return NULL;
+}
+
+void fy_groups_adopt_idle(fy_group *to, size_t nto, fy_group *from, size_t nfrom) {
+  for (size_t i = 0; i < nfrom; i++) {
+    for (size_t j = 0; j < from[i].nservers; j++) {
+      fy_server *old = &from[i].servers[j];
+      fy_server *s = fy_groups_find_server(to, nto, &old->addr);
+      while (s && !fy_list_empty(&old->idle) && s->nidle < s->group->cfg->max_idle) {
+        fy_uconn *uc = FY_CONTAINER_OF(old->idle.next, fy_uconn, pool_link);
+        fy_list_remove(&uc->pool_link);
+        old->nidle--;
+        uc->server = s;
+        fy_list_insert_head(&s->idle, &uc->pool_link);
+        s->nidle++;
+        fy_uconn_timer(uc, s->group->cfg->idle_timeout);
+      }
+    }
+  }
+}
+
 void fy_groups_close(fy_group *groups, size_t n) {
   fy_groups_drop_idle(groups, n);
   for (size_t i = 0; i < n; i++) free(groups[i].servers);
@@ -205,7 +240,8 @@ int fy_upstream_acquire(uv_loop_t *loop, fy_server *s, struct fy_conn *owner, bo
 
 void fy_upstream_release(fy_uconn *uc, bool reusable) {
   fy_server *s = uc->server;
-  if (!reusable || uc->eof || uc->state != FY_UC_ACTIVE || s->nidle >= s->group->cfg->max_idle) {
+  if (!reusable || uc->eof || uc->state != FY_UC_ACTIVE || s->group->retired ||
+      s->nidle >= s->group->cfg->max_idle) {
     fy_uconn_close(uc);
     return;
   }

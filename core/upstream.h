@@ -41,6 +41,7 @@ typedef struct fy_group {
   fy_server *servers;
   size_t nservers;
   size_t next; /* round robin cursor */
+  bool retired; /* its generation is no longer live: do not pool into it */
 } fy_group;
 
 enum fy_uconn_state {
@@ -85,6 +86,8 @@ int fy_groups_init(fy_group **out, const fy_config *cfg, fy_buf *errors);
 void fy_groups_close(fy_group *groups, size_t n);
 /* Closes every idle pooled connection (when stopping). */
 void fy_groups_drop_idle(fy_group *groups, size_t n);
+/* Moves idle pooled connections of old servers to new servers at the same address. */
+void fy_groups_adopt_idle(fy_group *to, size_t nto, fy_group *from, size_t nfrom);
 
 fy_server *fy_group_pick(fy_group *g);
 

@@ -2,6 +2,7 @@
 
 #include "conn.h"
 #include "log.h"
+#include "watch.h"
 
 #include <stdio.h>
 
@@ -14,6 +15,7 @@ __thread fy_worker *fy_worker_current;
 int fy_gen_new(fy_worker *w, fy_config *cfg, fy_gen **out, fy_buf *errors) {
   fy_gen *g = fy_calloc(1, sizeof *g);
   g->refs = 1;
+  g->number = 1;
   g->cfg = cfg;
   g->w = w;
   int rc = fy_groups_init(&g->groups, cfg, errors);
@@ -70,8 +72,7 @@ static int fy_listener_open(fy_worker *w, fy_listener *l, const fy_cfg_listener 
 
 int fy_worker_listen(fy_worker *w, fy_buf *errors) {
   const fy_config *cfg = w->gen->cfg;
-  w->nlisteners = cfg->nlisteners;
-  w->listeners = fy_calloc(w->nlisteners, sizeof *w->listeners);
+  w->listeners = fy_calloc(cfg->nlisteners + 1, sizeof *w->listeners);
   int rc = 0;
   w->nlisteners = 0;
   for (size_t i = 0; i < cfg->nlisteners && rc == 0; i++) {
@@ -81,7 +82,77 @@ int fy_worker_listen(fy_worker *w, fy_buf *errors) {
     snprintf(l->name, sizeof l->name, "%s", cfg->listeners[i].name);
     rc = fy_listener_open(w, l, &cfg->listeners[i], errors);
   }
+  if (rc == 0 && cfg->admin_host) {
+    fy_listener *l = &w->listeners[w->nlisteners++];
+    fy_cfg_listener admin = {.name = "admin", .host = cfg->admin_host, .port = cfg->admin_port};
+    l->w = w;
+    l->admin = true;
+    snprintf(l->name, sizeof l->name, "admin");
+    rc = fy_listener_open(w, l, &admin, errors);
+  }
+  if (rc == 0 && cfg->watch) fy_watch_update(w);
   return rc;
+}
+
+/* ---- reload ------------------------------------------------------------- */
+
+static bool fy_str_eq(const char *a, const char *b) {
+  return (a == NULL && b == NULL) || (a && b && strcmp(a, b) == 0);
+}
+
+/* Listeners are bound once: a reload may not add, remove or move one. */
+static int fy_reload_check_listeners(const fy_config *live, const fy_config *next, fy_buf *errors) {
+  int rc = FY_OK;
+  if (live->nlisteners != next->nlisteners) {
+    fy_buf_printf(errors, "%s: listeners: %zu listeners instead of %zu; adding or removing a listener "
+                  "needs a restart\n", next->path, next->nlisteners, live->nlisteners);
+    return FY_ECONFIG;
+  }
+  for (size_t i = 0; i < live->nlisteners; i++) {
+    const fy_cfg_listener *a = &live->listeners[i], *b = &next->listeners[i];
+    if (!fy_str_eq(a->name, b->name) || !fy_str_eq(a->host, b->host) || a->port != b->port) {
+      fy_buf_printf(errors, "%s: listeners[%zu]: %s on %s:%d would become %s on %s:%d; a listener's name "
+                    "and address need a restart\n", next->path, i + 1, a->name, a->host, a->port,
+                    b->name, b->host, b->port);
+      rc = FY_ECONFIG;
+    }
+  }
+  if (!fy_str_eq(live->admin_host, next->admin_host) || live->admin_port != next->admin_port) {
+    fy_buf_printf(errors, "%s: admin.address: the admin listener's address needs a restart\n", next->path);
+    rc = FY_ECONFIG;
+  }
+  return rc;
+}
+
+int fy_worker_reload(fy_worker *w, const char *path, fy_buf *errors, unsigned *number) {
+  uint64_t start = uv_hrtime();
+  fy_config *cfg = NULL;
+  fy_gen *next = NULL;
+  int rc = fy_config_load(path, &cfg, errors);
+  if (rc == FY_OK) rc = fy_reload_check_listeners(w->gen->cfg, cfg, errors);
+  if (rc == FY_OK) rc = fy_gen_new(w, cfg, &next, errors);
+  if (rc != FY_OK) {
+    fy_config_free(cfg);
+    w->reload_failures++;
+    return rc;
+  }
+  fy_gen *live = w->gen;
+  next->number = live->number + 1;
+  fy_groups_adopt_idle(next->groups, cfg->ngroups, live->groups, live->cfg->ngroups);
+  for (size_t i = 0; i < live->cfg->ngroups; i++) live->groups[i].retired = true;
+  w->gen = next;
+  fy_gen_unref(live); /* freed once its last exchange ends */
+  fy_log_level_current = cfg->log_level;
+  if (path != w->config_path) {
+    free(w->config_path);
+    w->config_path = fy_strdup(path);
+  }
+  w->reloads++;
+  if (cfg->watch || w->watch) fy_watch_update(w);
+  *number = next->number;
+  fy_log_info("generation %u is live (%s, built in %.1f ms)", next->number, path,
+              (double)(uv_hrtime() - start) / 1e6);
+  return FY_OK;
 }
 
 /* ---- worker ------------------------------------------------------------- */
@@ -100,6 +171,9 @@ int fy_worker_init(fy_worker *w, uv_loop_t *loop, fy_gen *gen) {
 }
 
 void fy_worker_close(fy_worker *w) {
+  fy_watch_close(w);
+  free(w->config_path);
+  w->config_path = NULL;
   if (!uv_is_closing((uv_handle_t *)&w->idle)) uv_close((uv_handle_t *)&w->idle, NULL);
   if (!uv_is_closing((uv_handle_t *)&w->check)) uv_close((uv_handle_t *)&w->check, NULL);
 }

@@ -25,6 +25,7 @@
 
 typedef struct fy_gen {
   unsigned refs;
+  unsigned number; /* 1 for the first generation, +1 per reload */
   fy_config *cfg;
   fy_group *groups;
   fy_lua lua;
@@ -35,8 +36,11 @@ typedef struct fy_listener {
   uv_tcp_t tcp;
   struct fy_worker *w;
   size_t index; /* into the generation's cfg->listeners */
+  bool admin;   /* the admin listener: answered by admin.c, not by a policy */
   char name[64];
 } fy_listener;
+
+struct fy_watch;
 
 typedef struct fy_worker {
   uv_loop_t *loop;
@@ -45,6 +49,9 @@ typedef struct fy_worker {
   size_t nlisteners;
   fy_list conns;
   uint64_t next_req_id;
+  char *config_path; /* what SIGHUP and the file watch reload */
+  struct fy_watch *watch;
+  uint64_t reloads, reload_failures;
   /* The request whose hook is running, for the fy_ffi_* calls. */
   struct fy_req *hook_req;
   int hook;
@@ -71,6 +78,16 @@ void fy_worker_undefer(fy_deferred *d);
 int fy_worker_listen(fy_worker *w, fy_buf *errors);
 /* Closes listeners and connections; on_stopped runs once all handles are closed. */
 void fy_worker_stop(fy_worker *w, void (*on_stopped)(fy_worker *w));
+
+/*
+ * Builds a generation from path beside the live one and, if every part of it
+ * loads, makes it live: new requests use it, exchanges in flight finish on
+ * the one they started with, and idle pooled upstream connections move over
+ * to servers at the same address. Listeners cannot change live; a config
+ * that changes them is refused. On failure nothing changes and errors holds
+ * the report. On success *number is the new generation's number.
+ */
+int fy_worker_reload(fy_worker *w, const char *path, fy_buf *errors, unsigned *number);
 
 /* Called when a connection or handle of a stopping worker is gone. */
 void fy_worker_maybe_stopped(fy_worker *w);

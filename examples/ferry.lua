@@ -31,6 +31,8 @@ return {
     traces = group(9103),
   },
   policy = "../scripts/default.lua",
+  -- Health, status and `ferry reload`; keep it on loopback.
+  admin = { address = "127.0.0.1:9180" },
   limits = {
     header_timeout = 10,
     keepalive_timeout = 75,

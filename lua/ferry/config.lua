@@ -77,6 +77,15 @@ local schema = {
       send_timeout = seconds(60),
       keepalive_timeout = seconds(75),
       keepalive_requests = { type = "integer", min = 1, max = 1e9, default = 10000 },
+      hook_timeout = { type = "number", min = 0.001, max = 60, default = 0.05 },
+      lua_memory = bytes(64 * 1024 * 1024, 1024 * 1024),
+    } },
+    admin = { type = "table", fields = {
+      address = { type = "string", required = true, check = check_hostport },
+    } },
+    reload = { type = "table", default = {}, fields = {
+      watch = { type = "boolean", default = false },
+      debounce = { type = "number", min = 0.01, max = 60, default = 0.3 },
     } },
     log = { type = "table", default = {}, fields = {
       level = { type = "string", enum = { "debug", "info", "warn", "error" }, default = "info" },
@@ -178,7 +187,12 @@ end
 
 -- Cross-field rules and normalisation into the shape config.c reads.
 local function normalise(cfg, base, errs)
-  local out = { limits = cfg.limits, log = cfg.log, listeners = {}, upstreams = {}, policies = {} }
+  local out = { limits = cfg.limits, log = cfg.log, reload = cfg.reload, listeners = {}, upstreams = {},
+                policies = {} }
+  if cfg.admin then
+    local host, port = split_hostport(cfg.admin.address or "")
+    out.admin = { host = host or "", port = port or 0 }
+  end
   local policy_index = {}
   local function policy(path, where)
     if not path then

@@ -148,6 +148,16 @@ M.RESPONDED = RESPONDED
 local traceback = debug.traceback
 local HOOKS = { route = true, select = true, retry = true, response = true, log = true, route_stream = true }
 
+-- Policy code runs interpreted: LuaJIT's compiled code never checks hooks,
+-- so a runaway loop in a compiled trace could not be stopped by the budget.
+-- The runtime's own modules (preloaded) keep the JIT.
+local lua_loader = package.loaders[2]
+package.loaders[2] = function(name)
+  local chunk = lua_loader(name)
+  if type(chunk) == "function" then jit.off(chunk, true) end
+  return chunk
+end
+
 local function add_package_dir(path)
   local dir = path:match("^(.*)/[^/]*$") or "."
   local entry = dir .. "/?.lua;" .. dir .. "/?/init.lua;"
@@ -159,6 +169,7 @@ function M.load_policy(path)
   add_package_dir(path)
   local chunk, err = loadfile(path)
   if not chunk then return nil, err end
+  jit.off(chunk, true)
   local ok, mod = pcall(chunk)
   if not ok then return nil, tostring(mod) end
   if type(mod) ~= "table" then
