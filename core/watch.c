@@ -64,13 +64,12 @@ static void fy_watch_event(uv_fs_event_t *h, const char *filename, int events, i
 static void fy_watch_add_dir(char ***names, size_t *n, const char *path) {
   char copy[PATH_MAX];
   snprintf(copy, sizeof copy, "%s", path);
+  /* The directory as named, not resolved: a symlink swapped inside it is an event there. */
   const char *dir = dirname(copy);
-  char real[PATH_MAX];
-  if (realpath(dir, real) == NULL) snprintf(real, sizeof real, "%s", dir);
   for (size_t i = 0; i < *n; i++)
-    if (strcmp((*names)[i], real) == 0) return;
+    if (strcmp((*names)[i], dir) == 0) return;
   *names = fy_realloc(*names, (*n + 1) * sizeof **names);
-  (*names)[(*n)++] = fy_strdup(real);
+  (*names)[(*n)++] = fy_strdup(dir);
 }
 
 void fy_watch_update(fy_worker *w) {

@@ -1,0 +1,401 @@
+/*
+ * `ferry test`: busted inside ferry's LuaJIT, plus the ferry.testbed module.
+ *
+ * The state is made like a generation's (luaL_newstate + fy_lua_openlibs, so
+ * the embedded ferry.* modules come from package.preload) and gets the global
+ * `arg` a standalone interpreter would set. Then the same line as
+ * /usr/bin/busted runs: require 'busted.runner'({ standalone = false }).
+ * The chunk is named "@ferry test", which busted takes for the script's file
+ * name: it calls itself "ferry test" in its messages and, on failure, raises
+ * (an error with no message) instead of calling os.exit, so the state is
+ * closed here and the exit status returned to main.
+ *
+ * ferry.testbed builds requests the way conn.c does (same header checks,
+ * Host rules, target parsing, hop-by-hop stripping) into a fy_conn held in a
+ * userdata, and makes one of them the worker's hook_req, so ferry.core's
+ * request handle and the fy_ffi_* functions work on it exactly as during a
+ * real hook. The worker is a zeroed fy_worker that only serves as that
+ * context: no loop runs in `ferry test`.
+ */
+#include "test_cmd.h"
+
+#include "conn.h"
+#include "http.h"
+#include "lua_host.h"
+#include "worker.h"
+
+#include <lauxlib.h>
+#include <lua.h>
+#include <lualib.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/types.h>
+#include <uv.h>
+
+#define FY_TESTBED_MT "ferry.testbed.request"
+
+/* Where Debian's lua-busted and its C modules (term.core, system.core) live. */
+#if defined(__x86_64__)
+#define FY_TEST_TRIPLET "x86_64-linux-gnu"
+#elif defined(__aarch64__)
+#define FY_TEST_TRIPLET "aarch64-linux-gnu"
+#elif defined(__i386__)
+#define FY_TEST_TRIPLET "i386-linux-gnu"
+#else
+#define FY_TEST_TRIPLET ""
+#endif
+static const char *const fy_test_lpath[] = {"/usr/local/share/lua/5.1/?.lua", "/usr/local/share/lua/5.1/?/init.lua",
+                                            "/usr/share/lua/5.1/?.lua", "/usr/share/lua/5.1/?/init.lua"};
+static const char *const fy_test_cpath[] = {"/usr/local/lib/lua/5.1/?.so",
+                                            "/usr/lib/" FY_TEST_TRIPLET "/lua/5.1/?.so",
+                                            "/usr/lib/lua/5.1/?.so"};
+
+static fy_worker fy_testbed_worker; /* the hook context; nothing else of it is used */
+
+typedef struct fy_testbed_req {
+  fy_conn conn;
+  fy_listener listener;
+  char method[32];
+} fy_testbed_req;
+
+/* ---- ferry.testbed --------------------------------------------------------- */
+
+static const char *fy_tb_field_str(lua_State *L, int t, const char *key, const char *def, size_t *len) {
+  lua_getfield(L, t, key);
+  const char *s = def;
+  if (lua_type(L, -1) == LUA_TSTRING) s = lua_tolstring(L, -1, len);
+  else if (!lua_isnil(L, -1)) luaL_error(L, "testbed.new: %s must be a string", key);
+  else if (len) *len = def ? strlen(def) : 0;
+  lua_pop(L, 1); /* still referenced by the spec table */
+  return s;
+}
+
+/* nil and a message: what ferry would do instead of running a hook. */
+static int fy_tb_refused(lua_State *L, const char *fmt, const char *detail) {
+  lua_pushnil(L);
+  lua_pushstring(L, "ferry answers 400 before any hook runs: ");
+  lua_pushfstring(L, fmt, detail);
+  lua_concat(L, 2);
+  return 2;
+}
+
+static bool fy_tb_target_ok(const char *t, size_t len) {
+  if (len == 0) return false;
+  for (size_t i = 0; i < len; i++)
+    if ((unsigned char)t[i] <= 0x20 || t[i] == 0x7f) return false;
+  return true;
+}
+
+/*
+ * testbed.new{ method=, target=, headers={{name, value}, ...}, client_addr=,
+ *              client_port=, listener=, id= }
+ * -> request userdata, or nil and why ferry would refuse such a request.
+ */
+static int fy_tb_new(lua_State *L) {
+  luaL_checktype(L, 1, LUA_TTABLE);
+  fy_testbed_req *t = lua_newuserdata(L, sizeof *t);
+  memset(t, 0, sizeof *t);
+  fy_conn *c = &t->conn;
+  fy_req *r = &c->req;
+  fy_buf_init(&r->url);
+  fy_headers_init(&r->headers);
+  fy_buf_init(&r->respond_headers);
+  fy_buf_init(&r->respond_body);
+  luaL_getmetatable(L, FY_TESTBED_MT);
+  lua_setmetatable(L, -2); /* from here __gc frees the buffers */
+
+  lua_getfield(L, 1, "id");
+  lua_Number id = lua_isnil(L, -1) ? 1 : luaL_checknumber(L, -1);
+  lua_pop(L, 1);
+  if (id < 1 || id != (lua_Number)(uint64_t)id) return luaL_error(L, "testbed.new: id must be a positive integer");
+  r->id = (uint64_t)id;
+
+  size_t len;
+  const char *method = fy_tb_field_str(L, 1, "method", "GET", &len);
+  if (!fy_http_name_ok(method, len) || len >= sizeof t->method)
+    return fy_tb_refused(L, "method '%s' is not a token", method);
+  memcpy(t->method, method, len + 1);
+  r->method = t->method;
+
+  const char *target = fy_tb_field_str(L, 1, "target", "/", &len);
+  if (!fy_tb_target_ok(target, len)) return fy_tb_refused(L, "request target '%s'", target);
+  fy_buf_append(&r->url, target, len);
+  if (fy_http_target_parse(r->url.data, r->url.len, &r->target) != 0)
+    return fy_tb_refused(L, "request target '%s' is not origin-form, absolute-form or '*'", target);
+
+  lua_getfield(L, 1, "headers");
+  if (!lua_isnil(L, -1)) {
+    luaL_checktype(L, -1, LUA_TTABLE);
+    for (int i = 1;; i++) {
+      lua_rawgeti(L, -1, i);
+      if (lua_isnil(L, -1)) {
+        lua_pop(L, 1);
+        break;
+      }
+      luaL_checktype(L, -1, LUA_TTABLE);
+      lua_rawgeti(L, -1, 1);
+      lua_rawgeti(L, -2, 2);
+      size_t nlen, vlen;
+      const char *name = lua_tolstring(L, -2, &nlen);
+      const char *val = lua_tolstring(L, -1, &vlen);
+      if (name == NULL || val == NULL) return luaL_error(L, "testbed.new: headers[%d] must be {name, value}", i);
+      if (!fy_http_name_ok(name, nlen)) return fy_tb_refused(L, "header name '%s' is not a token", name);
+      if (!fy_http_value_ok(val, vlen))
+        return fy_tb_refused(L, "the value of header '%s' has a control character", name);
+      fy_headers_add(&r->headers, name, nlen, val, vlen);
+      lua_pop(L, 3);
+    }
+  }
+  lua_pop(L, 1);
+
+  /* Host: as conn.c's fy_conn_find_host, except that a request without one
+   * is taken for HTTP/1.0 (where it is allowed) rather than refused. */
+  fy_headers *h = &r->headers;
+  ssize_t hi = fy_headers_find(h, "host", 4, 0);
+  if (hi >= 0 && fy_headers_find(h, "host", 4, (size_t)hi + 1) >= 0)
+    return fy_tb_refused(L, "%s", "more than one Host header");
+  r->http_minor = hi >= 0 ? 1 : 0;
+  const char *src = r->target.authority;
+  size_t slen = r->target.authority_len;
+  if (src == NULL && hi >= 0) {
+    src = fy_hdr_val(h, &h->v[hi]);
+    slen = h->v[hi].val_len;
+  }
+  if (src != NULL) {
+    ssize_t n = fy_http_host_normalize(src, slen, r->host, sizeof r->host);
+    if (n < 0) {
+      lua_pushlstring(L, src, slen);
+      return fy_tb_refused(L, "Host '%s' is malformed", lua_tostring(L, -1));
+    }
+    r->host_len = (size_t)n;
+  }
+
+  const char *addr = fy_tb_field_str(L, 1, "client_addr", "127.0.0.1", &len);
+  unsigned char bin[16];
+  if (len >= sizeof c->client_ip ||
+      (uv_inet_pton(AF_INET, addr, bin) != 0 && uv_inet_pton(AF_INET6, addr, bin) != 0))
+    return luaL_error(L, "testbed.new: client_addr '%s' is not an IP address", addr);
+  memcpy(c->client_ip, addr, len + 1);
+  lua_getfield(L, 1, "client_port");
+  lua_Number port = lua_isnil(L, -1) ? 40000 : luaL_checknumber(L, -1);
+  lua_pop(L, 1);
+  if (port < 1 || port > 65535 || port != (int)port)
+    return luaL_error(L, "testbed.new: client_port must be an integer from 1 to 65535");
+  c->client_port = (int)port;
+
+  const char *listener = fy_tb_field_str(L, 1, "listener", "edge", &len);
+  if (len >= sizeof t->listener.name) return luaL_error(L, "testbed.new: listener name too long");
+  memcpy(t->listener.name, listener, len + 1);
+  c->listener = &t->listener;
+
+  /* What proxy.c does before route(req). */
+  fy_http_strip_hop_by_hop(&r->headers);
+  lua_settop(L, 2);
+  return 1;
+}
+
+static fy_testbed_req *fy_tb_check(lua_State *L, int i) { return luaL_checkudata(L, i, FY_TESTBED_MT); }
+
+static int fy_tb_gc(lua_State *L) {
+  fy_testbed_req *t = fy_tb_check(L, 1);
+  fy_req *r = &t->conn.req;
+  if (fy_testbed_worker.hook_req == r) fy_testbed_worker.hook_req = NULL;
+  fy_buf_free(&r->url);
+  fy_headers_free(&r->headers);
+  fy_buf_free(&r->respond_headers);
+  fy_buf_free(&r->respond_body);
+  return 0;
+}
+
+/* testbed.enter(request): it becomes the request whose hook is running. */
+static int fy_tb_enter(lua_State *L) {
+  fy_testbed_req *t = fy_tb_check(L, 1);
+  fy_worker_current = &fy_testbed_worker;
+  fy_testbed_worker.hook_req = &t->conn.req;
+  return 0;
+}
+
+/* testbed.leave(): no request is current; handles raise "request is gone". */
+static int fy_tb_leave(lua_State *L) {
+  fy_testbed_worker.hook_req = NULL;
+  return 0;
+}
+
+/* testbed.id(request) -> the id a handle of this request carries. */
+static int fy_tb_id(lua_State *L) {
+  lua_pushnumber(L, (lua_Number)fy_tb_check(L, 1)->conn.req.id);
+  return 1;
+}
+
+/* testbed.headers(request) -> {{name, value}, ...}: the live headers, in order. */
+static int fy_tb_headers(lua_State *L) {
+  const fy_headers *h = &fy_tb_check(L, 1)->conn.req.headers;
+  lua_newtable(L);
+  int n = 0;
+  for (size_t i = 0; i < h->n; i++) {
+    const fy_hdr *e = &h->v[i];
+    if (e->flags & FY_HDR_REMOVED) continue;
+    lua_createtable(L, 2, 0);
+    lua_pushlstring(L, fy_hdr_name(h, e), e->name_len);
+    lua_rawseti(L, -2, 1);
+    lua_pushlstring(L, fy_hdr_val(h, e), e->val_len);
+    lua_rawseti(L, -2, 2);
+    lua_rawseti(L, -2, ++n);
+  }
+  return 1;
+}
+
+/* testbed.response(request) -> status, body, {{name, value}, ...}, or nil. */
+static int fy_tb_response(lua_State *L) {
+  const fy_req *r = &fy_tb_check(L, 1)->conn.req;
+  if (r->respond_status == 0) {
+    lua_pushnil(L);
+    return 1;
+  }
+  lua_pushinteger(L, r->respond_status);
+  lua_pushlstring(L, r->respond_body.data ? r->respond_body.data : "", r->respond_body.len);
+  lua_newtable(L);
+  const char *p = r->respond_headers.data, *end = p + r->respond_headers.len;
+  for (int n = 1; p && p < end; n++) { /* "Name: value\r\n" lines, as lua_api.c writes them */
+    const char *colon = memchr(p, ':', (size_t)(end - p));
+    const char *eol = memchr(p, '\r', (size_t)(end - p));
+    if (colon == NULL || eol == NULL || colon > eol) break;
+    lua_createtable(L, 2, 0);
+    lua_pushlstring(L, p, (size_t)(colon - p));
+    lua_rawseti(L, -2, 1);
+    lua_pushlstring(L, colon + 2, (size_t)(eol - colon - 2));
+    lua_rawseti(L, -2, 2);
+    lua_rawseti(L, -2, n);
+    p = eol + 2;
+  }
+  return 3;
+}
+
+/* The C checks themselves, so specs can compare ferry.testing's Lua copies with them. */
+static int fy_tb_host_normalize(lua_State *L) {
+  size_t len;
+  const char *s = luaL_checklstring(L, 1, &len);
+  char out[256];
+  ssize_t n = fy_http_host_normalize(s, len, out, sizeof out);
+  if (n < 0) lua_pushnil(L);
+  else lua_pushlstring(L, out, (size_t)n);
+  return 1;
+}
+
+static int fy_tb_name_ok(lua_State *L) {
+  size_t len;
+  const char *s = luaL_checklstring(L, 1, &len);
+  lua_pushboolean(L, fy_http_name_ok(s, len));
+  return 1;
+}
+
+static int fy_tb_value_ok(lua_State *L) {
+  size_t len;
+  const char *s = luaL_checklstring(L, 1, &len);
+  lua_pushboolean(L, fy_http_value_ok(s, len));
+  return 1;
+}
+
+static int fy_tb_is_hop_by_hop(lua_State *L) {
+  size_t len;
+  const char *s = luaL_checklstring(L, 1, &len);
+  lua_pushboolean(L, fy_http_is_hop_by_hop(s, len));
+  return 1;
+}
+
+static int fy_tb_open(lua_State *L) {
+  if (luaL_newmetatable(L, FY_TESTBED_MT)) {
+    lua_pushcfunction(L, fy_tb_gc);
+    lua_setfield(L, -2, "__gc");
+    lua_pushliteral(L, "ferry.testbed request");
+    lua_setfield(L, -2, "__metatable");
+  }
+  lua_pop(L, 1);
+  static const luaL_Reg fns[] = {
+      {"new", fy_tb_new},
+      {"enter", fy_tb_enter},
+      {"leave", fy_tb_leave},
+      {"id", fy_tb_id},
+      {"headers", fy_tb_headers},
+      {"response", fy_tb_response},
+      {"host_normalize", fy_tb_host_normalize},
+      {"name_ok", fy_tb_name_ok},
+      {"value_ok", fy_tb_value_ok},
+      {"is_hop_by_hop", fy_tb_is_hop_by_hop},
+      {NULL, NULL},
+  };
+  lua_newtable(L);
+  luaL_register(L, NULL, fns);
+  return 1;
+}
+
+/* ---- the command ---------------------------------------------------------- */
+
+/* Appends each entry of dirs to package[field] unless it is there already. */
+static void fy_test_add_path(lua_State *L, const char *field, const char *const *dirs, size_t n) {
+  lua_getglobal(L, "package");
+  for (size_t i = 0; i < n; i++) {
+    lua_getfield(L, -1, field);
+    const char *cur = lua_tostring(L, -1);
+    bool present = cur && strstr(cur, dirs[i]) != NULL;
+    lua_pop(L, 1);
+    if (present || strstr(dirs[i], "//") != NULL) continue;
+    lua_getfield(L, -1, field);
+    lua_pushliteral(L, ";");
+    lua_pushstring(L, dirs[i]);
+    lua_concat(L, 3);
+    lua_setfield(L, -2, field);
+  }
+  lua_pop(L, 1);
+}
+
+/* Message handler: a traceback for string errors; busted's own failure exit
+ * raises nil, which is passed through untouched. */
+static int fy_test_traceback(lua_State *L) {
+  if (!lua_isstring(L, 1)) return 1;
+  luaL_traceback(L, L, lua_tostring(L, 1), 1);
+  return 1;
+}
+
+int fy_cmd_test(int argc, char **argv) {
+  lua_State *L = luaL_newstate();
+  if (L == NULL) {
+    fprintf(stderr, "ferry test: cannot create a Lua state\n");
+    return 1;
+  }
+  fy_lua_openlibs(L);
+  fy_test_add_path(L, "path", fy_test_lpath, FY_ARRAY_SIZE(fy_test_lpath));
+  fy_test_add_path(L, "cpath", fy_test_cpath, FY_ARRAY_SIZE(fy_test_cpath));
+
+  lua_getglobal(L, "package");
+  lua_getfield(L, -1, "preload");
+  lua_pushcfunction(L, fy_tb_open);
+  lua_setfield(L, -2, "ferry.testbed");
+  lua_pop(L, 2);
+
+  /* arg as `luajit script a b` sets it: arg[-1] the interpreter, arg[0] the script. */
+  lua_createtable(L, argc > 2 ? argc - 2 : 0, 2);
+  lua_pushstring(L, argv[0]);
+  lua_rawseti(L, -2, -1);
+  lua_pushliteral(L, "ferry test");
+  lua_rawseti(L, -2, 0);
+  for (int i = 2; i < argc; i++) {
+    lua_pushstring(L, argv[i]);
+    lua_rawseti(L, -2, i - 1);
+  }
+  lua_setglobal(L, "arg");
+
+  fy_worker_current = &fy_testbed_worker;
+  static const char runner[] = "require 'busted.runner'({ standalone = false })\n";
+  lua_pushcfunction(L, fy_test_traceback);
+  int status = 0;
+  if (luaL_loadbuffer(L, runner, sizeof runner - 1, "@ferry test") != 0 || lua_pcall(L, 0, 0, -2) != 0) {
+    /* nil: busted has printed its summary and reports failures; else a real error */
+    if (lua_isstring(L, -1)) fprintf(stderr, "ferry test: %s\n", lua_tostring(L, -1));
+    status = 1;
+  }
+  fflush(stdout);
+  lua_close(L);
+  fy_worker_current = NULL;
+  return status;
+}
