@@ -105,6 +105,10 @@ static void fy_cfg_read_rest(lua_State *L, int t, fy_config *cfg) {
     cfg->admin_port = (int)fy_cfg_num(L, -1, "port");
   }
   lua_pop(L, 1);
+  lua_getfield(L, t, "drain");
+  cfg->drain_delay = fy_cfg_ms(L, lua_gettop(L), "delay");
+  cfg->drain_timeout = fy_cfg_ms(L, lua_gettop(L), "timeout");
+  lua_pop(L, 1);
   lua_getfield(L, t, "reload");
   lua_getfield(L, -1, "watch");
   cfg->watch = lua_toboolean(L, -1);

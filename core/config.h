@@ -56,6 +56,7 @@ typedef struct fy_config {
   char *admin_host; /* NULL: no admin listener */
   int admin_port;
   bool watch;       /* reload when the config or a policy file changes */
+  uint64_t drain_delay, drain_timeout;
   uint64_t watch_debounce;
 } fy_config;
 

@@ -8,7 +8,6 @@
 
 __thread fy_worker *fy_worker_current;
 
-#define FY_DRAIN_DEADLINE_MS 10000
 
 /* ---- generations -------------------------------------------------------- */
 
@@ -212,7 +211,7 @@ void fy_worker_undefer(fy_deferred *d) {
 }
 
 void fy_worker_maybe_stopped(fy_worker *w) {
-  if (w->stopping && w->closing == 0 && fy_list_empty(&w->conns) && w->on_stopped) {
+  if (w->stopping && w->unbound && w->closing == 0 && fy_list_empty(&w->conns) && w->on_stopped) {
     if (!uv_is_closing((uv_handle_t *)&w->deadline)) uv_close((uv_handle_t *)&w->deadline, NULL);
     void (*cb)(fy_worker *) = w->on_stopped;
     w->on_stopped = NULL;
@@ -232,10 +231,9 @@ static void fy_worker_deadline_cb(uv_timer_t *t) {
   while (!fy_list_empty(&w->conns)) fy_conn_close(FY_CONTAINER_OF(w->conns.next, fy_conn, link));
 }
 
-void fy_worker_stop(fy_worker *w, void (*on_stopped)(fy_worker *w)) {
-  if (w->stopping) return;
-  w->stopping = true;
-  w->on_stopped = on_stopped;
+/* The second half of a drain: stop accepting, close what is idle, wait for the rest. */
+static void fy_worker_close_listeners(fy_worker *w) {
+  w->unbound = true;
   for (size_t i = 0; i < w->nlisteners; i++) {
     w->listeners[i].tcp.data = w;
     w->closing++;
@@ -249,10 +247,34 @@ void fy_worker_stop(fy_worker *w, void (*on_stopped)(fy_worker *w)) {
     if (c->rq == FY_RQ_HEAD && c->req.url.len == 0 && c->rpos == c->rlen) fy_conn_close(c);
   }
   fy_groups_drop_idle(w->gen->groups, w->gen->cfg->ngroups);
-  uv_timer_t *deadline = &w->deadline;
-  uv_timer_init(w->loop, deadline);
-  deadline->data = w;
-  uv_timer_start(deadline, fy_worker_deadline_cb, FY_DRAIN_DEADLINE_MS, 0);
-  uv_unref((uv_handle_t *)deadline);
+  uv_timer_start(&w->deadline, fy_worker_deadline_cb, w->gen->cfg->drain_timeout, 0);
+  uv_unref((uv_handle_t *)&w->deadline);
   fy_worker_maybe_stopped(w);
+}
+
+static void fy_worker_drain_delay_cb(uv_timer_t *t) {
+  fy_worker *w = t->data;
+  fy_log_info("drain: no longer accepting connections");
+  fy_worker_close_listeners(w);
+}
+
+/*
+ * Drain: /health answers 503 at once and every answer says Connection:
+ * close; after drain.delay (time for a load balancer's health checks to
+ * take this instance out) the listeners close; in-flight exchanges then
+ * have until drain.timeout to finish.
+ */
+void fy_worker_stop(fy_worker *w, void (*on_stopped)(fy_worker *w)) {
+  if (w->stopping) return;
+  w->stopping = true;
+  w->on_stopped = on_stopped;
+  uv_timer_init(w->loop, &w->deadline);
+  w->deadline.data = w;
+  uint64_t delay = w->gen->cfg->drain_delay;
+  if (delay == 0) {
+    fy_worker_close_listeners(w);
+    return;
+  }
+  fy_log_info("drain: health checks now fail; still accepting for %.1f s", (double)delay / 1000.0);
+  uv_timer_start(&w->deadline, fy_worker_drain_delay_cb, delay, 0);
 }

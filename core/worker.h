@@ -55,11 +55,12 @@ typedef struct fy_worker {
   /* The request whose hook is running, for the fy_ffi_* calls. */
   struct fy_req *hook_req;
   int hook;
-  uv_timer_t deadline; /* drain deadline once stopping */
+  uv_timer_t deadline; /* drain delay, then drain deadline */
   uv_check_t check;    /* runs the deferred queue */
   uv_idle_t idle;      /* keeps poll from blocking while work is queued */
   fy_list deferred;
-  bool stopping;
+  bool stopping; /* draining: health fails, answers close their connection */
+  bool unbound;  /* the listeners are closed */
   unsigned closing;
   void (*on_stopped)(struct fy_worker *w);
 } fy_worker;

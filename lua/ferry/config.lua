@@ -83,6 +83,10 @@ local schema = {
     admin = { type = "table", fields = {
       address = { type = "string", required = true, check = check_hostport },
     } },
+    drain = { type = "table", default = {}, fields = {
+      delay = { type = "number", min = 0, max = 3600, default = 0 },
+      timeout = seconds(10),
+    } },
     reload = { type = "table", default = {}, fields = {
       watch = { type = "boolean", default = false },
       debounce = { type = "number", min = 0.01, max = 60, default = 0.3 },
@@ -187,7 +191,7 @@ end
 
 -- Cross-field rules and normalisation into the shape config.c reads.
 local function normalise(cfg, base, errs)
-  local out = { limits = cfg.limits, log = cfg.log, reload = cfg.reload, listeners = {}, upstreams = {},
+  local out = { limits = cfg.limits, log = cfg.log, reload = cfg.reload, drain = cfg.drain, listeners = {}, upstreams = {},
                 policies = {} }
   if cfg.admin then
     local host, port = split_hostport(cfg.admin.address or "")

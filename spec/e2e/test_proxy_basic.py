@@ -13,7 +13,7 @@ import threading
 import time
 import unittest
 
-from .harness import (E2ECase, ROUTING_POLICY, curl, curl_many, exchange,
+from .harness import (E2ECase, ROUTING_POLICY, curl, curl_many, exchange, free_port,
                       pattern_sha256, port_accepts, request_bytes, send_raw, sha256,
                       wait_until)
 
@@ -285,3 +285,39 @@ class ShutdownTest(E2ECase):
 
 if __name__ == "__main__":
     unittest.main()
+
+
+DRAIN_CONFIG = """
+return {
+  listeners = { { name = "edge", type = "http", address = "$listen" } },
+  upstreams = { metrics = { servers = { "$metrics" } } },
+  policy = "$policy",
+  admin = { address = "$admin" },
+  drain = { delay = 1, timeout = 5 },
+}
+"""
+
+
+class DrainDelayTest(E2ECase):
+    """With drain.delay, SIGTERM first fails the health check while still
+    serving (so a load balancer can take the instance out), then stops
+    accepting, then exits 0."""
+
+    def test_health_fails_first_then_listeners_close(self):
+        up = self.start_upstream("metrics")
+        admin = free_port()
+        ferry = self.start_ferry(DRAIN_CONFIG, ROUTING_POLICY, metrics=up.addr, admin="127.0.0.1:%d" % admin)
+        health = curl("http://127.0.0.1:%d/health" % admin, timeout=5)
+        self.assertEqual(health.status, 200, health)
+        start = time.monotonic()
+        os.kill(ferry.pid, signal.SIGTERM)
+        time.sleep(0.2)
+        health = curl("http://127.0.0.1:%d/health" % admin, timeout=5)
+        self.assertEqual((health.status, health.body), (503, b"draining\n"), health)
+        r = curl(ferry.url("/echo"), host=METRICS, timeout=5)
+        self.assertEqual(r.status, 200, "still serving during the drain delay: %r" % r)
+        self.assertEqual(r.header("connection"), "close")
+        self.assertTrue(wait_until(lambda: not port_accepts(ferry.port), timeout=5),
+                        "the listener never closed")
+        self.assertGreaterEqual(time.monotonic() - start, 0.9, "closed before the drain delay")
+        self.assertEqual(ferry.proc.wait(timeout=5), 0)
