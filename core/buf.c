@@ -16,6 +16,7 @@ void fy_buf_reserve(fy_buf *b, size_t extra) {
 }
 
 void fy_buf_append(fy_buf *b, const void *p, size_t n) {
+  if (n == 0) return; /* memcpy with a NULL pointer is undefined even for 0 bytes */
   fy_buf_reserve(b, n);
   memcpy(b->data + b->len, p, n);
   b->len += n;

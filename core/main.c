@@ -142,6 +142,12 @@ static int fy_cmd_run(const char *path) {
   if (fy_worker_listen(&w, &errors) != 0) {
     fwrite(errors.data, 1, errors.len, stderr);
     fprintf(stderr, "ferry: %s: not starting\n", path);
+    fy_buf_free(&errors);
+    for (size_t i = 0; i < w.nlisteners; i++) uv_close((uv_handle_t *)&w.listeners[i].tcp, NULL);
+    fy_gen_unref(w.gen);
+    fy_worker_close(&w);
+    uv_run(loop, UV_RUN_NOWAIT);
+    free(w.listeners);
     return 1;
   }
   fy_buf_free(&errors);
