@@ -1,6 +1,7 @@
 /* The ferry command: run, check, version. */
 #include "config.h"
 #include "log.h"
+#include "test_cmd.h"
 #include "worker.h"
 
 #include <arpa/inet.h>
@@ -30,6 +31,8 @@ static void fy_usage(FILE *f) {
           "                    file:line: message and exit 1 if there is any\n"
           "  reload [-c FILE]  ask the running ferry (through FILE's admin listener) to load\n"
           "                    FILE as its next generation; exit 0 once it is live\n"
+          "  test [PATH...]    run busted specs inside ferry's LuaJIT with the ferry modules\n"
+          "                    (busted arguments; default: .busted's settings, else spec/)\n"
           "  version           print the versions of ferry and of the libraries it links\n"
           "\n"
           "FILE defaults to %s\n",
@@ -244,6 +247,7 @@ int main(int argc, char **argv) {
     fy_usage(stdout);
     return 0;
   }
+  if (strcmp(cmd, "test") == 0) return fy_cmd_test(argc, argv);
   if (strcmp(cmd, "check") == 0) return fy_cmd_check(fy_config_arg(argc, argv));
   if (strcmp(cmd, "run") == 0) return fy_cmd_run(fy_config_arg(argc, argv));
   if (strcmp(cmd, "reload") == 0) return fy_cmd_reload(fy_config_arg(argc, argv));

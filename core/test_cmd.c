@@ -188,6 +188,17 @@ static int fy_tb_new(lua_State *L) {
   memcpy(t->listener.name, listener, len + 1);
   c->listener = &t->listener;
 
+  /* Body framing as llhttp reports it to conn.c: chunked wins over Content-Length. */
+  r->chunked = fy_headers_find(h, "transfer-encoding", 17, 0) >= 0;
+  ssize_t cl = fy_headers_find(h, "content-length", 14, 0);
+  if (cl >= 0 && !r->chunked) {
+    char digits[32];
+    snprintf(digits, sizeof digits, "%.*s", (int)FY_MIN(h->v[cl].val_len, 31u), fy_hdr_val(h, &h->v[cl]));
+    r->has_content_length = true;
+    r->content_length = strtoull(digits, NULL, 10);
+  }
+  r->has_body = r->chunked || r->content_length > 0;
+
   /* What proxy.c does before route(req). */
   fy_http_strip_hop_by_hop(&r->headers);
   lua_settop(L, 2);

@@ -1,0 +1,42 @@
+-- The us-east-1 fleet, a satellite region, runnable on one machine:
+--
+--   ferry run -c examples/regions/us-east-1.lua
+--   curl http://127.0.0.1:8082/api/v1/push -H 'Host: metrics.observability.internal' -d x
+--
+-- The demo upstream's answer shows the "X-Ferry-Region: us-east-1" that the
+-- policy (scripts/regions/us-east-1.lua) adds. In the region the three groups
+-- are the load balancers of the metrics, logs and traces clusters in
+-- eu-west-1; here they point at demo listeners of this same process
+-- (examples/regions/demo_upstream.lua), so the example works with nothing
+-- else running. Each region's example has its own ports, so the three can
+-- run side by side.
+
+local function group(port)
+  return {
+    servers = { "127.0.0.1:" .. port },
+    timeouts = { connect = 5, read = 60, write = 60 },
+    -- Below the 60 s idle timeout of an AWS ALB, so ferry never reuses a
+    -- connection the load balancer is closing.
+    keepalive = { max_idle = 32, idle_timeout = 50 },
+  }
+end
+
+return {
+  listeners = {
+    { name = "edge", type = "http", address = "127.0.0.1:8082" },
+    { name = "demo-metrics", address = "127.0.0.1:9121", policy = "demo_upstream.lua" },
+    { name = "demo-logs", address = "127.0.0.1:9122", policy = "demo_upstream.lua" },
+    { name = "demo-traces", address = "127.0.0.1:9123", policy = "demo_upstream.lua" },
+  },
+  upstreams = {
+    metrics = group(9121),
+    logs = group(9122),
+    traces = group(9123),
+  },
+  policy = "../../scripts/regions/us-east-1.lua",
+  limits = {
+    header_timeout = 10,
+    keepalive_timeout = 75,
+  },
+  log = { level = "info", access = true },
+}

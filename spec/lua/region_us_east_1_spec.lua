@@ -1,0 +1,52 @@
+-- The us-east-1 satellite's policy (scripts/regions/us-east-1.lua).
+local t = require "ferry.testing"
+
+describe("us-east-1 policy", function()
+  local groups = { "logs", "metrics", "traces" }
+  local policy
+
+  before_each(function() policy = t.load_policy("scripts/regions/us-east-1.lua") end)
+
+  local function route(opts) return t.route(policy, t.request(opts), groups) end
+
+  it("sends each observability name to its group", function()
+    assert.same({ group = "metrics" }, route { method = "POST", host = "metrics.observability.internal" })
+    assert.same({ group = "logs" }, route { method = "POST", host = "logs.observability.internal" })
+    assert.same({ group = "traces" }, route { method = "POST", host = "traces.observability.internal:4318" })
+  end)
+
+  it("tags what it forwards with X-Ferry-Region: us-east-1, replacing an agent's value", function()
+    for _, host in ipairs { "metrics.observability.internal", "logs.observability.internal", "traces.observability.internal" } do
+      local req = t.request { method = "POST", host = host, headers = { ["X-Ferry-Region"] = { "eu-west-1", "ap-southeast-1" } } }
+      assert.is_string(t.route(policy, req, groups).group)
+      assert.same({ "us-east-1" }, req.headers:get_all("x-ferry-region"))
+    end
+  end)
+
+  it("answers an unknown host with 421, untagged", function()
+    for _, host in ipairs { "evil.example.com", "health.observability.internal", "traces.observability.internal.evil.com" } do
+      local req = t.request { host = host }
+      local d = t.route(policy, req, groups)
+      assert.is_nil(d.group)
+      assert.equal(421, d.status)
+      assert.matches(host, d.body, 1, true)
+      assert.is_nil(req.headers:get("x-ferry-region"))
+    end
+    assert.equal(421, route { no_host_header = true }.status)
+  end)
+
+  it("sheds a kind of data with 503 and Retry-After when told to", function()
+    policy.shed.traces = true
+    local d = route { method = "POST", host = "traces.observability.internal", path = "/v1/traces" }
+    assert.equal(503, d.status)
+    assert.equal("60", d.headers["Retry-After"])
+    assert.matches("traces from us-east-1 is paused", d.body, 1, true)
+    -- the other kinds still flow
+    assert.same({ group = "metrics" }, route { method = "POST", host = "metrics.observability.internal" })
+    assert.same({ group = "logs" }, route { method = "POST", host = "logs.observability.internal" })
+  end)
+
+  it("sheds nothing by default", function()
+    for kind, on in pairs(policy.shed) do assert.is_false(on, kind) end
+  end)
+end)

@@ -1,0 +1,372 @@
+-- ferry.testing itself. These run under both backends: `ferry test` (the
+-- runtime's own request handle over a real fy_req) and a plain
+-- `luajit /usr/bin/busted` (Lua copies of the same rules); both must give
+-- the results below, which are what a request gets in production.
+local t = require "ferry.testing"
+
+local function policy(route, hooks)
+  local p = hooks or {}
+  p.route = route
+  return p
+end
+
+local function plain(s) return (s:gsub("%p", "%%%0")) end
+
+describe("ferry.testing (" .. t.backend .. " backend)", function()
+  describe("t.request", function()
+    it("builds every field of req", function()
+      local req = t.request { method = "POST", host = "Metrics.Observability.Internal:8080", path = "/api/v1/push?x=1",
+                              client_addr = "10.1.2.3", client_port = 51000, listener = "agents", id = 42 }
+      local seen
+      t.route(policy(function(r)
+        seen = { method = r.method, host = r.host, path = r.path, query = r.query, uri = r.uri,
+                 client_addr = r.client_addr, client_port = r.client_port, listener = r.listener, id = r.id,
+                 ctx = type(r.ctx) }
+        return "metrics"
+      end), req)
+      assert.same({ method = "POST", host = "metrics.observability.internal", path = "/api/v1/push", query = "x=1",
+                    uri = "/api/v1/push?x=1", client_addr = "10.1.2.3", client_port = 51000, listener = "agents",
+                    id = 42, ctx = "table" }, seen)
+      -- the spec's own view reads the same request
+      assert.equal("metrics.observability.internal", req.host)
+      assert.equal("x=1", req.query)
+      assert.equal(42, req.id)
+    end)
+
+    it("has defaults", function()
+      local req = t.request {}
+      assert.equal("GET", req.method)
+      assert.equal("", req.host)
+      assert.equal("/", req.path)
+      assert.is_nil(req.query)
+      assert.equal("127.0.0.1", req.client_addr)
+      assert.equal(40000, req.client_port)
+      assert.equal("edge", req.listener)
+      assert.is_number(req.id)
+    end)
+
+    it("normalises the host as ferry does", function()
+      local cases = {
+        ["METRICS.observability.internal"] = "metrics.observability.internal",
+        ["logs.observability.internal:8080"] = "logs.observability.internal",
+        ["foo:"] = "foo",
+        ["[::1]:8080"] = "[::1]",
+        ["[FE80::1]"] = "[fe80::1]",
+        ["10.0.0.1:80"] = "10.0.0.1",
+      }
+      for host, want in pairs(cases) do assert.equal(want, t.request { host = host }.host, host) end
+    end)
+
+    it("takes the host of an absolute-form target over the Host header", function()
+      local req = t.request { target = "http://Traces.Observability.Internal:4318/v1/traces?a=b",
+                              headers = { Host = "other.example" } }
+      assert.equal("traces.observability.internal", req.host)
+      assert.equal("/v1/traces", req.path)
+      assert.equal("a=b", req.query)
+      assert.equal("http://Traces.Observability.Internal:4318/v1/traces?a=b", req.uri)
+      assert.equal("other.example", req.headers:get("host"))
+    end)
+
+    it("refuses what ferry answers with 400 before any hook", function()
+      local bad = {
+        { host = "a b" }, { host = "foo:x" }, { host = "[::1]x" }, { host = "[::1" },
+        { host = "a.example", headers = { HOST = "b.example" } },
+        { headers = { ["Bad Name"] = "x" } },
+        { headers = { ["X-Evil"] = "a\r\nInjected: 1" } },
+        { path = "no-slash" }, { target = "ftp://x/" }, { target = "http://user@host/" }, { path = "/a b" },
+        { method = "G E T" },
+      }
+      for _, opts in ipairs(bad) do
+        assert.has_error(function() t.request(opts) end)
+        local ok, err = pcall(t.request, opts)
+        assert.is_false(ok)
+        assert.matches("ferry answers 400 before any hook runs", err, 1, true)
+      end
+    end)
+
+    it("hides hop-by-hop headers and those named in Connection, as ferry does before route", function()
+      local req = t.request { host = "a", headers = {
+        Connection = "keep-alive, X-Private", ["X-Private"] = "secret", ["Keep-Alive"] = "timeout=5",
+        ["Content-Length"] = "5", ["Transfer-Encoding"] = "chunked", TE = "trailers", ["X-Kept"] = "yes" } }
+      for _, n in ipairs { "connection", "x-private", "keep-alive", "content-length", "transfer-encoding", "te" } do
+        assert.is_nil(req.headers:get(n), n)
+      end
+      assert.equal("yes", req.headers:get("x-kept"))
+      assert.same({ { "Host", "a" }, { "X-Kept", "yes" } }, t.headers(req))
+    end)
+
+    it("accepts several values of one header, in order", function()
+      local req = t.request { headers = { { "X-Forwarded-For", "1.1.1.1" }, { "x-forwarded-for", "2.2.2.2" },
+                                          ["X-Tag"] = { "a", "b" } } }
+      assert.same({ "1.1.1.1", "2.2.2.2" }, req.headers:get_all("X-FORWARDED-FOR"))
+      assert.same({ "a", "b" }, req.headers:get_all("x-tag"))
+      assert.same({}, req.headers:get_all("x-none"))
+    end)
+  end)
+
+  describe("req.headers", function()
+    local function edit(fn, opts)
+      local req = t.request(opts or { host = "a", headers = { { "X-A", "1" }, { "x-a", "2" }, { "X-B", "3" } } })
+      local d = t.route(policy(function(r) fn(r); return "g" end), req)
+      return d, req
+    end
+
+    it("is case-insensitive, and set replaces every value", function()
+      local d, req = edit(function(r) r.headers:set("x-A", "9") end)
+      assert.same({ group = "g" }, d)
+      assert.same({ "9" }, req.headers:get_all("X-A"))
+      assert.same({ { "Host", "a" }, { "X-B", "3" }, { "x-A", "9" } }, t.headers(req))
+    end)
+
+    it("adds and removes", function()
+      local _, req = edit(function(r)
+        r.headers:add("X-B", 4)
+        r.headers:remove("X-A")
+      end)
+      assert.same({ "3", "4" }, req.headers:get_all("x-b"))
+      assert.is_nil(req.headers:get("x-a"))
+    end)
+
+    it("raises ferry's messages on misuse", function()
+      local cases = {
+        { function(r) r.headers:set("Bad Name", "x") end, "headers:set: invalid argument" },
+        { function(r) r.headers:add("X-A", "a\nb") end, "headers:add: invalid argument" },
+        { function(r) r.headers:set("X-A", "a\0b") end, "headers:set: invalid argument" },
+        { function(r) r.headers:remove("") end, "headers:remove: invalid argument" },
+        { function(r) r.headers:set("X-A", {}) end, "headers:set: header value must be a string" },
+        { function(r) r.headers:get(1) end, "headers:get: header name must be a string" },
+      }
+      for _, c in ipairs(cases) do
+        local d = edit(c[1])
+        assert.matches(plain(c[2]), d.error)
+      end
+    end)
+
+    it("raises, as ferry does, for a get of a name that is not a token", function()
+      local d = edit(function(r) return r.headers:get("Bad Name") end)
+      assert.matches("headers:get: invalid argument", d.error)
+    end)
+
+    it("reports a bad header edit at the policy's line", function()
+      local d = edit(function(r) r.headers:set("X-Ok", "a\r\nb") end)
+      assert.matches("testing_spec.lua:%d+: headers:set: invalid argument", d.error)
+    end)
+
+    it("gives content_length, nil for a chunked body", function()
+      local d = t.route({ route = function(r) return r.content_length == 42 and "g" or "h" end },
+                        t.request { method = "POST", host = "a.example", headers = { ["Content-Length"] = "42" } })
+      assert.same({ group = "g" }, d)
+      d = t.route({ route = function(r) return r.content_length == nil and "g" or "h" end },
+                  t.request { method = "POST", host = "a.example", headers = { ["Transfer-Encoding"] = "chunked" } })
+      assert.same({ group = "g" }, d)
+    end)
+  end)
+
+  describe("t.route", function()
+    local req_a = function() return t.request { host = "a.example" } end
+
+    it("returns the group, checked against the config's groups when given", function()
+      local p = policy(function() return "metrics" end)
+      assert.same({ group = "metrics" }, t.route(p, req_a()))
+      assert.same({ group = "metrics" }, t.route(p, req_a(), { "logs", "metrics" }))
+      assert.same({ error = "route returned unknown upstream group 'metrics'" }, t.route(p, req_a(), { "logs" }))
+    end)
+
+    it("returns the balancing key route gives with the group", function()
+      assert.same({ group = "metrics", key = "10.1.2.3" },
+                  t.route(policy(function(r) return "metrics", r.client_addr end), t.request { client_addr = "10.1.2.3" }))
+      assert.same({ group = "metrics", key = "7" }, t.route(policy(function() return "metrics", 7 end), req_a()))
+    end)
+
+    it("returns a response made with req:respond, without hop-by-hop headers", function()
+      local d = t.route(policy(function(r)
+        return r:respond(429, "slow down\n", { ["Retry-After"] = 5, Connection = "close", ["Content-Length"] = "1" })
+      end), req_a())
+      assert.same({ status = 429, body = "slow down\n", headers = { ["Retry-After"] = "5" } }, d)
+    end)
+
+    it("treats a respond() whose result is not returned as ferry does", function()
+      local d = t.route(policy(function(r) r:respond(403, "no") end), req_a())
+      assert.equal("route must return an upstream group name or req:respond(...), got nil", d.error)
+    end)
+
+    it("returns the error, with a traceback, when route raises", function()
+      local d = t.route(policy(function() error("boom") end), req_a())
+      assert.matches("boom", d.error)
+      assert.matches("stack traceback", d.error)
+    end)
+
+    it("raises ferry's messages for a bad respond", function()
+      local cases = {
+        { function(r) return r:respond(199) end, "req:respond: status must be an integer from 200 to 599" },
+        { function(r) return r:respond(600) end, "req:respond: status must be an integer from 200 to 599" },
+        { function(r) return r:respond(200.5) end, "req:respond: status must be an integer from 200 to 599" },
+        { function(r) return r:respond(200, 5) end, "req:respond: body must be a string" },
+        { function(r) return r:respond(200, "", "x") end, "req:respond: headers must be a table" },
+        { function(r) return r:respond(200, "", { ["Bad Name"] = "x" }) end, "req:respond: header Bad Name: invalid argument" },
+        { function(r) return r:respond(200, "", { X = "a\r\nb" }) end, "req:respond: header X: invalid argument" },
+        { function(r) r:respond(200); return r:respond(201) end, "req:respond: the request was already answered" },
+      }
+      for _, c in ipairs(cases) do
+        assert.matches(plain(c[2]), t.route(policy(c[1]), req_a()).error)
+      end
+    end)
+
+    it("makes a handle kept after its hook fail with 'request is gone'", function()
+      local kept
+      t.route(policy(function(r) kept = r; return "g" end), req_a())
+      local ok, err = pcall(function() return kept.path end)
+      assert.is_false(ok)
+      assert.matches("req.path: request is gone", err, 1, true)
+    end)
+
+    it("shares req.ctx between the hooks of one request", function()
+      local p = policy(function(r) r.ctx.seen = r.host; return "g" end,
+                       { retry = function(r) return r.ctx.seen == "a.example" end })
+      local req = req_a()
+      t.route(p, req)
+      assert.is_true(t.retry(p, req, 1, t.failure("reset")))
+      assert.equal("a.example", req.ctx.seen)
+    end)
+  end)
+
+  describe("t.failure and t.retry", function()
+    it("describes failures as ferry passes them to retry", function()
+      assert.same({ kind = "connect_refused" }, t.failure("connect_refused"))
+      assert.same({ kind = "timeout", server = "10.0.0.1:80" }, t.failure("timeout", { server = "10.0.0.1:80" }))
+      assert.same({ kind = "status", status = 503 }, t.failure { status = 503 })
+      assert.has_error(function() t.failure("meteor") end)
+      assert.has_error(function() t.failure { status = 42 } end)
+    end)
+
+    it("runs the retry hook", function()
+      local p = policy(function() return "g" end, {
+        retry = function(req, attempt, failure)
+          if req.method ~= "GET" and failure.kind ~= "connect_refused" then return false end
+          return attempt < 3
+        end,
+      })
+      local get, post = t.request { host = "a" }, t.request { method = "POST", host = "a" }
+      assert.is_true(t.retry(p, get, 1, t.failure("timeout")))
+      assert.is_false(t.retry(p, get, 3, t.failure("timeout")))
+      assert.is_false(t.retry(p, post, 1, t.failure("reset")))
+      assert.is_true(t.retry(p, post, 1, t.failure("connect_refused")))
+    end)
+
+    it("takes any true value for yes; false without a retry hook; nil and the message when it raises", function()
+      local req = t.request {}
+      local route = function() return "g" end
+      assert.is_false(t.retry(policy(route), req, 1, t.failure("reset")))
+      assert.is_true(t.retry(policy(route, { retry = function() return 1 end }), req, 1, t.failure("reset")))
+      assert.is_false(t.retry(policy(route, { retry = function() end }), req, 1, t.failure("reset")))
+      local ok, err = t.retry(policy(route, { retry = function() error("nope") end }), req, 1, t.failure("reset"))
+      assert.is_nil(ok)
+      assert.matches("nope", err)
+    end)
+  end)
+
+  describe("t.select and t.draw", function()
+    local servers = { "10.0.0.1:80", "10.0.0.2:80", "10.0.0.3:80" }
+
+    it("counts the picks of select", function()
+      local n = 0
+      local p = policy(function() return "g" end, {
+        select = function(req, group, attempt)
+          assert(attempt == 1 and req.host == "a" and group.name == "metrics")
+          n = n + 1
+          return group.servers[(n - 1) % #group.servers + 1]
+        end,
+      })
+      local counts = t.draw(p, t.request { host = "a" }, { name = "metrics", servers = servers }, 300)
+      assert.same({ ["10.0.0.1:80"] = 100, ["10.0.0.2:80"] = 100, ["10.0.0.3:80"] = 100 }, counts)
+    end)
+
+    it("gives select the group as ferry does", function()
+      local seen
+      local p = policy(function() return "g" end, { select = function(_, group) seen = group end })
+      t.select(p, t.request {}, { name = "logs", servers = { "10.0.0.1:80",
+                                                             { name = "alb-b:80", address = "10.0.0.2:80", healthy = false } } })
+      assert.same({ name = "logs", servers = {
+        { name = "10.0.0.1:80", address = "10.0.0.1:80", weight = 1, active = 0, healthy = true, fails = 0,
+          latency_ms = 0, _index = 0 },
+        { name = "alb-b:80", address = "10.0.0.2:80", weight = 1, active = 0, healthy = false, fails = 0,
+          latency_ms = 0, _index = 1 },
+      } }, seen)
+    end)
+
+    it("takes a request factory, an address, or nil for the balancer", function()
+      local p = policy(function() return "g" end, {
+        select = function(req, group) -- by client address: the same client, the same server
+          local last = tonumber(req.client_addr:match("(%d+)$"))
+          if last == 9 then return nil end
+          return group.servers[last % #group.servers + 1].address
+        end,
+      })
+      local counts = t.draw(p, function(i) return t.request { client_addr = "192.0.2." .. (i % 2) } end, servers, 10)
+      assert.same({ ["10.0.0.1:80"] = 5, ["10.0.0.2:80"] = 5, ["10.0.0.3:80"] = 0 }, counts)
+      assert.equal("10.0.0.2:80", t.select(p, t.request { client_addr = "192.0.2.1" }, servers))
+      assert.equal(t.BALANCER, t.select(p, t.request { client_addr = "192.0.2.9" }, servers))
+      counts = t.draw(p, t.request { client_addr = "192.0.2.9" }, servers, 3)
+      assert.equal(3, counts[t.BALANCER])
+    end)
+
+    it("reports a pick outside the group with ferry's messages", function()
+      local p = policy(function() return "g" end, { select = function() return "10.9.9.9:80" end })
+      local name, err = t.select(p, t.request {}, { name = "logs", servers = servers })
+      assert.is_nil(name)
+      assert.equal("select returned '10.9.9.9:80', which is not an address of group logs", err)
+      assert.has_error(function() t.draw(p, t.request {}, servers, 5) end)
+      p = policy(function() return "g" end, { select = function() return { name = "10.0.0.1:80" } end })
+      name, err = t.select(p, t.request {}, servers)
+      assert.is_nil(name)
+      assert.equal("select must return a server of the group (or nil), got table", err)
+    end)
+  end)
+
+  describe("t.load_policy", function()
+    local function with_policy(src, fn)
+      local path = os.tmpname()
+      local f = assert(io.open(path, "w"))
+      f:write(src)
+      f:close()
+      local ok, res = pcall(t.load_policy, path)
+      os.remove(path)
+      fn(ok, res, path)
+    end
+
+    it("refuses what ferry refuses, with ferry's message", function()
+      with_policy("return 1", function(ok, err, path)
+        assert.is_false(ok)
+        assert.equal(path .. ": a policy must return a table of hooks, got number", err)
+      end)
+      with_policy("return { route = function() end, retry = true }", function(ok, err, path)
+        assert.is_false(ok)
+        assert.equal(path .. ": hook 'retry' must be a function, got boolean", err)
+      end)
+      with_policy("return {}", function(ok, err, path)
+        assert.is_false(ok)
+        assert.equal(path .. ": the policy has no route(req) hook", err)
+      end)
+      with_policy("return {", function(ok, err, path)
+        assert.is_false(ok)
+        assert.matches("^" .. plain(path) .. ":1: ", err)
+      end)
+    end)
+  end)
+
+  if t._rules.c then
+    it("has Lua rules that agree with the C ones", function()
+      local r, c = t._rules, t._rules.c
+      local hosts = { "", "a", "A.B", "a:80", "a:", "a:8x", ":80", "[::1]", "[::1]:1", "[::1", "[::1]x", "a b",
+                      "a_b", "a/b", "x.y.z:65535", "[v6:FF]:", string.rep("a", 255), string.rep("a", 256), "\200" }
+      for _, h in ipairs(hosts) do assert.equal(c.host_normalize(h), r.host_normalize(h), h) end
+      local names = { "", "X-A", "a b", "a:b", "!#$%&'*+-.^_`|~", "a\0", "é", "a/b" }
+      for _, n in ipairs(names) do assert.equal(c.name_ok(n), r.name_ok(n), n) end
+      local values = { "", "a b", "\t", "a\r", "a\n", "\0", "\127", "\200", "\31" }
+      for _, v in ipairs(values) do assert.equal(c.value_ok(v), r.value_ok(v), v) end
+      for _, n in ipairs { "Connection", "content-length", "TE", "Upgrade", "X-A", "Host" } do
+        assert.equal(c.is_hop_by_hop(n), r.is_hop_by_hop(n), n)
+      end
+    end)
+  end
+end)
