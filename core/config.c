@@ -48,6 +48,29 @@ static void fy_cfg_read_group(lua_State *L, int t, fy_cfg_group *g) {
   g->write_timeout = fy_cfg_ms(L, t, "write_timeout");
   g->idle_timeout = fy_cfg_ms(L, t, "idle_timeout");
   g->max_idle = (unsigned)fy_cfg_num(L, t, "max_idle");
+  char *balance = fy_cfg_str(L, t, "balance");
+  g->balance = strcmp(balance, "least_conn") == 0 ? FY_BALANCE_LEAST_CONN
+               : strcmp(balance, "p2c") == 0      ? FY_BALANCE_P2C
+               : strcmp(balance, "hash") == 0     ? FY_BALANCE_HASH
+                                                  : FY_BALANCE_ROUND_ROBIN;
+  free(balance);
+  g->tries = (unsigned)fy_cfg_num(L, t, "tries");
+  g->backoff = fy_cfg_ms(L, t, "backoff");
+  g->deadline = fy_cfg_ms(L, t, "deadline");
+  g->budget = fy_cfg_num(L, t, "budget");
+  g->min_retries = (unsigned)fy_cfg_num(L, t, "min_retries");
+  g->replay_buffer = (size_t)fy_cfg_num(L, t, "replay_buffer");
+  g->max_fails = (unsigned)fy_cfg_num(L, t, "max_fails");
+  g->eject = fy_cfg_ms(L, t, "eject");
+  g->max_eject = fy_cfg_ms(L, t, "max_eject");
+  g->max_ejected = fy_cfg_num(L, t, "max_ejected");
+  lua_getfield(L, t, "statuses");
+  for (size_t i = 1; i <= lua_objlen(L, -1) && g->nstatuses < FY_ARRAY_SIZE(g->statuses); i++) {
+    lua_rawgeti(L, -1, (int)i);
+    g->statuses[g->nstatuses++] = (int)lua_tointeger(L, -1);
+    lua_pop(L, 1);
+  }
+  lua_pop(L, 1);
   lua_getfield(L, t, "servers");
   g->nservers = lua_objlen(L, -1);
   g->servers = fy_calloc(g->nservers, sizeof *g->servers);
@@ -56,6 +79,7 @@ static void fy_cfg_read_group(lua_State *L, int t, fy_cfg_group *g) {
     g->servers[i].name = fy_cfg_str(L, -1, "name");
     g->servers[i].host = fy_cfg_str(L, -1, "host");
     g->servers[i].port = (int)fy_cfg_num(L, -1, "port");
+    g->servers[i].weight = (unsigned)fy_cfg_num(L, -1, "weight");
     lua_pop(L, 1);
   }
   lua_pop(L, 1);

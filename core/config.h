@@ -24,14 +24,30 @@ typedef struct fy_cfg_server {
   char *name; /* "host:port" as written */
   char *host;
   int port;
+  unsigned weight;
 } fy_cfg_server;
+
+enum fy_balance { FY_BALANCE_ROUND_ROBIN, FY_BALANCE_LEAST_CONN, FY_BALANCE_P2C, FY_BALANCE_HASH };
 
 typedef struct fy_cfg_group {
   char *name;
   fy_cfg_server *servers;
   size_t nservers;
+  enum fy_balance balance;
   uint64_t connect_timeout, read_timeout, write_timeout, idle_timeout;
   unsigned max_idle;
+  /* retries */
+  unsigned tries; /* attempts in all, the first included */
+  int statuses[16]; /* answers worth another try (idempotent requests) */
+  size_t nstatuses;
+  uint64_t backoff, deadline;
+  double budget;
+  unsigned min_retries;
+  size_t replay_buffer;
+  /* passive health */
+  unsigned max_fails;
+  uint64_t eject, max_eject;
+  double max_ejected;
 } fy_cfg_group;
 
 typedef struct fy_limits {

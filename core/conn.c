@@ -176,7 +176,9 @@ static int fy_on_headers_complete(llhttp_t *p) {
   r->method = llhttp_method_name(p->method);
   r->head = p->method == HTTP_HEAD;
   r->chunked = (p->flags & F_CHUNKED) != 0;
-  r->has_body = r->chunked || ((p->flags & F_CONTENT_LENGTH) && p->content_length > 0);
+  r->has_content_length = (p->flags & F_CONTENT_LENGTH) != 0;
+  r->content_length = r->has_content_length ? p->content_length : 0;
+  r->has_body = r->chunked || (r->has_content_length && p->content_length > 0);
   r->keepalive = llhttp_should_keep_alive(p) && !llhttp_get_upgrade(p);
   if (fy_http_target_parse(r->url.data, r->url.len, &r->target) != 0) return fy_conn_refuse(c, 400);
   if (fy_conn_find_host(c) != 0) return fy_conn_refuse(c, 400);
@@ -496,6 +498,7 @@ static void fy_conn_access_log(fy_conn *c) {
 
 static void fy_conn_request_end(fy_conn *c) {
   fy_req *r = &c->req;
+  fy_retry_end(c);
   fy_buf_reset(&r->url);
   fy_headers_reset(&r->headers);
   fy_buf_reset(&r->respond_headers);
@@ -581,7 +584,7 @@ static void fy_conn_request_begin(fy_conn *c) {
   r->host_len = 0;
   r->started_ms = 0;
   r->respond_status = 0;
-  r->has_body = r->chunked = r->keepalive = r->expect_continue = r->head = false;
+  r->has_body = r->chunked = r->keepalive = r->expect_continue = r->head = r->has_content_length = false;
   c->error_status = 0;
   c->value_open = false;
   c->upstream_sent = false;
@@ -634,6 +637,7 @@ void fy_conn_close(fy_conn *c) {
   fy_list_remove(&c->link);
   uv_close((uv_handle_t *)&c->tcp, fy_conn_close_cb);
   uv_close((uv_handle_t *)&c->timer, fy_conn_close_cb);
+  uv_close((uv_handle_t *)&c->retry_timer, fy_conn_close_cb);
 }
 
 void fy_conn_accept(fy_listener *l) {
@@ -652,8 +656,9 @@ void fy_conn_accept(fy_listener *l) {
     return;
   }
   uv_timer_init(w->loop, &c->timer);
-  c->timer.data = c;
-  c->handles_open = 2;
+  uv_timer_init(w->loop, &c->retry_timer);
+  c->timer.data = c->retry_timer.data = c;
+  c->handles_open = 3;
   fy_list_insert_head(&w->conns, &c->link);
   uv_tcp_nodelay(&c->tcp, 1);
 

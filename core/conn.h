@@ -62,7 +62,8 @@ typedef struct fy_req {
   size_t host_len;
   const char *method;
   uint8_t http_minor;
-  bool has_body, chunked, keepalive, expect_continue, head;
+  bool has_body, chunked, keepalive, expect_continue, head, has_content_length;
+  uint64_t content_length;
   uint64_t started_ms;
   int status; /* sent to the client */
   uint64_t bytes_out;
@@ -114,7 +115,22 @@ typedef struct fy_conn {
   bool lingering;
   bool client_eof;   /* the client half-closed after a complete request */
   bool upstream_sent; /* some request byte reached the upstream */
-  unsigned retries;   /* attempts after a stale keep-alive connection */
+  /* Attempts (retry.c). */
+  uv_timer_t retry_timer; /* backoff before the next attempt */
+  unsigned attempt;       /* 1 for the first */
+  fy_server *tried[10];   /* servers of earlier attempts */
+  size_t ntried;
+  fy_server *server;      /* of the current attempt */
+  uint64_t attempt_ns;    /* when the current attempt's request went out */
+  uint64_t key;           /* balancing key from route() */
+  bool has_key;
+  fy_buf replay;          /* request body bytes sent so far, to send again */
+  bool replayable;        /* replay holds every body byte sent */
+  bool replay_pending;    /* the next write starts with replay */
+  bool continue_sent;     /* 100 Continue went out already */
+  int retry_status;       /* a response status that asked for another attempt */
+  fy_group *counted;      /* the group whose requests count this exchange */
+  bool retrying;          /* counted in the group's retries too */
   unsigned nreq;
   unsigned handles_open;
   char client_ip[INET6_ADDRSTRLEN];
@@ -141,6 +157,23 @@ void fy_bodyout_add(fy_bodyout *o, const char *at, size_t len);
 /* Fills bufs (at most 2) from head and o; returns the count. */
 unsigned fy_bodyout_bufs(fy_buf *head, fy_bodyout *o, uv_buf_t *bufs);
 void fy_bodyout_reset(fy_bodyout *o);
+
+/* retry.c */
+enum fy_failure {
+  FY_FAIL_CONNECT,         /* no connection (refused, unreachable) */
+  FY_FAIL_CONNECT_TIMEOUT, /* no connection within timeouts.connect */
+  FY_FAIL_RESET,           /* closed or reset before the response */
+  FY_FAIL_TIMEOUT,         /* no response within timeouts.read */
+  FY_FAIL_BAD_RESPONSE,    /* a response ferry could not parse */
+  FY_FAIL_STATUS,          /* a response status listed in retry.statuses */
+};
+const char *fy_failure_name(enum fy_failure f);
+/* Whether this failed attempt may be followed by another (limits, then the retry hook). */
+bool fy_retry_decide(fy_conn *c, enum fy_failure f, int status, bool stale);
+uint64_t fy_retry_backoff_ms(fy_conn *c);
+/* Keeps a copy of body bytes sent upstream while they fit the replay buffer. */
+void fy_replay_add(fy_conn *c, const uv_buf_t *bufs, unsigned n);
+void fy_retry_end(fy_conn *c); /* the exchange is over: release budget counts */
 
 /* proxy.c */
 void fy_proxy_start(fy_conn *c);           /* headers parsed: route and forward */

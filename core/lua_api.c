@@ -58,6 +58,16 @@ int fy_ffi_req_client_port(double id) {
   return r ? fy_ffi_conn(r)->client_port : FY_FFI_EGONE;
 }
 
+/* The request's Content-Length: 1 (in *out), or 0 when the body is chunked or absent. */
+FY_API int fy_ffi_req_content_length(double id, double *out);
+int fy_ffi_req_content_length(double id, double *out) {
+  fy_req *r = fy_ffi_req(id);
+  if (r == NULL) return FY_FFI_EGONE;
+  if (r->chunked || !r->has_content_length) return 0;
+  *out = (double)r->content_length;
+  return 1;
+}
+
 /* The nth (0-based) value of a header: 1 found, 0 absent. */
 FY_API int fy_ffi_req_header_get(double id, const char *name, size_t nlen, int nth, const char **out,
                                  size_t *len);
@@ -65,6 +75,7 @@ int fy_ffi_req_header_get(double id, const char *name, size_t nlen, int nth, con
                           size_t *len) {
   fy_req *r = fy_ffi_req(id);
   if (r == NULL) return FY_FFI_EGONE;
+  if (!fy_http_name_ok(name, nlen)) return FY_FFI_EINVAL;
   ssize_t i = fy_headers_find(&r->headers, name, nlen, 0);
   for (; i >= 0 && nth > 0; nth--) i = fy_headers_find(&r->headers, name, nlen, (size_t)i + 1);
   if (i < 0) return 0;
@@ -120,4 +131,28 @@ void fy_ffi_log(int level, const char *msg, size_t len) {
   fy_worker *w = fy_worker_current;
   if (w && w->hook_req) fy_log(level, "request %llu: %.*s", (unsigned long long)w->hook_req->id, (int)len, msg);
   else fy_log(level, "%.*s", (int)len, msg);
+}
+
+/* The view of one server of a group for select(): 1 filled, 0 past the end. */
+typedef struct fy_ffi_server {
+  const char *name;
+  size_t name_len;
+  const char *address;
+  size_t address_len;
+  int weight, active, in_service, fails;
+  double latency_ms;
+} fy_ffi_server;
+
+FY_API int fy_ffi_group_server(double id, int group, int index, fy_ffi_server *out);
+int fy_ffi_group_server(double id, int group, int index, fy_ffi_server *out) {
+  fy_req *r = fy_ffi_req(id);
+  if (r == NULL) return FY_FFI_EGONE;
+  if (group < 0 || (size_t)group >= r->gen->cfg->ngroups) return FY_FFI_EINVAL;
+  fy_group *g = &r->gen->groups[group];
+  if (index < 0 || (size_t)index >= g->nservers) return 0;
+  fy_server *s = &g->servers[index];
+  uint64_t now = uv_now(fy_worker_current->loop);
+  *out = (fy_ffi_server){s->name, strlen(s->name), s->addr_text, strlen(s->addr_text), (int)s->weight,
+                         (int)s->active, fy_server_in_service(s, now), (int)s->fails, s->ewma_ms};
+  return 1;
 }

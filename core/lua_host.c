@@ -142,8 +142,24 @@ int fy_lua_init(fy_lua *lua, const fy_config *cfg, fy_buf *errors) {
   lua_getglobal(L, "require");
   lua_pushliteral(L, "ferry.core");
   lua_call(L, 1, 1);
-  lua_getfield(L, -1, "route");
+  int core = lua_gettop(L);
+  lua_getfield(L, core, "route");
   lua->route_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  lua_getfield(L, core, "select");
+  lua->select_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  lua_getfield(L, core, "retry");
+  lua->retry_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  /* Which optional hooks each policy has, so C calls only those that exist. */
+  lua->npolicies = cfg->npolicies;
+  lua->hooks = fy_calloc(cfg->npolicies, sizeof *lua->hooks);
+  lua_getfield(L, core, "hooks");
+  for (size_t i = 0; i < cfg->npolicies && rc == FY_OK; i++) {
+    lua_pushvalue(L, -1);
+    lua_pushinteger(L, (lua_Integer)i + 1);
+    lua_call(L, 1, 1);
+    lua->hooks[i] = (unsigned)lua_tointeger(L, -1);
+    lua_pop(L, 1);
+  }
   lua_settop(L, 0);
   return rc;
 }
@@ -151,6 +167,8 @@ int fy_lua_init(fy_lua *lua, const fy_config *cfg, fy_buf *errors) {
 void fy_lua_close(fy_lua *lua) {
   if (lua->L) lua_close(lua->L);
   lua->L = NULL;
+  free(lua->hooks);
+  lua->hooks = NULL;
 }
 
 /* ---- the one door into Lua --------------------------------------------- */
@@ -178,28 +196,80 @@ static enum fy_hook_outcome fy_lua_failed(fy_lua *lua, int rc, fy_buf *err) {
  * for the fy_ffi_* calls. Lua returns (code, message): code >= 0 is the
  * hook's answer, -1 means it answered with req:respond(), -2 is an error.
  */
-static enum fy_hook_outcome fy_lua_run(fy_lua *lua, int ref, int policy, struct fy_req *req,
-                                       int *code, fy_buf *err) {
+/* Pushes ferry.core.<ref>, the policy number and the request id; the caller adds more. */
+static void fy_lua_begin(fy_lua *lua, int ref, int policy, struct fy_req *req) {
   lua_State *L = lua->L;
-  fy_worker *w = fy_worker_current;
+  lua_settop(L, 0);
   lua_rawgeti(L, LUA_REGISTRYINDEX, ref);
   lua_pushinteger(L, policy + 1);
   lua_pushnumber(L, (double)req->id);
+}
+
+/*
+ * The one door: runs what fy_lua_begin set up (with nextra more arguments)
+ * under the hook budget, with req made current for the fy_ffi_* calls. Lua
+ * returns (code, message, extra): code >= 0 is the hook's answer, -1 "no
+ * answer" (route: answered with req:respond(); select: use the balancer),
+ * -2 an error. On FY_HOOK_OK the three results stay on the stack for the
+ * caller, who clears it.
+ */
+static enum fy_hook_outcome fy_lua_run(fy_lua *lua, struct fy_req *req, int nextra, int *code, fy_buf *err) {
+  lua_State *L = lua->L;
+  fy_worker *w = fy_worker_current;
   w->hook_req = req;
   fy_lua_budget_start(lua, lua->hook_budget_ms);
-  int rc = lua_pcall(L, 2, 2, 0);
+  int rc = lua_pcall(L, 2 + nextra, 3, 0);
   fy_lua_budget_end(lua);
   w->hook_req = NULL;
   if (rc != 0) return fy_lua_failed(lua, rc, err);
-  *code = (int)lua_tointeger(L, -2);
-  if (*code == -2 || lua->timed_out || lua->oom) return fy_lua_failed(lua, LUA_ERRRUN, err);
-  lua_settop(L, 0);
+  *code = (int)lua_tointeger(L, -3);
+  if (*code == -2 || lua->timed_out || lua->oom) {
+    lua_pop(L, 1); /* leave the message on top */
+    return fy_lua_failed(lua, LUA_ERRRUN, err);
+  }
   return FY_HOOK_OK;
 }
 
-enum fy_hook_outcome fy_lua_route(fy_lua *lua, int policy, struct fy_req *req, int *group, fy_buf *err) {
+enum fy_hook_outcome fy_lua_route(fy_lua *lua, int policy, struct fy_req *req, int *group, fy_buf *key,
+                                  fy_buf *err) {
   int code = -1;
-  enum fy_hook_outcome out = fy_lua_run(lua, lua->route_ref, policy, req, &code, err);
+  fy_lua_begin(lua, lua->route_ref, policy, req);
+  enum fy_hook_outcome out = fy_lua_run(lua, req, 0, &code, err);
   *group = code;
+  if (out == FY_HOOK_OK && lua_isstring(lua->L, -1)) {
+    size_t len;
+    const char *k = lua_tolstring(lua->L, -1, &len);
+    fy_buf_append(key, k, len);
+  }
+  lua_settop(lua->L, 0);
   return out;
+}
+
+enum fy_hook_outcome fy_lua_select(fy_lua *lua, int policy, struct fy_req *req, int group, unsigned attempt,
+                                   int *server, fy_buf *err) {
+  fy_lua_begin(lua, lua->select_ref, policy, req);
+  lua_pushinteger(lua->L, group);
+  lua_pushinteger(lua->L, attempt);
+  enum fy_hook_outcome out = fy_lua_run(lua, req, 2, server, err);
+  lua_settop(lua->L, 0);
+  return out;
+}
+
+enum fy_hook_outcome fy_lua_retry(fy_lua *lua, int policy, struct fy_req *req, unsigned attempt,
+                                  const char *kind, int status, const char *server, bool *again,
+                                  fy_buf *err) {
+  int code = 0;
+  fy_lua_begin(lua, lua->retry_ref, policy, req);
+  lua_pushinteger(lua->L, attempt);
+  lua_pushstring(lua->L, kind);
+  lua_pushinteger(lua->L, status);
+  lua_pushstring(lua->L, server);
+  enum fy_hook_outcome out = fy_lua_run(lua, req, 4, &code, err);
+  *again = code == 1;
+  lua_settop(lua->L, 0);
+  return out;
+}
+
+bool fy_lua_has_hook(const fy_lua *lua, int policy, unsigned hook) {
+  return policy >= 0 && (size_t)policy < lua->npolicies && (lua->hooks[policy] & hook) != 0;
 }

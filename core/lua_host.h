@@ -14,6 +14,8 @@
 #include "buf.h"
 #include "config.h"
 
+#include <stdbool.h>
+
 struct lua_State;
 struct fy_req;
 
@@ -36,7 +38,9 @@ const char *fy_hook_outcome_name(enum fy_hook_outcome out);
  */
 typedef struct fy_lua {
   struct lua_State *L;
-  int route_ref; /* ferry.core.route */
+  int route_ref, select_ref, retry_ref; /* ferry.core.route, .select, .retry */
+  unsigned *hooks; /* per policy: FY_HOOK_HAS_* */
+  size_t npolicies;
   size_t mem_used, mem_cap;
   uint64_t deadline_ns;  /* of the call running now */
   uint64_t budget_ms;    /* of the call running now */
@@ -49,12 +53,24 @@ typedef struct fy_lua {
 int fy_lua_init(fy_lua *lua, const fy_config *cfg, fy_buf *errors);
 void fy_lua_close(fy_lua *lua);
 
+enum { FY_HOOK_HAS_SELECT = 1, FY_HOOK_HAS_RETRY = 2 };
+bool fy_lua_has_hook(const fy_lua *lua, int policy, unsigned hook);
+
 /*
  * Runs route(req) of policy number `policy`. On FY_HOOK_OK *group is the
  * index of the chosen group, or -1 when the policy answered with
- * req:respond(). On FY_HOOK_ERROR the message (with traceback) is in err.
+ * req:respond(), and key holds the balancing key the hook returned second
+ * (if any). On failure the message (with traceback) is in err.
  */
-enum fy_hook_outcome fy_lua_route(fy_lua *lua, int policy, struct fy_req *req, int *group, fy_buf *err);
+enum fy_hook_outcome fy_lua_route(fy_lua *lua, int policy, struct fy_req *req, int *group, fy_buf *key,
+                                  fy_buf *err);
+/* select(req, group, attempt): *server is an index into the group's servers, or -1 (balancer). */
+enum fy_hook_outcome fy_lua_select(fy_lua *lua, int policy, struct fy_req *req, int group, unsigned attempt,
+                                   int *server, fy_buf *err);
+/* retry(req, attempt, failure): *again says whether to try once more. */
+enum fy_hook_outcome fy_lua_retry(fy_lua *lua, int policy, struct fy_req *req, unsigned attempt,
+                                  const char *kind, int status, const char *server, bool *again,
+                                  fy_buf *err);
 
 /* Loads the embedded modules and makes them requirable in L. */
 void fy_lua_openlibs(struct lua_State *L);

@@ -10,9 +10,8 @@
 #include <stdio.h>
 
 #define FY_MAX_RESPONSE_HEADER_BYTES (64 * 1024)
-#define FY_MAX_STALE_RETRIES 1
 
-static void fy_proxy_connect(fy_conn *c, bool fresh);
+static void fy_proxy_connect(fy_conn *c);
 static void fy_proxy_upstream_pump(fy_conn *c);
 
 static inline fy_conn *fy_proxy_conn_of(llhttp_t *p) { return p->data; }
@@ -35,37 +34,60 @@ static void fy_proxy_detach(fy_conn *c, bool reusable) {
 
 void fy_proxy_abort(fy_conn *c) { fy_proxy_detach(c, false); }
 
+static void fy_proxy_retry_timer_cb(uv_timer_t *t) {
+  fy_conn *c = t->data;
+  fy_proxy_connect(c);
+}
+
+/* Starts the next attempt, after a backoff; the failed upstream is already detached. */
+static void fy_proxy_retry(fy_conn *c) {
+  c->attempt++;
+  if (!c->retrying) c->counted->retries++;
+  c->retrying = true;
+  c->rs = FY_RS_NONE;
+  c->replay_pending = c->replay.len > 0;
+  uint64_t ms = fy_retry_backoff_ms(c);
+  if (ms == 0) fy_proxy_connect(c);
+  else uv_timer_start(&c->retry_timer, fy_proxy_retry_timer_cb, ms, 0);
+}
+
+static enum fy_failure fy_proxy_classify(fy_uconn *uc, int err) {
+  if (uc == NULL || uc->state == FY_UC_CONNECTING)
+    return err == FY_ETIMEDOUT ? FY_FAIL_CONNECT_TIMEOUT : FY_FAIL_CONNECT;
+  if (err == FY_ETIMEDOUT) return FY_FAIL_TIMEOUT;
+  if (err == FY_EUPSTREAM) return FY_FAIL_BAD_RESPONSE;
+  return FY_FAIL_RESET;
+}
+
 /*
- * The upstream failed. Before any byte of the response reached the client
- * the client gets a 502 (504 on a timeout), or, when a reused keep-alive
- * connection turned out to be stale and nothing but the head was sent, the
- * request is tried once more on a new connection. After the response has
- * started, the client connection is cut so that a truncated response can
- * never look complete.
+ * The attempt failed. Before any byte of the response reached the client
+ * the request is tried again when retry.c allows it, or the client gets 502
+ * (504 for a timeout). After the response has started, the client
+ * connection is cut so that a truncated response can never look complete.
  */
 static void fy_proxy_fail(fy_conn *c, int err) {
   fy_uconn *uc = c->up;
-  bool stale = uc && uc->requests > 1 && (err == UV_EOF || err == UV_ECONNRESET || err == UV_EPIPE);
-  const char *server = uc ? uc->server->name : "-";
+  enum fy_failure f = fy_proxy_classify(uc, err);
+  /* A reused keep-alive connection the server had closed: not the server's fault. */
+  bool stale = uc && uc->requests > 1 && f == FY_FAIL_RESET;
+  const char *server = c->server ? c->server->addr_text : "-";
   fy_proxy_abort(c);
-  if (c->rs == FY_RS_WAIT && stale && !c->req.has_body && c->retries < FY_MAX_STALE_RETRIES) {
-    c->retries++;
-    fy_log_debug("request %llu: stale keep-alive connection to %s, retrying",
-                 (unsigned long long)c->req.id, server);
-    c->rs = FY_RS_NONE;
-    fy_proxy_connect(c, true);
-    return;
-  }
   if (c->rs == FY_RS_WAIT || c->rs == FY_RS_NONE) {
-    int status = err == FY_ETIMEDOUT ? 504 : 502;
-    fy_log_warn("request %llu: upstream %s: %s -> %d", (unsigned long long)c->req.id, server,
-                fy_strerror(err), status);
+    if (c->server && !stale) fy_server_failed(c->server, fy_now_ms(c));
+    if (fy_retry_decide(c, f, 0, stale)) {
+      fy_proxy_retry(c);
+      return;
+    }
+    int status = f == FY_FAIL_TIMEOUT || f == FY_FAIL_CONNECT_TIMEOUT ? 504 : 502;
+    fy_log_warn("request %llu: upstream %s: %s (%s) -> %d after %u attempt%s", (unsigned long long)c->req.id,
+                server, fy_strerror(err), fy_failure_name(f), status, c->attempt, c->attempt > 1 ? "s" : "");
     c->rs = FY_RS_NONE;
     fy_conn_respond_simple(c, status, fy_http_reason(status));
     return;
   }
   fy_log_warn("request %llu: upstream %s failed mid-response: %s; closing the client connection",
               (unsigned long long)c->req.id, server, fy_strerror(err));
+  if (c->server) fy_server_failed(c->server, fy_now_ms(c));
   c->req.status = c->req.status ? c->req.status : 502;
   fy_conn_close(c);
 }
@@ -137,11 +159,24 @@ static void fy_proxy_write_response_head(fy_conn *c, llhttp_t *p) {
   r->status = status;
 }
 
+static bool fy_proxy_status_listed(const fy_cfg_group *cfg, int status) {
+  for (size_t i = 0; i < cfg->nstatuses; i++)
+    if (cfg->statuses[i] == status) return true;
+  return false;
+}
+
 static int fy_on_resp_headers_complete(llhttp_t *p) {
   fy_conn *c = fy_proxy_conn_of(p);
   int status = p->status_code;
   if (status == 101) return -1; /* ferry never asks for an upgrade */
   if (status < 200) return 0;   /* interim responses are dropped */
+  uint64_t now = fy_now_ms(c);
+  if (status >= 500) fy_server_failed(c->server, now);
+  else fy_server_succeeded(c->server, (double)(uv_hrtime() - c->attempt_ns) / 1e6);
+  if (fy_proxy_status_listed(fy_proxy_group(c), status) && fy_retry_decide(c, FY_FAIL_STATUS, status, false)) {
+    c->retry_status = status; /* handled once llhttp returns: this answer is dropped */
+    return HPE_PAUSED;
+  }
   fy_proxy_write_response_head(c, p);
   c->rs = FY_RS_BODY;
   return c->req.head ? 1 : 0;
@@ -179,11 +214,17 @@ static void fy_proxy_upstream_pump(fy_conn *c) {
     size_t len = uc->rlen - uc->rpos;
     llhttp_errno_t err = llhttp_execute(&uc->parser, data, len);
     uc->rpos += err == HPE_OK ? len : (size_t)(llhttp_get_error_pos(&uc->parser) - data);
+    if (err == HPE_PAUSED && c->retry_status) {
+      c->retry_status = 0;
+      fy_proxy_abort(c); /* the rest of that answer is not wanted */
+      fy_proxy_retry(c);
+      return;
+    }
     if (err == HPE_PAUSED) {
       llhttp_resume(&uc->parser);
     } else if (err != HPE_OK) {
       fy_log_warn("request %llu: bad response from %s: %s", (unsigned long long)c->req.id,
-                  uc->server->name, llhttp_get_error_reason(&uc->parser));
+                  uc->server->addr_text, llhttp_get_error_reason(&uc->parser));
       fy_proxy_fail(c, FY_EUPSTREAM);
       return;
     }
@@ -288,8 +329,18 @@ static void fy_proxy_upstream_write_cb(fy_write_req *wr, int status) {
 void fy_proxy_flush_upstream(fy_conn *c) {
   fy_uconn *uc = c->up;
   if (uc == NULL || uc->state != FY_UC_ACTIVE || c->uw_pending) return;
-  uv_buf_t bufs[2];
-  unsigned n = fy_bodyout_bufs(&c->uhead, &c->ubody, bufs);
+  uv_buf_t bufs[3];
+  unsigned n = 0;
+  if (c->uhead.len) bufs[n++] = uv_buf_init(c->uhead.data, (unsigned)c->uhead.len);
+  if (c->replay_pending) { /* a retry: the body bytes the failed attempt had sent */
+    bufs[n++] = uv_buf_init(c->replay.data, (unsigned)c->replay.len);
+    c->replay_pending = false;
+  }
+  fy_buf none;
+  fy_buf_init(&none);
+  unsigned nbody = fy_bodyout_bufs(&none, &c->ubody, bufs + n);
+  if (c->req.has_body) fy_replay_add(c, bufs + n, nbody);
+  n += nbody;
   if (n == 0) return;
   int rc = fy_write(&uc->write_req, (uv_stream_t *)&uc->tcp, bufs, n, fy_proxy_upstream_write_cb);
   if (rc < 0) {
@@ -313,8 +364,10 @@ static void fy_proxy_upstream_ready(fy_conn *c) {
   uc->requests++;
   c->rs = FY_RS_WAIT;
   c->ubody.chunked = c->req.chunked;
+  c->attempt_ns = uv_hrtime();
   fy_proxy_write_request_head(c, uc->server);
-  if (c->req.expect_continue) {
+  if (c->req.expect_continue && !c->continue_sent) {
+    c->continue_sent = true;
     fy_buf_puts(&c->chead, "HTTP/1.1 100 Continue\r\n\r\n");
     fy_conn_flush_client(c);
   }
@@ -330,13 +383,38 @@ static void fy_proxy_on_ready(fy_uconn *uc, int status) {
   fy_conn_client_pump(c);
 }
 
-static void fy_proxy_connect(fy_conn *c, bool fresh) {
-  fy_group *g = &c->req.gen->groups[c->req.group];
-  fy_server *s = fy_group_pick(g);
-  c->req.server = s->name;
+/* The server for this attempt: the policy's select hook if it has one, else the balancer. */
+static fy_server *fy_proxy_pick(fy_conn *c) {
+  fy_req *r = &c->req;
+  fy_group *g = &r->gen->groups[r->group];
+  if (fy_lua_has_hook(&r->gen->lua, r->policy, FY_HOOK_HAS_SELECT)) {
+    int index = -1;
+    fy_buf err;
+    fy_buf_init(&err);
+    enum fy_hook_outcome out = fy_lua_select(&r->gen->lua, r->policy, r, r->group, c->attempt, &index, &err);
+    if (out != FY_HOOK_OK)
+      fy_log_error("request %llu: select: %s: %.*s", (unsigned long long)r->id, fy_hook_outcome_name(out),
+                   (int)err.len, err.data);
+    fy_buf_free(&err);
+    if (out != FY_HOOK_OK) return NULL;
+    if (index >= 0 && (size_t)index < g->nservers) return &g->servers[index];
+  }
+  return fy_group_pick(g, c->key, c->has_key, c->tried, c->ntried, fy_now_ms(c));
+}
+
+static void fy_proxy_connect(fy_conn *c) {
+  fy_server *s = fy_proxy_pick(c);
+  if (s == NULL) {
+    c->rs = FY_RS_NONE;
+    fy_conn_respond_simple(c, 500, "policy error\n");
+    return;
+  }
+  c->server = s;
+  c->req.server = s->addr_text;
+  if (c->ntried < FY_ARRAY_SIZE(c->tried)) c->tried[c->ntried++] = s;
   c->rs = FY_RS_WAIT;
   fy_uconn *uc;
-  int rc = fy_upstream_acquire(c->w->loop, s, c, fresh, fy_proxy_on_ready, fy_proxy_on_read,
+  int rc = fy_upstream_acquire(c->w->loop, s, c, false, fy_proxy_on_ready, fy_proxy_on_read,
                                fy_proxy_on_timeout, &uc);
   if (rc < 0) {
     fy_proxy_fail(c, rc);
@@ -344,6 +422,20 @@ static void fy_proxy_connect(fy_conn *c, bool fresh) {
   }
   c->up = uc;
   if (rc == 1) fy_proxy_upstream_ready(c);
+}
+
+/* A pooled connection is ready at once; a new one reports through fy_proxy_on_ready. */
+static void fy_proxy_first_attempt(fy_conn *c) {
+  fy_group *g = &c->req.gen->groups[c->req.group];
+  c->attempt = 1;
+  c->ntried = 0;
+  c->server = NULL;
+  c->retry_status = 0;
+  c->continue_sent = false;
+  c->replayable = true;
+  c->counted = g;
+  g->requests++;
+  fy_proxy_connect(c);
 }
 
 /* ---- routing ------------------------------------------------------------ */
@@ -369,9 +461,13 @@ void fy_proxy_start(fy_conn *c) {
   fy_buf_init(&err);
   fy_http_strip_hop_by_hop(&r->headers);
   r->policy = r->gen->cfg->listeners[c->listener->index].policy;
-  c->retries = 0;
   int group = -1;
-  enum fy_hook_outcome out = fy_lua_route(&r->gen->lua, r->policy, r, &group, &err);
+  fy_buf key;
+  fy_buf_init(&key);
+  enum fy_hook_outcome out = fy_lua_route(&r->gen->lua, r->policy, r, &group, &key, &err);
+  c->has_key = key.len > 0;
+  c->key = c->has_key ? fy_hash_bytes(key.data, key.len) : 0;
+  fy_buf_free(&key);
   if (out != FY_HOOK_OK) {
     fy_log_error("request %llu: route: %s: %.*s", (unsigned long long)r->id, fy_hook_outcome_name(out),
                  (int)err.len, err.data);
@@ -380,12 +476,12 @@ void fy_proxy_start(fy_conn *c) {
     return;
   }
   fy_buf_free(&err);
-  if (group < 0) {
+  if (group < 0 || r->respond_status) { /* req:respond() wins over a group returned after it */
     fy_proxy_respond_from_lua(c);
     return;
   }
   r->group = group;
-  fy_proxy_connect(c, false);
+  fy_proxy_first_attempt(c);
 }
 
 void fy_proxy_finish(fy_conn *c) {

@@ -8,22 +8,74 @@
 
 /* ---- groups ------------------------------------------------------------- */
 
-static int fy_server_resolve(fy_server *s, const fy_cfg_server *cs, const char *group, size_t i,
-                             fy_buf *errors) {
-  if (uv_ip4_addr(cs->host, cs->port, (struct sockaddr_in *)&s->addr) == 0) return 0;
-  if (uv_ip6_addr(cs->host, cs->port, (struct sockaddr_in6 *)&s->addr) == 0) return 0;
+static bool fy_addr_equal(const struct sockaddr_storage *a, const struct sockaddr_storage *b);
+
+static void fy_server_init(fy_server *s, fy_group *g, const fy_cfg_server *cs, const struct sockaddr *sa,
+                           size_t salen) {
+  memset(s, 0, sizeof *s);
+  s->group = g;
+  s->name = cs->name;
+  s->weight = cs->weight ? cs->weight : 1;
+  memcpy(&s->addr, sa, salen);
+  fy_list_init(&s->idle);
+  char ip[INET6_ADDRSTRLEN] = "?";
+  int port;
+  if (sa->sa_family == AF_INET6) {
+    uv_ip6_name((const struct sockaddr_in6 *)sa, ip, sizeof ip);
+    port = ntohs(((const struct sockaddr_in6 *)sa)->sin6_port);
+    snprintf(s->addr_text, sizeof s->addr_text, "[%s]:%d", ip, port);
+  } else {
+    uv_ip4_name((const struct sockaddr_in *)sa, ip, sizeof ip);
+    port = ntohs(((const struct sockaddr_in *)sa)->sin_port);
+    snprintf(s->addr_text, sizeof s->addr_text, "%s:%d", ip, port);
+  }
+}
+
+/* Appends one server per distinct address of cs (blocking resolution). */
+static int fy_group_add_entry(fy_group *g, const fy_cfg_server *cs, size_t i, fy_buf *errors) {
   struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM}, *res = NULL;
   char port[8];
   snprintf(port, sizeof port, "%d", cs->port);
   int rc = getaddrinfo(cs->host, port, &hints, &res);
   if (rc != 0 || res == NULL) {
-    fy_buf_printf(errors, "upstreams.%s.servers[%zu]: cannot resolve '%s': %s\n", group, i + 1,
+    fy_buf_printf(errors, "upstreams.%s.servers[%zu]: cannot resolve '%s': %s\n", g->cfg->name, i + 1,
                   cs->host, gai_strerror(rc));
     return FY_ECONFIG;
   }
-  memcpy(&s->addr, res->ai_addr, res->ai_addrlen);
+  for (struct addrinfo *ai = res; ai; ai = ai->ai_next) {
+    struct sockaddr_storage ss;
+    memset(&ss, 0, sizeof ss);
+    memcpy(&ss, ai->ai_addr, ai->ai_addrlen);
+    bool seen = false;
+    for (size_t j = 0; j < g->nservers && !seen; j++) seen = fy_addr_equal(&g->servers[j].addr, &ss);
+    if (seen) continue;
+    g->servers = fy_realloc(g->servers, (g->nservers + 1) * sizeof *g->servers);
+    fy_server_init(&g->servers[g->nservers++], g, cs, ai->ai_addr, ai->ai_addrlen);
+  }
   freeaddrinfo(res);
   return 0;
+}
+
+static int fy_ring_cmp(const void *a, const void *b) {
+  uint64_t x = ((const fy_ring_node *)a)->hash, y = ((const fy_ring_node *)b)->hash;
+  return x < y ? -1 : x > y;
+}
+
+/* Consistent hashing ring: FY_RING_POINTS points per unit of weight. */
+#define FY_RING_POINTS 100
+static void fy_group_build_ring(fy_group *g) {
+  size_t n = 0;
+  for (size_t i = 0; i < g->nservers; i++) n += g->servers[i].weight * FY_RING_POINTS;
+  g->ring = fy_calloc(n, sizeof *g->ring);
+  for (size_t i = 0; i < g->nservers; i++) {
+    fy_server *s = &g->servers[i];
+    for (unsigned k = 0; k < s->weight * FY_RING_POINTS; k++) {
+      char point[96];
+      int len = snprintf(point, sizeof point, "%s#%u", s->addr_text, k);
+      g->ring[g->nring++] = (fy_ring_node){fy_hash_bytes(point, (size_t)len), s};
+    }
+  }
+  qsort(g->ring, g->nring, sizeof *g->ring, fy_ring_cmp);
 }
 
 int fy_groups_init(fy_group **out, const fy_config *cfg, fy_buf *errors) {
@@ -32,30 +84,18 @@ int fy_groups_init(fy_group **out, const fy_config *cfg, fy_buf *errors) {
   for (size_t i = 0; i < cfg->ngroups; i++) {
     fy_group *g = &groups[i];
     g->cfg = &cfg->groups[i];
-    g->nservers = g->cfg->nservers;
-    g->servers = fy_calloc(g->nservers, sizeof *g->servers);
+    for (size_t j = 0; j < g->cfg->nservers; j++)
+      if (fy_group_add_entry(g, &g->cfg->servers[j], j, errors) != 0) rc = FY_ECONFIG;
+    /* servers moved while the array grew: point them back at their group */
     for (size_t j = 0; j < g->nservers; j++) {
-      fy_server *s = &g->servers[j];
-      s->group = g;
-      s->name = g->cfg->servers[j].name;
-      fy_list_init(&s->idle);
-      if (fy_server_resolve(s, &g->cfg->servers[j], g->cfg->name, j, errors) != 0) rc = FY_ECONFIG;
+      g->servers[j].group = g;
+      fy_list_init(&g->servers[j].idle);
     }
+    if (g->cfg->balance == FY_BALANCE_HASH && g->nservers) fy_group_build_ring(g);
   }
   *out = groups;
   if (rc != 0) fy_groups_close(groups, cfg->ngroups);
   return rc;
-}
-
-void fy_groups_drop_idle(fy_group *groups, size_t n) {
-  for (size_t i = 0; i < n; i++) {
-    fy_group *g = &groups[i];
-    for (size_t j = 0; j < g->nservers; j++) {
-      fy_server *s = &g->servers[j];
-      while (!fy_list_empty(&s->idle))
-        fy_upstream_release(FY_CONTAINER_OF(s->idle.next, fy_uconn, pool_link), false);
-    }
-  }
 }
 
 static bool fy_addr_equal(const struct sockaddr_storage *a, const struct sockaddr_storage *b) {
@@ -93,17 +133,26 @@ void fy_groups_adopt_idle(fy_group *to, size_t nto, fy_group *from, size_t nfrom
   }
 }
 
+void fy_groups_drop_idle(fy_group *groups, size_t n) {
+  for (size_t i = 0; i < n; i++) {
+    fy_group *g = &groups[i];
+    for (size_t j = 0; j < g->nservers; j++) {
+      fy_server *s = &g->servers[j];
+      while (!fy_list_empty(&s->idle))
+        fy_upstream_release(FY_CONTAINER_OF(s->idle.next, fy_uconn, pool_link), false);
+    }
+  }
+}
+
 void fy_groups_close(fy_group *groups, size_t n) {
   fy_groups_drop_idle(groups, n);
-  for (size_t i = 0; i < n; i++) free(groups[i].servers);
+  for (size_t i = 0; i < n; i++) {
+    free(groups[i].servers);
+    free(groups[i].ring);
+  }
   free(groups);
 }
 
-fy_server *fy_group_pick(fy_group *g) {
-  fy_server *s = &g->servers[g->next % g->nservers];
-  g->next++;
-  return s;
-}
 
 /* ---- connections -------------------------------------------------------- */
 

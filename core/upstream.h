@@ -27,20 +27,40 @@ struct fy_gen;
 struct fy_conn;
 struct fy_uconn;
 
+/*
+ * A server is one address of a configured server entry: a name that resolves
+ * to several addresses (a cloud load balancer's does) gives one fy_server per
+ * address, each with the entry's weight, its own pool and its own health.
+ */
 typedef struct fy_server {
   struct fy_group *group;
-  const char *name;
+  const char *name;   /* the entry as configured, "host:port" */
+  char addr_text[64]; /* this address, "ip:port" */
   struct sockaddr_storage addr;
+  unsigned weight;
   fy_list idle;  /* fy_uconn.pool_link */
   unsigned nidle;
-  unsigned active;
+  unsigned active;     /* connections in use (connecting or busy) */
+  int current_weight;  /* smooth weighted round robin */
+  double ewma_ms;      /* response head latency, for p2c */
+  unsigned fails;      /* consecutive failures */
+  unsigned ejections;  /* times ejected in a row; doubles the ejection time */
+  uint64_t ejected_until; /* loop time (ms); 0 = in service */
 } fy_server;
+
+typedef struct fy_ring_node {
+  uint64_t hash;
+  fy_server *server;
+} fy_ring_node;
 
 typedef struct fy_group {
   const fy_cfg_group *cfg;
   fy_server *servers;
   size_t nservers;
-  size_t next; /* round robin cursor */
+  size_t next; /* rotation cursor */
+  fy_ring_node *ring; /* consistent hashing, sorted by hash */
+  size_t nring;
+  unsigned requests, retries; /* exchanges and retries in flight, for the retry budget */
   bool retired; /* its generation is no longer live: do not pool into it */
 } fy_group;
 
@@ -89,7 +109,19 @@ void fy_groups_drop_idle(fy_group *groups, size_t n);
 /* Moves idle pooled connections of old servers to new servers at the same address. */
 void fy_groups_adopt_idle(fy_group *to, size_t nto, fy_group *from, size_t nfrom);
 
-fy_server *fy_group_pick(fy_group *g);
+/*
+ * Picks a server of g with the group's balancer, avoiding the servers in
+ * `avoid` (earlier attempts) and ejected ones while any other is left. key
+ * is the hash key from the policy (used by "hash"; has_key false: none).
+ */
+fy_server *fy_group_pick(fy_group *g, uint64_t key, bool has_key, fy_server *const *avoid, size_t navoid,
+                         uint64_t now_ms);
+uint64_t fy_hash_bytes(const void *data, size_t len);
+
+/* Passive health: record the outcome of an attempt on s. */
+void fy_server_succeeded(fy_server *s, double latency_ms);
+void fy_server_failed(fy_server *s, uint64_t now_ms);
+bool fy_server_in_service(const fy_server *s, uint64_t now_ms);
 
 /*
  * Gives owner a connection to s: a pooled one, unless fresh (returns 1: the

@@ -32,6 +32,22 @@ local function check_hostport(v)
   return false, "expected 'host:port' (IPv6 as '[addr]:port'), got '" .. v .. "'"
 end
 
+-- A server: "host:port", or { address = "host:port", weight = N }.
+local function check_server(v)
+  if type(v) == "string" then return check_hostport(v) end
+  for k in pairs(v) do
+    if k ~= "address" and k ~= "weight" then return false, "unknown key '" .. tostring(k) .. "'" end
+  end
+  if type(v.address) ~= "string" then return false, "address: expected 'host:port'" end
+  local ok, msg = check_hostport(v.address)
+  if not ok then return false, "address: " .. msg end
+  local w = v.weight
+  if w ~= nil and (type(w) ~= "number" or w % 1 ~= 0 or w < 1 or w > 1000) then
+    return false, "weight: expected an integer from 1 to 1000"
+  end
+  return true
+end
+
 local seconds = function(default) return { type = "number", min = 0.001, max = 86400, default = default } end
 local bytes = function(default, min) return { type = "integer", min = min or 1, max = 1073741824, default = default } end
 
@@ -56,7 +72,25 @@ local schema = {
         type = "table",
         fields = {
           servers = { type = "list", required = true, nonempty = true,
-                      item = { type = "string", check = check_hostport } },
+                      item = { type = "server", check = check_server } },
+          balance = { type = "string", enum = { "round_robin", "least_conn", "p2c", "hash" },
+                      default = "round_robin" },
+          retry = { type = "table", default = {}, fields = {
+            tries = { type = "integer", min = 1, max = 10, default = 2 },
+            statuses = { type = "list", default = { 502, 503, 504 }, check = function(v) return #v <= 16, "at most 16 statuses" end,
+                         item = { type = "integer", min = 500, max = 599 } },
+            backoff = { type = "number", min = 0, max = 10, default = 0.025 },
+            deadline = { type = "number", min = 0, max = 3600, default = 0 },
+            budget = { type = "number", min = 0, max = 1, default = 0.2 },
+            min_retries = { type = "integer", min = 0, max = 100000, default = 3 },
+            replay_buffer = bytes(1024 * 1024, 0),
+          } },
+          health = { type = "table", default = {}, fields = {
+            max_fails = { type = "integer", min = 0, max = 1000, default = 5 },
+            eject = { type = "number", min = 0.001, max = 3600, default = 10 },
+            max_eject = { type = "number", min = 0.001, max = 86400, default = 300 },
+            max_ejected = { type = "number", min = 0, max = 1, default = 0.5 },
+          } },
           timeouts = { type = "table", default = {}, fields = {
             connect = seconds(5), read = seconds(60), write = seconds(60),
           } },
@@ -132,6 +166,7 @@ local kinds = {
   number = function(v) return type(v) == "number" end,
   integer = function(v) return type(v) == "number" and v % 1 == 0 end,
   boolean = function(v) return type(v) == "boolean" end,
+  server = function(v) return type(v) == "string" or type(v) == "table" end,
   table = function(v) return type(v) == "table" end,
   list = function(v) return type(v) == "table" and is_list(v) end,
   map = function(v) return type(v) == "table" end,
@@ -140,6 +175,7 @@ local kinds = {
 local kind_names = {
   list = "a list", map = "a table of named entries", table = "a table",
   integer = "an integer", string = "a string", number = "a number", boolean = "a boolean",
+  server = "'host:port' or { address = 'host:port', weight = N }",
 }
 
 check_value = function(spec, value, path, errs)
@@ -226,14 +262,20 @@ local function normalise(cfg, base, errs)
     local g = cfg.upstreams[name]
     local servers = {}
     for i, s in ipairs(g.servers or {}) do
-      local host, port = split_hostport(s)
-      servers[i] = { host = host or "", port = port or 0, name = s }
+      local address = type(s) == "table" and s.address or s
+      local host, port = split_hostport(address or "")
+      servers[i] = { host = host or "", port = port or 0, name = address or "",
+                     weight = type(s) == "table" and s.weight or 1 }
     end
+    local r, h = g.retry, g.health
     out.upstreams[#out.upstreams + 1] = {
-      name = name, servers = servers,
+      name = name, servers = servers, balance = g.balance,
       connect_timeout = g.timeouts.connect, read_timeout = g.timeouts.read,
       write_timeout = g.timeouts.write,
       max_idle = g.keepalive.max_idle, idle_timeout = g.keepalive.idle_timeout,
+      tries = r.tries, statuses = r.statuses, backoff = r.backoff, deadline = r.deadline,
+      budget = r.budget, min_retries = r.min_retries, replay_buffer = r.replay_buffer,
+      max_fails = h.max_fails, eject = h.eject, max_eject = h.max_eject, max_ejected = h.max_ejected,
     }
   end
   if #out.policies == 0 and cfg.policy then policy(cfg.policy, "policy") end

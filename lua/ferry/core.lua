@@ -11,6 +11,7 @@ local C = ffi.C
 ffi.cdef [[
 int fy_ffi_req_str(double id, int field, const char **out, size_t *len);
 int fy_ffi_req_client_port(double id);
+int fy_ffi_req_content_length(double id, double *out);
 int fy_ffi_req_header_get(double id, const char *name, size_t nlen, int nth,
                           const char **out, size_t *len);
 int fy_ffi_req_header_set(double id, int mode, const char *name, size_t nlen,
@@ -19,6 +20,13 @@ int fy_ffi_req_respond_header(double id, const char *name, size_t nlen,
                               const char *val, size_t vlen);
 int fy_ffi_req_respond(double id, int status, const char *body, size_t blen);
 void fy_ffi_log(int level, const char *msg, size_t len);
+typedef struct fy_ffi_server {
+  const char *name; size_t name_len;
+  const char *address; size_t address_len;
+  int weight, active, in_service, fails;
+  double latency_ms;
+} fy_ffi_server;
+int fy_ffi_group_server(double id, int group, int index, fy_ffi_server *out);
 ]]
 
 local M = {}
@@ -29,6 +37,7 @@ local RESPONDED = setmetatable({}, { __tostring = function() return "response" e
 
 local sptr = ffi.new("const char *[1]")
 local slen = ffi.new("size_t[1]")
+local dnum = ffi.new("double[1]")
 
 local failures = {
   [-1] = "request is gone (a req handle is only valid during its hook)",
@@ -36,8 +45,9 @@ local failures = {
   [-3] = "invalid argument",
 }
 
-local function check(rc, what)
-  if rc < 0 then error(what .. ": " .. failures[rc], 3) end
+-- level: where the caller's caller is (3 for a method called by the policy).
+local function check(rc, what, level)
+  if rc < 0 then error(what .. ": " .. failures[rc], level or 3) end
   return rc
 end
 
@@ -79,7 +89,7 @@ local function header_edit(self, mode, name, value, what)
   else
     value = ""
   end
-  check(C.fy_ffi_req_header_set(self._id, mode, name, #name, value, #value), what)
+  check(C.fy_ffi_req_header_set(self._id, mode, name, #name, value, #value), what, 4)
 end
 
 function headers_methods:set(name, value) header_edit(self, 0, name, value, "headers:set") end
@@ -96,16 +106,14 @@ function req_methods:respond(status, body, headers)
   end
   if body == nil then body = "" end
   if type(body) ~= "string" then error("req:respond: body must be a string", 2) end
-  if headers ~= nil then
-    if type(headers) ~= "table" then error("req:respond: headers must be a table", 2) end
-    for k, v in pairs(headers) do
-      k, v = tostring(k), tostring(v)
-      check(C.fy_ffi_req_respond_header(self._id, k, #k, v, #v), "req:respond: header " .. k)
-    end
-  end
+  if headers ~= nil and type(headers) ~= "table" then error("req:respond: headers must be a table", 2) end
   local rc = C.fy_ffi_req_respond(self._id, status, body, #body)
   if rc == -2 then error("req:respond: the request was already answered", 2) end
   check(rc, "req:respond")
+  for k, v in pairs(headers or {}) do
+    k, v = tostring(k), tostring(v)
+    check(C.fy_ffi_req_respond_header(self._id, k, #k, v, #v), "req:respond: header " .. k)
+  end
   return RESPONDED
 end
 
@@ -121,6 +129,12 @@ function req_mt.__index(self, k)
   end
   if k == "client_port" then
     local v = check(C.fy_ffi_req_client_port(self._id), "req.client_port")
+    rawset(self, k, v)
+    return v
+  end
+  if k == "content_length" then
+    local rc = check(C.fy_ffi_req_content_length(self._id, dnum), "req.content_length")
+    local v = rc == 1 and dnum[0] or nil
     rawset(self, k, v)
     return v
   end
@@ -186,20 +200,79 @@ function M.load_policy(path)
 end
 
 function M.set_groups(names)
-  group_index = {}
-  for i, name in ipairs(names) do group_index[name] = i - 1 end
+  group_index, group_names = {}, {}
+  for i, name in ipairs(names) do
+    group_index[name] = i - 1
+    group_names[i - 1] = name
+  end
   return true
 end
 
+-- route(req) returns a group name and, optionally, a key for "hash" balancing.
 function M.route(policy, id)
   local req = setmetatable({ _id = id }, req_mt)
-  local ok, res = xpcall(policies[policy].route, traceback, req)
+  local ok, res, key = xpcall(policies[policy].route, traceback, req)
   if not ok then return -2, tostring(res) end
   if res == RESPONDED then return -1 end
   local g = group_index[res]
-  if g then return g end
+  if g then
+    if key ~= nil then key = tostring(key) end
+    return g, nil, key
+  end
   if type(res) == "string" then return -2, "route returned unknown upstream group '" .. res .. "'" end
   return -2, "route must return an upstream group name or req:respond(...), got " .. type(res)
+end
+
+local HAS_SELECT, HAS_RETRY = 1, 2
+
+function M.hooks(policy)
+  local p = policies[policy]
+  return (type(p.select) == "function" and HAS_SELECT or 0) + (type(p.retry) == "function" and HAS_RETRY or 0)
+end
+
+local group_names = {}
+local server_info = ffi.new("fy_ffi_server")
+
+-- The view of a group that select() gets: a table built only for policies that have select.
+local function group_view(id, g)
+  local servers = {}
+  local i = 0
+  while C.fy_ffi_group_server(id, g, i, server_info) == 1 do
+    local s = server_info
+    servers[i + 1] = {
+      name = ffi.string(s.name, s.name_len), address = ffi.string(s.address, s.address_len),
+      weight = s.weight, active = s.active, healthy = s.in_service == 1, fails = s.fails,
+      latency_ms = s.latency_ms, _index = i,
+    }
+    i = i + 1
+  end
+  return { name = group_names[g], servers = servers }
+end
+
+-- select(req, group, attempt) returns one of group.servers (or its address), or nil for the balancer.
+function M.select(policy, id, g, attempt)
+  local req = setmetatable({ _id = id }, req_mt)
+  local group = group_view(id, g)
+  local ok, res = xpcall(policies[policy].select, traceback, req, group, attempt)
+  if not ok then return -2, tostring(res) end
+  if res == nil then return -1 end
+  if type(res) == "table" and res._index then return res._index end
+  if type(res) == "string" then
+    for _, s in ipairs(group.servers) do
+      if s.address == res then return s._index end
+    end
+    return -2, "select returned '" .. res .. "', which is not an address of group " .. group.name
+  end
+  return -2, "select must return a server of the group (or nil), got " .. type(res)
+end
+
+-- retry(req, attempt, failure) says whether to try again after a failed attempt.
+function M.retry(policy, id, attempt, kind, status, server)
+  local req = setmetatable({ _id = id }, req_mt)
+  local failure = { kind = kind, status = status ~= 0 and status or nil, server = server }
+  local ok, res = xpcall(policies[policy].retry, traceback, req, attempt, failure)
+  if not ok then return -2, tostring(res) end
+  return res and 1 or 0
 end
 
 -- ferry.log, for policies -------------------------------------------------
