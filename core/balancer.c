@@ -24,6 +24,9 @@ uint64_t fy_hash_bytes(const void *data, size_t len) {
   return h ^ (h >> 31);
 }
 
+#define FY_P2C_STALE_MS 5000 /* a latency older than this is forgotten */
+#define FY_P2C_SAME_MS 2.0   /* costs closer than this are equal (a new connection's setup is noise) */
+
 static __thread uint64_t fy_rand_state = 0x9e3779b97f4a7c15ULL;
 
 static uint64_t fy_rand(void) {
@@ -38,10 +41,12 @@ static uint64_t fy_rand(void) {
 
 bool fy_server_in_service(const fy_server *s, uint64_t now_ms) { return s->ejected_until <= now_ms; }
 
-void fy_server_succeeded(fy_server *s, double latency_ms) {
+void fy_server_succeeded(fy_server *s, double latency_ms, uint64_t now_ms) {
   s->fails = 0;
   s->ejections = 0;
-  s->ewma_ms = s->ewma_ms == 0 ? latency_ms : 0.8 * s->ewma_ms + 0.2 * latency_ms;
+  bool fresh = s->ewma_ms == 0 || now_ms - s->ewma_at > FY_P2C_STALE_MS;
+  s->ewma_ms = fresh ? latency_ms : 0.8 * s->ewma_ms + 0.2 * latency_ms;
+  s->ewma_at = now_ms;
 }
 
 static size_t fy_group_ejected(const fy_group *g, uint64_t now_ms) {
@@ -123,8 +128,17 @@ static fy_server *fy_pick_least_conn(fy_group *g, const fy_pick *p) {
   return best;
 }
 
-/* Power of two choices on latency: two random candidates, the faster-looking wins. */
-static double fy_p2c_cost(const fy_server *s) { return (s->ewma_ms + 1.0) * (s->active + 1) / s->weight; }
+/*
+ * Power of two choices on latency: two random candidates, the one with the
+ * lower cost wins. Costs within 20% or 2 ms of each other count as equal
+ * (the choice is then random), so noise in small latencies does not pin all
+ * traffic on one server, and a latency not refreshed for FY_P2C_STALE_MS is
+ * forgotten, so a server once slow gets probed again.
+ */
+static double fy_p2c_cost(const fy_server *s, uint64_t now_ms) {
+  double ewma = now_ms - s->ewma_at > FY_P2C_STALE_MS ? 0 : s->ewma_ms;
+  return (ewma + 1.0) * (s->active + 1) / s->weight;
+}
 
 static fy_server *fy_pick_p2c(fy_group *g, const fy_pick *p) {
   fy_server *eligible[64];
@@ -135,7 +149,10 @@ static fy_server *fy_pick_p2c(fy_group *g, const fy_pick *p) {
   if (n == 1) return eligible[0];
   size_t a = fy_rand() % n, b = fy_rand() % (n - 1);
   if (b >= a) b++;
-  return fy_p2c_cost(eligible[a]) <= fy_p2c_cost(eligible[b]) ? eligible[a] : eligible[b];
+  double ca = fy_p2c_cost(eligible[a], p->now_ms), cb = fy_p2c_cost(eligible[b], p->now_ms);
+  if (ca < cb * 0.8 && cb - ca > FY_P2C_SAME_MS) return eligible[a];
+  if (cb < ca * 0.8 && ca - cb > FY_P2C_SAME_MS) return eligible[b];
+  return fy_rand() & 1 ? eligible[a] : eligible[b];
 }
 
 /* Consistent hashing: the first eligible point at or after the key's hash. */

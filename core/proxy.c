@@ -34,10 +34,16 @@ static void fy_proxy_detach(fy_conn *c, bool reusable) {
 
 void fy_proxy_abort(fy_conn *c) { fy_proxy_detach(c, false); }
 
-static void fy_proxy_retry_timer_cb(uv_timer_t *t) {
-  fy_conn *c = t->data;
+/*
+ * A retry starts outside the client parsing loop, so when it gets a pooled
+ * connection (ready at once) nothing else would send the request: pump here.
+ */
+static void fy_proxy_reconnect(fy_conn *c) {
   fy_proxy_connect(c);
+  if (!c->closing && c->up && c->up->state == FY_UC_ACTIVE) fy_conn_client_pump(c);
 }
+
+static void fy_proxy_retry_timer_cb(uv_timer_t *t) { fy_proxy_reconnect(t->data); }
 
 /* Starts the next attempt, after a backoff; the failed upstream is already detached. */
 static void fy_proxy_retry(fy_conn *c) {
@@ -47,7 +53,7 @@ static void fy_proxy_retry(fy_conn *c) {
   c->rs = FY_RS_NONE;
   c->replay_pending = c->replay.len > 0;
   uint64_t ms = fy_retry_backoff_ms(c);
-  if (ms == 0) fy_proxy_connect(c);
+  if (ms == 0) fy_proxy_reconnect(c);
   else uv_timer_start(&c->retry_timer, fy_proxy_retry_timer_cb, ms, 0);
 }
 
@@ -172,7 +178,7 @@ static int fy_on_resp_headers_complete(llhttp_t *p) {
   if (status < 200) return 0;   /* interim responses are dropped */
   uint64_t now = fy_now_ms(c);
   if (status >= 500) fy_server_failed(c->server, now);
-  else fy_server_succeeded(c->server, (double)(uv_hrtime() - c->attempt_ns) / 1e6);
+  else fy_server_succeeded(c->server, (double)(uv_hrtime() - c->attempt_ns) / 1e6, now);
   if (fy_proxy_status_listed(fy_proxy_group(c), status) && fy_retry_decide(c, FY_FAIL_STATUS, status, false)) {
     c->retry_status = status; /* handled once llhttp returns: this answer is dropped */
     return HPE_PAUSED;
@@ -304,7 +310,7 @@ static void fy_proxy_write_request_head(fy_conn *c, fy_server *s) {
   }
   fy_proxy_write_xff(c, o);
   if (r->chunked) fy_buf_puts(o, "Transfer-Encoding: chunked\r\n");
-  else if (r->has_body) fy_buf_printf(o, "Content-Length: %llu\r\n", (unsigned long long)c->parser.content_length);
+  else if (r->has_body) fy_buf_printf(o, "Content-Length: %llu\r\n", (unsigned long long)r->content_length);
   fy_buf_append(o, "\r\n", 2);
 }
 

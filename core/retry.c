@@ -45,7 +45,8 @@ static bool fy_retry_within_limits(fy_conn *c, enum fy_failure f) {
   bool nothing_sent = f == FY_FAIL_CONNECT || f == FY_FAIL_CONNECT_TIMEOUT;
   if (!nothing_sent && c->req.has_body && !c->replayable) return false;
   double allowed = FY_MAX((double)cfg->min_retries, cfg->budget * (double)g->requests);
-  if ((double)g->retries >= allowed) {
+  unsigned others = g->retries - (c->retrying ? 1 : 0); /* this exchange already holds its place */
+  if ((double)others >= allowed) {
     fy_log_warn("request %llu: retry budget of group %s exhausted (%u retries in flight)",
                 (unsigned long long)c->req.id, cfg->name, g->retries);
     return false;

@@ -43,6 +43,7 @@ typedef struct fy_server {
   unsigned active;     /* connections in use (connecting or busy) */
   int current_weight;  /* smooth weighted round robin */
   double ewma_ms;      /* response head latency, for p2c */
+  uint64_t ewma_at;    /* loop time of its last update */
   unsigned fails;      /* consecutive failures */
   unsigned ejections;  /* times ejected in a row; doubles the ejection time */
   uint64_t ejected_until; /* loop time (ms); 0 = in service */
@@ -119,7 +120,7 @@ fy_server *fy_group_pick(fy_group *g, uint64_t key, bool has_key, fy_server *con
 uint64_t fy_hash_bytes(const void *data, size_t len);
 
 /* Passive health: record the outcome of an attempt on s. */
-void fy_server_succeeded(fy_server *s, double latency_ms);
+void fy_server_succeeded(fy_server *s, double latency_ms, uint64_t now_ms);
 void fy_server_failed(fy_server *s, uint64_t now_ms);
 bool fy_server_in_service(const fy_server *s, uint64_t now_ms);
 
