@@ -117,6 +117,7 @@ FY_API int fy_ffi_req_respond(double id, int status, const char *body, size_t bl
 int fy_ffi_req_respond(double id, int status, const char *body, size_t blen) {
   fy_req *r = fy_ffi_req(id);
   if (r == NULL) return FY_FFI_EGONE;
+  if (fy_worker_current->hook != FY_HOOK_ROUTE) return FY_FFI_EINVAL - 1; /* only route may answer */
   if (r->respond_status) return FY_FFI_EPHASE;
   if (status < 200 || status > 599) return FY_FFI_EINVAL;
   r->respond_status = status;

@@ -213,10 +213,12 @@ static void fy_lua_begin(fy_lua *lua, int ref, int policy, struct fy_req *req) {
  * -2 an error. On FY_HOOK_OK the three results stay on the stack for the
  * caller, who clears it.
  */
-static enum fy_hook_outcome fy_lua_run(fy_lua *lua, struct fy_req *req, int nextra, int *code, fy_buf *err) {
+static enum fy_hook_outcome fy_lua_run(fy_lua *lua, struct fy_req *req, int hook, int nextra, int *code,
+                                       fy_buf *err) {
   lua_State *L = lua->L;
   fy_worker *w = fy_worker_current;
   w->hook_req = req;
+  w->hook = hook;
   fy_lua_budget_start(lua, lua->hook_budget_ms);
   int rc = lua_pcall(L, 2 + nextra, 3, 0);
   fy_lua_budget_end(lua);
@@ -234,7 +236,7 @@ enum fy_hook_outcome fy_lua_route(fy_lua *lua, int policy, struct fy_req *req, i
                                   fy_buf *err) {
   int code = -1;
   fy_lua_begin(lua, lua->route_ref, policy, req);
-  enum fy_hook_outcome out = fy_lua_run(lua, req, 0, &code, err);
+  enum fy_hook_outcome out = fy_lua_run(lua, req, FY_HOOK_ROUTE, 0, &code, err);
   *group = code;
   if (out == FY_HOOK_OK && lua_isstring(lua->L, -1)) {
     size_t len;
@@ -250,7 +252,7 @@ enum fy_hook_outcome fy_lua_select(fy_lua *lua, int policy, struct fy_req *req, 
   fy_lua_begin(lua, lua->select_ref, policy, req);
   lua_pushinteger(lua->L, group);
   lua_pushinteger(lua->L, attempt);
-  enum fy_hook_outcome out = fy_lua_run(lua, req, 2, server, err);
+  enum fy_hook_outcome out = fy_lua_run(lua, req, FY_HOOK_SELECT, 2, server, err);
   lua_settop(lua->L, 0);
   return out;
 }
@@ -264,7 +266,7 @@ enum fy_hook_outcome fy_lua_retry(fy_lua *lua, int policy, struct fy_req *req, u
   lua_pushstring(lua->L, kind);
   lua_pushinteger(lua->L, status);
   lua_pushstring(lua->L, server);
-  enum fy_hook_outcome out = fy_lua_run(lua, req, 4, &code, err);
+  enum fy_hook_outcome out = fy_lua_run(lua, req, FY_HOOK_RETRY, 4, &code, err);
   *again = code == 1;
   lua_settop(lua->L, 0);
   return out;

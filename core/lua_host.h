@@ -54,6 +54,7 @@ int fy_lua_init(fy_lua *lua, const fy_config *cfg, fy_buf *errors);
 void fy_lua_close(fy_lua *lua);
 
 enum { FY_HOOK_HAS_SELECT = 1, FY_HOOK_HAS_RETRY = 2 };
+enum fy_hook_name { FY_HOOK_NONE, FY_HOOK_ROUTE, FY_HOOK_SELECT, FY_HOOK_RETRY };
 bool fy_lua_has_hook(const fy_lua *lua, int policy, unsigned hook);
 
 /*

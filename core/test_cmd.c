@@ -223,6 +223,7 @@ static int fy_tb_enter(lua_State *L) {
   fy_testbed_req *t = fy_tb_check(L, 1);
   fy_worker_current = &fy_testbed_worker;
   fy_testbed_worker.hook_req = &t->conn.req;
+  fy_testbed_worker.hook = FY_HOOK_ROUTE; /* specs may answer from any hook they drive */
   return 0;
 }
 

@@ -109,6 +109,7 @@ function req_methods:respond(status, body, headers)
   if headers ~= nil and type(headers) ~= "table" then error("req:respond: headers must be a table", 2) end
   local rc = C.fy_ffi_req_respond(self._id, status, body, #body)
   if rc == -2 then error("req:respond: the request was already answered", 2) end
+  if rc == -4 then error("req:respond: only route(req) may answer a request", 2) end
   check(rc, "req:respond")
   for k, v in pairs(headers or {}) do
     k, v = tostring(k), tostring(v)
