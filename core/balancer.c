@@ -51,7 +51,7 @@ void fy_server_succeeded(fy_server *s, double latency_ms, uint64_t now_ms) {
 
 static size_t fy_group_ejected(const fy_group *g, uint64_t now_ms) {
   size_t n = 0;
-  for (size_t i = 0; i < g->nservers; i++) n += !fy_server_in_service(&g->servers[i], now_ms);
+  for (size_t i = 0; i < g->nservers; i++) n += !fy_server_in_service(g->servers[i], now_ms);
   return n;
 }
 
@@ -104,7 +104,7 @@ static fy_server *fy_pick_round_robin(fy_group *g, const fy_pick *p) {
   fy_server *best = NULL;
   int total = 0;
   for (size_t i = 0; i < g->nservers; i++) {
-    fy_server *s = &g->servers[i];
+    fy_server *s = g->servers[i];
     if (!fy_pick_ok(p, s)) continue;
     s->current_weight += (int)s->weight;
     total += (int)s->weight;
@@ -120,7 +120,7 @@ static fy_server *fy_pick_least_conn(fy_group *g, const fy_pick *p) {
   double best_load = 0;
   size_t start = g->next++;
   for (size_t k = 0; k < g->nservers; k++) {
-    fy_server *s = &g->servers[(start + k) % g->nservers];
+    fy_server *s = g->servers[(start + k) % g->nservers];
     if (!fy_pick_ok(p, s)) continue;
     double load = (double)(s->active + 1) / s->weight;
     if (best == NULL || load < best_load) best = s, best_load = load;
@@ -144,7 +144,7 @@ static fy_server *fy_pick_p2c(fy_group *g, const fy_pick *p) {
   fy_server *eligible[64];
   size_t n = 0;
   for (size_t i = 0; i < g->nservers && n < FY_ARRAY_SIZE(eligible); i++)
-    if (fy_pick_ok(p, &g->servers[i])) eligible[n++] = &g->servers[i];
+    if (fy_pick_ok(p, g->servers[i])) eligible[n++] = g->servers[i];
   if (n == 0) return NULL;
   if (n == 1) return eligible[0];
   size_t a = fy_rand() % n, b = fy_rand() % (n - 1);
@@ -183,5 +183,5 @@ fy_server *fy_group_pick(fy_group *g, uint64_t key, bool has_key, fy_server *con
     }
     if (s) return s;
   }
-  return &g->servers[0]; /* unreachable: level 2 accepts every server */
+  return g->servers[0]; /* unreachable: level 2 accepts every server */
 }

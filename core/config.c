@@ -129,6 +129,14 @@ static void fy_cfg_read_rest(lua_State *L, int t, fy_config *cfg) {
     cfg->admin_port = (int)fy_cfg_num(L, -1, "port");
   }
   lua_pop(L, 1);
+  lua_getfield(L, t, "dns");
+  lua_getfield(L, -1, "servers");
+  if (lua_isstring(L, -1)) cfg->dns_servers = fy_strdup(lua_tostring(L, -1));
+  lua_pop(L, 1);
+  cfg->dns_min_ttl = fy_cfg_ms(L, lua_gettop(L), "min_ttl");
+  cfg->dns_max_ttl = fy_cfg_ms(L, lua_gettop(L), "max_ttl");
+  cfg->dns_timeout = fy_cfg_ms(L, lua_gettop(L), "timeout");
+  lua_pop(L, 1);
   lua_getfield(L, t, "drain");
   cfg->drain_delay = fy_cfg_ms(L, lua_gettop(L), "delay");
   cfg->drain_timeout = fy_cfg_ms(L, lua_gettop(L), "timeout");
@@ -213,6 +221,7 @@ void fy_config_free(fy_config *cfg) {
   free(cfg->listeners);
   free(cfg->groups);
   free(cfg->admin_host);
+  free(cfg->dns_servers);
   free(cfg->path);
   free(cfg);
 }

@@ -73,6 +73,8 @@ typedef struct fy_config {
   int admin_port;
   bool watch;       /* reload when the config or a policy file changes */
   uint64_t drain_delay, drain_timeout;
+  char *dns_servers; /* c-ares "host:port,..." or NULL for resolv.conf */
+  uint64_t dns_min_ttl, dns_max_ttl, dns_timeout;
   uint64_t watch_debounce;
 } fy_config;
 

@@ -151,7 +151,7 @@ int fy_ffi_group_server(double id, int group, int index, fy_ffi_server *out) {
   if (group < 0 || (size_t)group >= r->gen->cfg->ngroups) return FY_FFI_EINVAL;
   fy_group *g = &r->gen->groups[group];
   if (index < 0 || (size_t)index >= g->nservers) return 0;
-  fy_server *s = &g->servers[index];
+  fy_server *s = g->servers[index];
   uint64_t now = uv_now(fy_worker_current->loop);
   *out = (fy_ffi_server){s->name, strlen(s->name), s->addr_text, strlen(s->addr_text), (int)s->weight,
                          (int)s->active, fy_server_in_service(s, now), (int)s->fails, s->ewma_ms};

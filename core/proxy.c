@@ -403,7 +403,7 @@ static fy_server *fy_proxy_pick(fy_conn *c) {
                    (int)err.len, err.data);
     fy_buf_free(&err);
     if (out != FY_HOOK_OK) return NULL;
-    if (index >= 0 && (size_t)index < g->nservers) return &g->servers[index];
+    if (index >= 0 && (size_t)index < g->nservers) return g->servers[index];
   }
   return fy_group_pick(g, c->key, c->has_key, c->tried, c->ntried, fy_now_ms(c));
 }

@@ -3,7 +3,6 @@
 #include "log.h"
 #include "pool.h"
 
-#include <netdb.h>
 #include <stdio.h>
 
 /* ---- groups ------------------------------------------------------------- */
@@ -31,29 +30,14 @@ static void fy_server_init(fy_server *s, fy_group *g, const fy_cfg_server *cs, c
   }
 }
 
-/* Appends one server per distinct address of cs (blocking resolution). */
-static int fy_group_add_entry(fy_group *g, const fy_cfg_server *cs, size_t i, fy_buf *errors) {
-  struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM}, *res = NULL;
-  char port[8];
-  snprintf(port, sizeof port, "%d", cs->port);
-  int rc = getaddrinfo(cs->host, port, &hints, &res);
-  if (rc != 0 || res == NULL) {
-    fy_buf_printf(errors, "upstreams.%s.servers[%zu]: cannot resolve '%s': %s\n", g->cfg->name, i + 1,
-                  cs->host, gai_strerror(rc));
-    return FY_ECONFIG;
-  }
-  for (struct addrinfo *ai = res; ai; ai = ai->ai_next) {
-    struct sockaddr_storage ss;
-    memset(&ss, 0, sizeof ss);
-    memcpy(&ss, ai->ai_addr, ai->ai_addrlen);
-    bool seen = false;
-    for (size_t j = 0; j < g->nservers && !seen; j++) seen = fy_addr_equal(&g->servers[j].addr, &ss);
-    if (seen) continue;
-    g->servers = fy_realloc(g->servers, (g->nservers + 1) * sizeof *g->servers);
-    fy_server_init(&g->servers[g->nservers++], g, cs, ai->ai_addr, ai->ai_addrlen);
-  }
-  freeaddrinfo(res);
-  return 0;
+static fy_server *fy_group_add_server(fy_group *g, fy_entry *e, const struct sockaddr_storage *ss) {
+  fy_server *s = fy_calloc(1, sizeof *s);
+  fy_server_init(s, g, e->cfg, (const struct sockaddr *)ss,
+                 ss->ss_family == AF_INET6 ? sizeof(struct sockaddr_in6) : sizeof(struct sockaddr_in));
+  s->entry = e;
+  g->servers = fy_realloc(g->servers, (g->nservers + 1) * sizeof *g->servers);
+  g->servers[g->nservers++] = s;
+  return s;
 }
 
 static int fy_ring_cmp(const void *a, const void *b) {
@@ -64,11 +48,15 @@ static int fy_ring_cmp(const void *a, const void *b) {
 /* Consistent hashing ring: FY_RING_POINTS points per unit of weight. */
 #define FY_RING_POINTS 100
 static void fy_group_build_ring(fy_group *g) {
+  free(g->ring);
+  g->ring = NULL;
+  g->nring = 0;
+  if (g->cfg->balance != FY_BALANCE_HASH || g->nservers == 0) return;
   size_t n = 0;
-  for (size_t i = 0; i < g->nservers; i++) n += g->servers[i].weight * FY_RING_POINTS;
+  for (size_t i = 0; i < g->nservers; i++) n += g->servers[i]->weight * FY_RING_POINTS;
   g->ring = fy_calloc(n, sizeof *g->ring);
   for (size_t i = 0; i < g->nservers; i++) {
-    fy_server *s = &g->servers[i];
+    fy_server *s = g->servers[i];
     for (unsigned k = 0; k < s->weight * FY_RING_POINTS; k++) {
       char point[96];
       int len = snprintf(point, sizeof point, "%s#%u", s->addr_text, k);
@@ -78,24 +66,150 @@ static void fy_group_build_ring(fy_group *g) {
   qsort(g->ring, g->nring, sizeof *g->ring, fy_ring_cmp);
 }
 
+/* An IP literal needs no resolving; a name is resolved now and again while running. */
+static int fy_entry_init(fy_group *g, fy_entry *e, const fy_cfg_server *cs, size_t i, const fy_config *cfg,
+                         fy_buf *errors) {
+  e->group = g;
+  e->cfg = cs;
+  fy_dns_answer answer;
+  memset(&answer, 0, sizeof answer);
+  if (uv_ip4_addr(cs->host, cs->port, (struct sockaddr_in *)&answer.addrs[0]) == 0 ||
+      uv_ip6_addr(cs->host, cs->port, (struct sockaddr_in6 *)&answer.addrs[0]) == 0) {
+    answer.n = 1;
+    e->literal = true;
+  } else {
+    char err[256];
+    if (fy_dns_resolve_sync(cfg->dns_servers, cs->host, cs->port, cfg->dns_timeout, &answer, err, sizeof err) != 0) {
+      fy_buf_printf(errors, "%s: upstreams.%s.servers[%zu]: cannot resolve '%s': %s\n", cfg->path, g->cfg->name,
+                    i + 1, cs->host, err);
+      return FY_ECONFIG;
+    }
+    e->ttl = answer.ttl;
+  }
+  for (size_t k = 0; k < answer.n; k++) {
+    bool seen = false;
+    for (size_t j = 0; j < g->nservers && !seen; j++) seen = fy_addr_equal(&g->servers[j]->addr, &answer.addrs[k]);
+    if (!seen) fy_group_add_server(g, e, &answer.addrs[k]);
+  }
+  return 0;
+}
+
 int fy_groups_init(fy_group **out, const fy_config *cfg, fy_buf *errors) {
   int rc = 0;
   fy_group *groups = fy_calloc(cfg->ngroups, sizeof *groups);
   for (size_t i = 0; i < cfg->ngroups; i++) {
     fy_group *g = &groups[i];
     g->cfg = &cfg->groups[i];
-    for (size_t j = 0; j < g->cfg->nservers; j++)
-      if (fy_group_add_entry(g, &g->cfg->servers[j], j, errors) != 0) rc = FY_ECONFIG;
-    /* servers moved while the array grew: point them back at their group */
-    for (size_t j = 0; j < g->nservers; j++) {
-      g->servers[j].group = g;
-      fy_list_init(&g->servers[j].idle);
-    }
-    if (g->cfg->balance == FY_BALANCE_HASH && g->nservers) fy_group_build_ring(g);
+    g->config = cfg;
+    g->nentries = g->cfg->nservers;
+    g->entries = fy_calloc(g->nentries, sizeof *g->entries);
+    for (size_t j = 0; j < g->nentries; j++)
+      if (fy_entry_init(g, &g->entries[j], &g->cfg->servers[j], j, cfg, errors) != 0) rc = FY_ECONFIG;
+    fy_group_build_ring(g);
   }
   *out = groups;
   if (rc != 0) fy_groups_close(groups, cfg->ngroups);
   return rc;
+}
+
+/* ---- re-resolving names while running ------------------------------------------ */
+
+static uint64_t fy_entry_interval(const fy_entry *e, bool failed) {
+  const fy_config *cfg = e->group->config;
+  uint64_t ms = failed ? cfg->dns_min_ttl : (uint64_t)e->ttl * 1000;
+  return FY_MAX(cfg->dns_min_ttl, FY_MIN(ms, cfg->dns_max_ttl));
+}
+
+static void fy_entry_schedule(fy_entry *e, bool failed);
+
+/*
+ * Servers of e whose address left the answer stop taking new requests:
+ * their idle connections close, busy ones finish and then close. They stay
+ * allocated (in g->gone) until the generation goes, since exchanges in
+ * flight may still point at them.
+ */
+static void fy_entry_drop_server(fy_group *g, size_t index) {
+  fy_server *s = g->servers[index];
+  fy_log_info("upstream %s: %s no longer resolves to %s: draining it", g->cfg->name, s->name, s->addr_text);
+  s->gone = true;
+  while (!fy_list_empty(&s->idle)) fy_upstream_release(FY_CONTAINER_OF(s->idle.next, fy_uconn, pool_link), false);
+  g->servers[index] = g->servers[--g->nservers];
+  g->gone = fy_realloc(g->gone, (g->ngone + 1) * sizeof *g->gone);
+  g->gone[g->ngone++] = s;
+}
+
+static void fy_entry_apply(fy_entry *e, const fy_dns_answer *answer) {
+  fy_group *g = e->group;
+  bool changed = false;
+  for (size_t i = g->nservers; i-- > 0;) {
+    fy_server *s = g->servers[i];
+    if (s->entry != e) continue;
+    bool kept = false;
+    for (size_t k = 0; k < answer->n && !kept; k++) kept = fy_addr_equal(&s->addr, &answer->addrs[k]);
+    if (!kept) {
+      fy_entry_drop_server(g, i);
+      changed = true;
+    }
+  }
+  for (size_t k = 0; k < answer->n; k++) {
+    bool seen = false;
+    for (size_t i = 0; i < g->nservers && !seen; i++) seen = fy_addr_equal(&g->servers[i]->addr, &answer->addrs[k]);
+    if (seen) continue;
+    fy_server *s = fy_group_add_server(g, e, &answer->addrs[k]);
+    fy_log_info("upstream %s: %s now also resolves to %s", g->cfg->name, e->cfg->name, s->addr_text);
+    changed = true;
+  }
+  if (changed) fy_group_build_ring(g);
+}
+
+static void fy_entry_resolved(void *data, int status, const char *error, const fy_dns_answer *answer) {
+  fy_entry *e = data;
+  e->pending = NULL;
+  if (status != 0 || answer->n == 0) {
+    fy_log_warn("upstream %s: resolving %s failed (%s); keeping its %s addresses", e->group->cfg->name,
+                e->cfg->host, error ? error : "no address", "last good");
+    fy_entry_schedule(e, true);
+    return;
+  }
+  e->ttl = answer->ttl;
+  fy_entry_apply(e, answer);
+  fy_entry_schedule(e, false);
+}
+
+static void fy_entry_timer_cb(uv_timer_t *t) {
+  fy_entry *e = t->data;
+  e->pending = fy_dns_resolve(e->group->dns, e->cfg->host, e->cfg->port, fy_entry_resolved, e);
+}
+
+static void fy_entry_schedule(fy_entry *e, bool failed) {
+  uv_timer_start(e->timer, fy_entry_timer_cb, fy_entry_interval(e, failed), 0);
+}
+
+static void fy_entry_timer_free(uv_handle_t *h) { free(h); }
+
+void fy_groups_start(fy_group *groups, size_t n, uv_loop_t *loop, fy_dns *dns) {
+  for (size_t i = 0; i < n; i++) {
+    fy_group *g = &groups[i];
+    g->dns = dns;
+    for (size_t j = 0; j < g->nentries; j++) {
+      fy_entry *e = &g->entries[j];
+      if (e->literal || e->timer) continue;
+      e->timer = fy_malloc(sizeof *e->timer);
+      uv_timer_init(loop, e->timer);
+      e->timer->data = e;
+      fy_entry_schedule(e, false);
+    }
+  }
+}
+
+static void fy_groups_stop_entries(fy_group *g) {
+  for (size_t j = 0; j < g->nentries; j++) {
+    fy_entry *e = &g->entries[j];
+    fy_dns_cancel(e->pending);
+    e->pending = NULL;
+    if (e->timer) uv_close((uv_handle_t *)e->timer, fy_entry_timer_free);
+    e->timer = NULL;
+  }
 }
 
 static bool fy_addr_equal(const struct sockaddr_storage *a, const struct sockaddr_storage *b) {
@@ -111,14 +225,14 @@ static bool fy_addr_equal(const struct sockaddr_storage *a, const struct sockadd
 static fy_server *fy_groups_find_server(fy_group *groups, size_t n, const struct sockaddr_storage *addr) {
   for (size_t i = 0; i < n; i++)
     for (size_t j = 0; j < groups[i].nservers; j++)
-      if (fy_addr_equal(&groups[i].servers[j].addr, addr)) return &groups[i].servers[j];
+      if (fy_addr_equal(&groups[i].servers[j]->addr, addr)) return groups[i].servers[j];
   return NULL;
 }
 
 void fy_groups_adopt_idle(fy_group *to, size_t nto, fy_group *from, size_t nfrom) {
   for (size_t i = 0; i < nfrom; i++) {
     for (size_t j = 0; j < from[i].nservers; j++) {
-      fy_server *old = &from[i].servers[j];
+      fy_server *old = from[i].servers[j];
       fy_server *s = fy_groups_find_server(to, nto, &old->addr);
       while (s && !fy_list_empty(&old->idle) && s->nidle < s->group->cfg->max_idle) {
         fy_uconn *uc = FY_CONTAINER_OF(old->idle.next, fy_uconn, pool_link);
@@ -133,11 +247,15 @@ void fy_groups_adopt_idle(fy_group *to, size_t nto, fy_group *from, size_t nfrom
   }
 }
 
+void fy_groups_stop(fy_group *groups, size_t n) {
+  for (size_t i = 0; i < n; i++) fy_groups_stop_entries(&groups[i]);
+}
+
 void fy_groups_drop_idle(fy_group *groups, size_t n) {
   for (size_t i = 0; i < n; i++) {
     fy_group *g = &groups[i];
     for (size_t j = 0; j < g->nservers; j++) {
-      fy_server *s = &g->servers[j];
+      fy_server *s = g->servers[j];
       while (!fy_list_empty(&s->idle))
         fy_upstream_release(FY_CONTAINER_OF(s->idle.next, fy_uconn, pool_link), false);
     }
@@ -147,8 +265,14 @@ void fy_groups_drop_idle(fy_group *groups, size_t n) {
 void fy_groups_close(fy_group *groups, size_t n) {
   fy_groups_drop_idle(groups, n);
   for (size_t i = 0; i < n; i++) {
-    free(groups[i].servers);
-    free(groups[i].ring);
+    fy_group *g = &groups[i];
+    fy_groups_stop_entries(g);
+    for (size_t j = 0; j < g->nservers; j++) free(g->servers[j]);
+    for (size_t j = 0; j < g->ngone; j++) free(g->gone[j]);
+    free(g->servers);
+    free(g->gone);
+    free(g->entries);
+    free(g->ring);
   }
   free(groups);
 }
@@ -289,7 +413,7 @@ int fy_upstream_acquire(uv_loop_t *loop, fy_server *s, struct fy_conn *owner, bo
 
 void fy_upstream_release(fy_uconn *uc, bool reusable) {
   fy_server *s = uc->server;
-  if (!reusable || uc->eof || uc->state != FY_UC_ACTIVE || s->group->retired ||
+  if (!reusable || uc->eof || uc->state != FY_UC_ACTIVE || s->group->retired || s->gone ||
       s->nidle >= s->group->cfg->max_idle) {
     fy_uconn_close(uc);
     return;

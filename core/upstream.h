@@ -17,6 +17,7 @@
 #include "common.h"
 #include "config.h"
 #include "pool.h"
+#include "dns.h"
 #include "write.h"
 
 #include <llhttp.h>
@@ -32,8 +33,12 @@ struct fy_uconn;
  * to several addresses (a cloud load balancer's does) gives one fy_server per
  * address, each with the entry's weight, its own pool and its own health.
  */
+struct fy_entry;
+
 typedef struct fy_server {
   struct fy_group *group;
+  struct fy_entry *entry; /* the configured server it came from */
+  bool gone;              /* its address left the DNS answer: no new requests */
   const char *name;   /* the entry as configured, "host:port" */
   char addr_text[64]; /* this address, "ip:port" */
   struct sockaddr_storage addr;
@@ -54,10 +59,26 @@ typedef struct fy_ring_node {
   fy_server *server;
 } fy_ring_node;
 
+/* A configured server entry; a name is re-resolved on its TTL while running. */
+typedef struct fy_entry {
+  struct fy_group *group;
+  const fy_cfg_server *cfg;
+  bool literal;       /* an IP address: never resolved */
+  unsigned ttl;       /* of the last answer, seconds */
+  uv_timer_t *timer;  /* next resolution (own allocation: freed by its close callback) */
+  fy_dns_req *pending;
+} fy_entry;
+
 typedef struct fy_group {
   const fy_cfg_group *cfg;
-  fy_server *servers;
+  const fy_config *config;
+  fy_server **servers; /* in service (or ejected), in no particular order */
   size_t nservers;
+  fy_server **gone;    /* drained after a DNS change, freed with the group */
+  size_t ngone;
+  fy_entry *entries;
+  size_t nentries;
+  fy_dns *dns;
   size_t next; /* rotation cursor */
   fy_ring_node *ring; /* consistent hashing, sorted by hash */
   size_t nring;
@@ -104,6 +125,9 @@ typedef struct fy_uconn {
 
 /* Builds the runtime groups of a generation; resolves server names (blocking). */
 int fy_groups_init(fy_group **out, const fy_config *cfg, fy_buf *errors);
+/* Starts re-resolving the groups' names on their TTL (once the generation serves). */
+void fy_groups_start(fy_group *groups, size_t n, uv_loop_t *loop, fy_dns *dns);
+void fy_groups_stop(fy_group *groups, size_t n);
 void fy_groups_close(fy_group *groups, size_t n);
 /* Closes every idle pooled connection (when stopping). */
 void fy_groups_drop_idle(fy_group *groups, size_t n);

@@ -90,6 +90,8 @@ int fy_worker_listen(fy_worker *w, fy_buf *errors) {
     rc = fy_listener_open(w, l, &admin, errors);
   }
   if (rc == 0 && cfg->watch) fy_watch_update(w);
+  if (rc == 0 && (rc = fy_dns_new(&w->dns, w->loop, cfg->dns_servers, errors)) == 0)
+    fy_groups_start(w->gen->groups, cfg->ngroups, w->loop, w->dns);
   return rc;
 }
 
@@ -135,8 +137,15 @@ int fy_worker_reload(fy_worker *w, const char *path, fy_buf *errors, unsigned *n
     w->reload_failures++;
     return rc;
   }
+  if (w->dns && fy_dns_set_servers(w->dns, cfg->dns_servers, errors) != 0) {
+    fy_gen_unref(next);
+    w->reload_failures++;
+    return FY_ECONFIG;
+  }
   fy_gen *live = w->gen;
   next->number = live->number + 1;
+  fy_groups_stop(live->groups, live->cfg->ngroups);
+  if (w->dns) fy_groups_start(next->groups, cfg->ngroups, w->loop, w->dns);
   fy_groups_adopt_idle(next->groups, cfg->ngroups, live->groups, live->cfg->ngroups);
   for (size_t i = 0; i < live->cfg->ngroups; i++) live->groups[i].retired = true;
   w->gen = next;
@@ -171,6 +180,9 @@ int fy_worker_init(fy_worker *w, uv_loop_t *loop, fy_gen *gen) {
 
 void fy_worker_close(fy_worker *w) {
   fy_watch_close(w);
+  if (w->gen) fy_groups_stop(w->gen->groups, w->gen->cfg->ngroups);
+  fy_dns_close(w->dns);
+  w->dns = NULL;
   free(w->config_path);
   w->config_path = NULL;
   if (!uv_is_closing((uv_handle_t *)&w->idle)) uv_close((uv_handle_t *)&w->idle, NULL);
@@ -247,6 +259,7 @@ static void fy_worker_close_listeners(fy_worker *w) {
     if (c->rq == FY_RQ_HEAD && c->req.url.len == 0 && c->rpos == c->rlen) fy_conn_close(c);
   }
   fy_groups_drop_idle(w->gen->groups, w->gen->cfg->ngroups);
+  fy_groups_stop(w->gen->groups, w->gen->cfg->ngroups);
   uv_timer_start(&w->deadline, fy_worker_deadline_cb, w->gen->cfg->drain_timeout, 0);
   uv_unref((uv_handle_t *)&w->deadline);
   fy_worker_maybe_stopped(w);

@@ -51,6 +51,7 @@ typedef struct fy_worker {
   uint64_t next_req_id;
   char *config_path; /* what SIGHUP and the file watch reload */
   struct fy_watch *watch;
+  fy_dns *dns; /* re-resolves upstream names while serving */
   uint64_t reloads, reload_failures;
   /* The request whose hook is running, for the fy_ffi_* calls. */
   struct fy_req *hook_req;

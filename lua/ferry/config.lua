@@ -117,6 +117,12 @@ local schema = {
     admin = { type = "table", fields = {
       address = { type = "string", required = true, check = check_hostport },
     } },
+    dns = { type = "table", default = {}, fields = {
+      servers = { type = "list", item = { type = "string", check = check_hostport } },
+      min_ttl = { type = "number", min = 0.1, max = 86400, default = 5 },
+      max_ttl = { type = "number", min = 0.1, max = 86400, default = 300 },
+      timeout = seconds(5),
+    } },
     drain = { type = "table", default = {}, fields = {
       delay = { type = "number", min = 0, max = 3600, default = 0 },
       timeout = seconds(10),
@@ -228,7 +234,9 @@ end
 -- Cross-field rules and normalisation into the shape config.c reads.
 local function normalise(cfg, base, errs)
   local out = { limits = cfg.limits, log = cfg.log, reload = cfg.reload, drain = cfg.drain, listeners = {}, upstreams = {},
-                policies = {} }
+                policies = {}, dns = { min_ttl = cfg.dns.min_ttl, max_ttl = cfg.dns.max_ttl, timeout = cfg.dns.timeout } }
+  if cfg.dns.servers then out.dns.servers = table.concat(cfg.dns.servers, ",") end
+  if cfg.dns.min_ttl > cfg.dns.max_ttl then errs[#errs + 1] = "dns.min_ttl: must not exceed dns.max_ttl" end
   if cfg.admin then
     local host, port = split_hostport(cfg.admin.address or "")
     out.admin = { host = host or "", port = port or 0 }

@@ -61,9 +61,9 @@ def free_port():
         return s.getsockname()[1]
 
 
-def port_accepts(port, timeout=0.2):
+def port_accepts(port, timeout=0.2, host=LOCAL):
     try:
-        with socket.create_connection((LOCAL, port), timeout=timeout):
+        with socket.create_connection((host, port), timeout=timeout):
             return True
     except OSError:
         return False
@@ -299,10 +299,12 @@ class ConfigDir:
 
 
 class Upstream:
-    """An `upstream.py` process on a free port of 127.0.0.1."""
+    """An `upstream.py` process on a free port of 127.0.0.1 (or another loopback address)."""
 
-    def __init__(self, name="upstream"):
+    def __init__(self, name="upstream", host=LOCAL, port=0):
         self.name = name
+        self.host = host
+        self.want_port = port
         self.proc = None
         self.port = None
         self.dir = tempfile.mkdtemp(prefix="ferry-e2e-up-")
@@ -310,12 +312,12 @@ class Upstream:
 
     @property
     def addr(self):
-        return "%s:%d" % (LOCAL, self.port)
+        return "%s:%d" % (self.host, self.port)
 
     def start(self, timeout=10.0):
         with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen([sys.executable, UPSTREAM_PY, "--port", "0",
-                                          "--name", self.name],
+            self.proc = subprocess.Popen([sys.executable, UPSTREAM_PY, "--port", str(self.want_port),
+                                          "--name", self.name, "--host", self.host],
                                          stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                          stderr=log, env=CLEAN_ENV)
         line = b""
@@ -336,7 +338,7 @@ class Upstream:
             _stop_process(self.proc)
             raise AssertionError("upstream %s did not start: %r" % (self.name, line))
         self.port = int(m.group(1))
-        if not wait_until(lambda: port_accepts(self.port), timeout):
+        if not wait_until(lambda: port_accepts(self.port, host=self.host), timeout):
             _stop_process(self.proc)
             raise AssertionError("upstream %s does not accept on %d" % (self.name, self.port))
         return self

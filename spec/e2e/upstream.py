@@ -461,12 +461,12 @@ class Connection:
 
 
 class Server:
-    def __init__(self, name, port):
+    def __init__(self, name, port, host="127.0.0.1"):
         self.name = name
         self.journal = Journal()
         self.listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self.listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.listener.bind(("127.0.0.1", port))
+        self.listener.bind((host, port))
         self.listener.listen(256)
         self.next_id = 0
 
@@ -486,9 +486,10 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--name", default="upstream")
+    parser.add_argument("--host", default="127.0.0.1", help="a loopback address to bind")
     args = parser.parse_args()
     try:
-        Server(args.name, args.port).run()
+        Server(args.name, args.port, args.host).run()
     except KeyboardInterrupt:
         pass
     return 0
