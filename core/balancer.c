@@ -39,7 +39,7 @@ static uint64_t fy_rand(void) {
 
 /* ---- passive health ------------------------------------------------------ */
 
-bool fy_server_in_service(const fy_server *s, uint64_t now_ms) { return s->ejected_until <= now_ms; }
+bool fy_server_in_service(const fy_server *s, uint64_t now_ms) { return !s->down && s->ejected_until <= now_ms; }
 
 void fy_server_succeeded(fy_server *s, double latency_ms, uint64_t now_ms) {
   s->fails = 0;

@@ -64,6 +64,13 @@ static void fy_cfg_read_group(lua_State *L, int t, fy_cfg_group *g) {
   g->eject = fy_cfg_ms(L, t, "eject");
   g->max_eject = fy_cfg_ms(L, t, "max_eject");
   g->max_ejected = fy_cfg_num(L, t, "max_ejected");
+  g->check_interval = fy_cfg_ms(L, t, "check_interval");
+  g->check_timeout = fy_cfg_ms(L, t, "check_timeout");
+  g->check_rise = (unsigned)fy_cfg_num(L, t, "check_rise");
+  g->check_fall = (unsigned)fy_cfg_num(L, t, "check_fall");
+  lua_getfield(L, t, "check_path");
+  if (lua_isstring(L, -1)) g->check_path = fy_strdup(lua_tostring(L, -1));
+  lua_pop(L, 1);
   lua_getfield(L, t, "statuses");
   for (size_t i = 1; i <= lua_objlen(L, -1) && g->nstatuses < FY_ARRAY_SIZE(g->statuses); i++) {
     lua_rawgeti(L, -1, (int)i);
@@ -214,6 +221,7 @@ void fy_config_free(fy_config *cfg) {
       free(g->servers[j].host);
     }
     free(g->servers);
+    free(g->check_path);
     free(g->name);
   }
   for (size_t i = 0; i < cfg->npolicies; i++) free(cfg->policies[i]);

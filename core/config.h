@@ -48,6 +48,10 @@ typedef struct fy_cfg_group {
   unsigned max_fails;
   uint64_t eject, max_eject;
   double max_ejected;
+  /* active checks: interval 0 = none; no path = TCP connect only */
+  char *check_path;
+  uint64_t check_interval, check_timeout;
+  unsigned check_rise, check_fall;
 } fy_cfg_group;
 
 typedef struct fy_limits {

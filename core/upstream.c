@@ -37,6 +37,7 @@ static fy_server *fy_group_add_server(fy_group *g, fy_entry *e, const struct soc
   s->entry = e;
   g->servers = fy_realloc(g->servers, (g->nservers + 1) * sizeof *g->servers);
   g->servers[g->nservers++] = s;
+  if (g->loop) fy_health_start(s, g->loop); /* the group serves already: check the newcomer too */
   return s;
 }
 
@@ -132,6 +133,7 @@ static void fy_entry_drop_server(fy_group *g, size_t index) {
   fy_server *s = g->servers[index];
   fy_log_info("upstream %s: %s no longer resolves to %s: draining it", g->cfg->name, s->name, s->addr_text);
   s->gone = true;
+  fy_health_stop(s);
   while (!fy_list_empty(&s->idle)) fy_upstream_release(FY_CONTAINER_OF(s->idle.next, fy_uconn, pool_link), false);
   g->servers[index] = g->servers[--g->nservers];
   g->gone = fy_realloc(g->gone, (g->ngone + 1) * sizeof *g->gone);
@@ -191,6 +193,8 @@ void fy_groups_start(fy_group *groups, size_t n, uv_loop_t *loop, fy_dns *dns) {
   for (size_t i = 0; i < n; i++) {
     fy_group *g = &groups[i];
     g->dns = dns;
+    g->loop = loop;
+    for (size_t j = 0; j < g->nservers; j++) fy_health_start(g->servers[j], loop);
     for (size_t j = 0; j < g->nentries; j++) {
       fy_entry *e = &g->entries[j];
       if (e->literal || e->timer) continue;
@@ -203,6 +207,8 @@ void fy_groups_start(fy_group *groups, size_t n, uv_loop_t *loop, fy_dns *dns) {
 }
 
 static void fy_groups_stop_entries(fy_group *g) {
+  g->loop = NULL;
+  for (size_t j = 0; j < g->nservers; j++) fy_health_stop(g->servers[j]);
   for (size_t j = 0; j < g->nentries; j++) {
     fy_entry *e = &g->entries[j];
     fy_dns_cancel(e->pending);

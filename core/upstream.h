@@ -52,6 +52,11 @@ typedef struct fy_server {
   unsigned fails;      /* consecutive failures */
   unsigned ejections;  /* times ejected in a row; doubles the ejection time */
   uint64_t ejected_until; /* loop time (ms); 0 = in service */
+  /* active health checks (health.c) */
+  bool down;               /* failed `fall` checks in a row */
+  unsigned check_passes, check_fails;
+  uv_timer_t *check_timer; /* own allocation, freed by its close callback */
+  void *probe;             /* the check in flight */
 } fy_server;
 
 typedef struct fy_ring_node {
@@ -79,6 +84,7 @@ typedef struct fy_group {
   fy_entry *entries;
   size_t nentries;
   fy_dns *dns;
+  uv_loop_t *loop; /* set while the group serves (re-resolution and checks run) */
   size_t next; /* rotation cursor */
   fy_ring_node *ring; /* consistent hashing, sorted by hash */
   size_t nring;
@@ -147,6 +153,9 @@ uint64_t fy_hash_bytes(const void *data, size_t len);
 void fy_server_succeeded(fy_server *s, double latency_ms, uint64_t now_ms);
 void fy_server_failed(fy_server *s, uint64_t now_ms);
 bool fy_server_in_service(const fy_server *s, uint64_t now_ms);
+/* Active checks of one server (health.c). */
+void fy_health_start(fy_server *s, uv_loop_t *loop);
+void fy_health_stop(fy_server *s);
 
 /*
  * Gives owner a connection to s: a pooled one, unless fresh (returns 1: the

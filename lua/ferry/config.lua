@@ -90,6 +90,15 @@ local schema = {
             eject = { type = "number", min = 0.001, max = 3600, default = 10 },
             max_eject = { type = "number", min = 0.001, max = 86400, default = 300 },
             max_ejected = { type = "number", min = 0, max = 1, default = 0.5 },
+            check = { type = "table", fields = {
+              path = { type = "string", check = function(v)
+                return v:match("^/[%w%-%._~!$&'()*+,;=:@/?%%]*$") ~= nil, "expected a path starting with '/'"
+              end },
+              interval = { type = "number", min = 0.05, max = 3600, default = 5 },
+              timeout = { type = "number", min = 0.01, max = 600, default = 2 },
+              rise = { type = "integer", min = 1, max = 100, default = 2 },
+              fall = { type = "integer", min = 1, max = 100, default = 3 },
+            } },
           } },
           timeouts = { type = "table", default = {}, fields = {
             connect = seconds(5), read = seconds(60), write = seconds(60),
@@ -284,6 +293,9 @@ local function normalise(cfg, base, errs)
       tries = r.tries, statuses = r.statuses, backoff = r.backoff, deadline = r.deadline,
       budget = r.budget, min_retries = r.min_retries, replay_buffer = r.replay_buffer,
       max_fails = h.max_fails, eject = h.eject, max_eject = h.max_eject, max_ejected = h.max_ejected,
+      check_interval = h.check and h.check.interval or 0, check_timeout = h.check and h.check.timeout or 1,
+      check_rise = h.check and h.check.rise or 1, check_fall = h.check and h.check.fall or 1,
+      check_path = h.check and h.check.path or nil,
     }
   end
   if #out.policies == 0 and cfg.policy then policy(cfg.policy, "policy") end

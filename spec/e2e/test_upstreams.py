@@ -300,3 +300,33 @@ end }
 
 if __name__ == "__main__":
     unittest.main()
+
+
+class HealthCheckTest(E2ECase):
+    def test_active_checks_take_a_dead_server_out_and_put_it_back(self):
+        stable = self.start_upstream("stable")
+        flaky = self.start_upstream("flaky")
+        port = flaky.port
+        servers = '"%s", "%s"' % (stable.addr, flaky.addr)
+        ferry = self.start_ferry(
+            GROUP_CONFIG, ROUTE_POLICY, servers=servers, balance="round_robin",
+            extra='retry = { tries = 1 }, health = { max_fails = 0, check = { path = "/status?code=200",'
+                  ' interval = 0.1, timeout = 0.5, rise = 2, fall = 2 } }')
+        self.assertEqual({get(ferry.port)[1] for _ in range(6)}, {"stable", "flaky"})
+        flaky.stop()
+        self.assertIsNotNone(ferry.wait_log(r"127\.0\.0\.1:%d is down \(health check" % port, timeout=5),
+                             ferry.log_tail())
+        # With one try only, any request sent to the dead server would fail: none may be.
+        for _ in range(20):
+            self.assertEqual(get(ferry.port)[:2], (200, "stable"))
+        back = self.start_upstream_on("flaky", port)
+        self.assertIsNotNone(ferry.wait_log(r"127\.0\.0\.1:%d is up again" % port, timeout=5), ferry.log_tail())
+        self.assertIn("flaky", {get(ferry.port)[1] for _ in range(6)})
+        checks = [l for l in back.request_lines() if "/status?code=200" in l]
+        self.assertGreater(len(checks), 1, "the checks never reached the server")
+
+    def start_upstream_on(self, name, port):
+        from .harness import Upstream
+        up = Upstream(name, port=port).start()
+        self.addCleanup(up.stop)
+        return up

@@ -1,0 +1,151 @@
+/*
+ * Active health checks: every `health.check.interval`, each server of a
+ * group with a check gets a probe, a TCP connect and, when a path is
+ * configured, a GET of that path whose status must be 2xx or 3xx, all within
+ * `health.check.timeout`. `fall` failures in a row take the server out of
+ * service, `rise` successes in a row bring it back. Servers start in
+ * service.
+ *
+ * A probe is a one-shot request: it owns its handles and frees itself in
+ * its close callback. It keeps a pointer to its server only while the
+ * server's checks run; stopping them clears that pointer first, so a probe
+ * in flight then ends without reporting.
+ */
+#include "upstream.h"
+
+#include "log.h"
+
+#include <stdio.h>
+
+typedef struct fy_probe {
+  uv_tcp_t tcp;
+  uv_connect_t connect;
+  uv_write_t write;
+  uv_timer_t timer;
+  fy_server *server; /* NULL once the checks stopped */
+  char request[512];
+  char reply[64];
+  size_t reply_len;
+  unsigned closing;
+  bool finished;
+} fy_probe;
+
+static void fy_probe_freed(uv_handle_t *h) {
+  fy_probe *p = h->data;
+  if (--p->closing == 0) free(p);
+}
+
+static void fy_health_record(fy_server *s, bool ok, const char *why) {
+  const fy_cfg_group *cfg = s->group->cfg;
+  if (ok) {
+    s->check_fails = 0;
+    if (s->down && ++s->check_passes >= cfg->check_rise) {
+      s->down = false;
+      fy_log_info("upstream %s: %s is up again (health check)", cfg->name, s->addr_text);
+    }
+    return;
+  }
+  s->check_passes = 0;
+  if (!s->down && ++s->check_fails >= cfg->check_fall) {
+    s->down = true;
+    fy_log_warn("upstream %s: %s is down (health check: %s)", cfg->name, s->addr_text, why);
+  }
+}
+
+static void fy_probe_finish(fy_probe *p, bool ok, const char *why) {
+  if (p->finished) return;
+  p->finished = true;
+  if (p->server) {
+    p->server->probe = NULL;
+    fy_health_record(p->server, ok, why);
+  }
+  p->closing = 2;
+  uv_close((uv_handle_t *)&p->tcp, fy_probe_freed);
+  uv_close((uv_handle_t *)&p->timer, fy_probe_freed);
+}
+
+static void fy_probe_timeout(uv_timer_t *t) { fy_probe_finish(t->data, false, "timed out"); }
+
+static void fy_probe_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf) {
+  fy_probe *p = h->data;
+  (void)suggested;
+  *buf = uv_buf_init(p->reply + p->reply_len, (unsigned)(sizeof p->reply - 1 - p->reply_len));
+}
+
+/* Enough of the status line to judge: "HTTP/1.x NNN". */
+static void fy_probe_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf) {
+  fy_probe *p = s->data;
+  (void)buf;
+  if (n > 0) p->reply_len += (size_t)n;
+  p->reply[p->reply_len] = '\0';
+  int status = 0;
+  if (p->reply_len >= 12 && sscanf(p->reply, "HTTP/1.%*1d %3d", &status) == 1) {
+    fy_probe_finish(p, status >= 200 && status < 400, "bad status");
+    return;
+  }
+  if (n < 0 || p->reply_len >= sizeof p->reply - 1) fy_probe_finish(p, false, "no valid answer");
+}
+
+static void fy_probe_written(uv_write_t *w, int status) {
+  fy_probe *p = w->data;
+  if (status < 0) fy_probe_finish(p, false, uv_strerror(status));
+}
+
+static void fy_probe_connected(uv_connect_t *c, int status) {
+  fy_probe *p = c->data;
+  if (p->finished) return;
+  if (status < 0) {
+    fy_probe_finish(p, false, uv_strerror(status));
+    return;
+  }
+  if (p->request[0] == '\0') { /* a TCP check: connecting is the test */
+    fy_probe_finish(p, true, NULL);
+    return;
+  }
+  uv_buf_t b = uv_buf_init(p->request, (unsigned)strlen(p->request));
+  p->write.data = p;
+  if (uv_write(&p->write, (uv_stream_t *)&p->tcp, &b, 1, fy_probe_written) < 0 ||
+      uv_read_start((uv_stream_t *)&p->tcp, fy_probe_alloc, fy_probe_read) < 0)
+    fy_probe_finish(p, false, "write failed");
+}
+
+static void fy_probe_start(fy_server *s) {
+  const fy_cfg_group *cfg = s->group->cfg;
+  uv_loop_t *loop = s->check_timer->loop;
+  fy_probe *p = fy_calloc(1, sizeof *p);
+  p->server = s;
+  s->probe = p;
+  if (cfg->check_path)
+    snprintf(p->request, sizeof p->request,
+             "GET %s HTTP/1.1\r\nHost: %s\r\nUser-Agent: ferry-health-check\r\nConnection: close\r\n\r\n",
+             cfg->check_path, s->name);
+  uv_tcp_init(loop, &p->tcp);
+  uv_timer_init(loop, &p->timer);
+  p->tcp.data = p->timer.data = p->connect.data = p;
+  uv_timer_start(&p->timer, fy_probe_timeout, cfg->check_timeout, 0);
+  if (uv_tcp_connect(&p->connect, &p->tcp, (struct sockaddr *)&s->addr, fy_probe_connected) < 0)
+    fy_probe_finish(p, false, "connect failed");
+}
+
+static void fy_health_tick(uv_timer_t *t) {
+  fy_server *s = t->data;
+  if (s->probe == NULL) fy_probe_start(s);
+}
+
+void fy_health_start(fy_server *s, uv_loop_t *loop) {
+  const fy_cfg_group *cfg = s->group->cfg;
+  if (cfg->check_interval == 0 || s->check_timer) return;
+  s->check_timer = fy_malloc(sizeof *s->check_timer);
+  uv_timer_init(loop, s->check_timer);
+  s->check_timer->data = s;
+  uv_timer_start(s->check_timer, fy_health_tick, 0, cfg->check_interval);
+}
+
+static void fy_health_timer_freed(uv_handle_t *h) { free(h); }
+
+void fy_health_stop(fy_server *s) {
+  if (s->probe) ((fy_probe *)s->probe)->server = NULL;
+  s->probe = NULL;
+  if (s->check_timer) uv_close((uv_handle_t *)s->check_timer, fy_health_timer_freed);
+  s->check_timer = NULL;
+}
