@@ -136,6 +136,13 @@ static void fy_cfg_read_rest(lua_State *L, int t, fy_config *cfg) {
     cfg->admin_port = (int)fy_cfg_num(L, -1, "port");
   }
   lua_pop(L, 1);
+  lua_getfield(L, t, "warnings");
+  for (size_t i = 1; i <= lua_objlen(L, -1); i++) {
+    lua_rawgeti(L, -1, (int)i);
+    fy_buf_printf(&cfg->warnings, "%s\n", lua_tostring(L, -1));
+    lua_pop(L, 1);
+  }
+  lua_pop(L, 1);
   lua_getfield(L, t, "dns");
   lua_getfield(L, -1, "servers");
   if (lua_isstring(L, -1)) cfg->dns_servers = fy_strdup(lua_tostring(L, -1));
@@ -229,6 +236,7 @@ void fy_config_free(fy_config *cfg) {
   free(cfg->listeners);
   free(cfg->groups);
   free(cfg->admin_host);
+  fy_buf_free(&cfg->warnings);
   free(cfg->dns_servers);
   free(cfg->path);
   free(cfg);

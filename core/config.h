@@ -79,6 +79,7 @@ typedef struct fy_config {
   uint64_t drain_delay, drain_timeout;
   char *dns_servers; /* c-ares "host:port,..." or NULL for resolv.conf */
   uint64_t dns_min_ttl, dns_max_ttl, dns_timeout;
+  fy_buf warnings; /* "file:line: warning: ..." lines: valid settings likely to fail in production */
   uint64_t watch_debounce;
 } fy_config;
 

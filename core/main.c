@@ -1,9 +1,10 @@
-/* The ferry command: run, check, version. */
+/* The ferry command: run, check, reload, test, version. */
 #include "config.h"
 #include "log.h"
 #include "test_cmd.h"
 #include "worker.h"
 
+#include <ares.h>
 #include <arpa/inet.h>
 #include <limits.h>
 #include <llhttp.h>
@@ -74,6 +75,7 @@ static int fy_cmd_version(void) {
   printf("%s\n", LUAJIT_VERSION); /* "LuaJIT 2.1.0-beta3" */
   printf("llhttp %d.%d.%d (strict mode)\n", LLHTTP_VERSION_MAJOR, LLHTTP_VERSION_MINOR,
          LLHTTP_VERSION_PATCH);
+  printf("c-ares %s\n", ares_version(NULL));
   return 0;
 }
 
@@ -89,6 +91,7 @@ static int fy_cmd_check(const char *path) {
     uv_loop_close(&loop);
     return 1;
   }
+  if (gen->cfg->warnings.len) fwrite(gen->cfg->warnings.data, 1, gen->cfg->warnings.len, stderr);
   printf("%s: ok (%zu listeners, %zu upstream groups, %zu policies)\n", path, gen->cfg->nlisteners,
          gen->cfg->ngroups, gen->cfg->npolicies);
   fy_gen_unref(gen);
@@ -138,6 +141,7 @@ static int fy_cmd_run(const char *path) {
   }
   fy_log_level_current = gen->cfg->log_level;
   w.gen = gen;
+  if (gen->cfg->warnings.len) fy_log_warn("%.*s", (int)gen->cfg->warnings.len - 1, gen->cfg->warnings.data);
   char real[PATH_MAX];
   w.config_path = fy_strdup(realpath(path, real) ? real : path);
   fy_buf errors;

@@ -106,6 +106,8 @@ local schema = {
           keepalive = { type = "table", default = {}, fields = {
             max_idle = { type = "integer", min = 0, max = 100000, default = 32 },
             idle_timeout = seconds(50),
+            -- How long the upstream itself keeps an idle connection (an AWS ALB: 60 s).
+            upstream_idle_timeout = { type = "number", min = 0.001, max = 86400, default = 60 },
           } },
         },
       },
@@ -119,6 +121,8 @@ local schema = {
       body_timeout = seconds(60),
       send_timeout = seconds(60),
       keepalive_timeout = seconds(75),
+      -- How long the load balancer in front keeps an idle client connection (an AWS NLB: 350 s).
+      client_lb_idle_timeout = { type = "number", min = 0.001, max = 86400, default = 350 },
       keepalive_requests = { type = "integer", min = 1, max = 1e9, default = 10000 },
       hook_timeout = { type = "number", min = 0.001, max = 60, default = 0.05 },
       lua_memory = bytes(64 * 1024 * 1024, 1024 * 1024),
@@ -240,6 +244,27 @@ check_value = function(spec, value, path, errs)
   return value
 end
 
+-- Settings that are valid but will cause errors in production.
+local function warn_timeouts(cfg, warnings)
+  local l = cfg.limits
+  if l.keepalive_timeout >= l.client_lb_idle_timeout then
+    warnings[#warnings + 1] = string.format("limits.keepalive_timeout: %g s is not below the %g s idle timeout of "
+      .. "the load balancer in front (limits.client_lb_idle_timeout); it may reuse a connection ferry is closing "
+      .. "and agents see resets", l.keepalive_timeout, l.client_lb_idle_timeout)
+  end
+  local names = {}
+  for name in pairs(cfg.upstreams or {}) do names[#names + 1] = name end
+  table.sort(names)
+  for _, name in ipairs(names) do
+    local k = cfg.upstreams[name].keepalive
+    if k.max_idle > 0 and k.idle_timeout >= k.upstream_idle_timeout then
+      warnings[#warnings + 1] = string.format("upstreams.%s.keepalive.idle_timeout: %g s is not below the "
+        .. "upstream's own %g s (keepalive.upstream_idle_timeout); ferry would reuse connections the upstream "
+        .. "is closing, and requests fail with 502", name, k.idle_timeout, k.upstream_idle_timeout)
+    end
+  end
+end
+
 -- Cross-field rules and normalisation into the shape config.c reads.
 local function normalise(cfg, base, errs)
   local out = { limits = cfg.limits, log = cfg.log, reload = cfg.reload, drain = cfg.drain, listeners = {}, upstreams = {},
@@ -350,6 +375,14 @@ function M.load(file)
   local errs = {}
   local checked = check_value(schema, cfg, "", errs)
   local out = checked and normalise(checked, dirname(file), errs)
+  if out then
+    out.warnings = {}
+    warn_timeouts(checked, out.warnings)
+    for i, w in ipairs(out.warnings) do
+      local line = locate(file, w:match("^([^:]*):") or "")
+      out.warnings[i] = file .. ":" .. (line and (line .. ":") or "") .. " warning: " .. w
+    end
+  end
   if #errs > 0 then
     for i, e in ipairs(errs) do
       local line = locate(file, e:match("^([^:]*):") or "")

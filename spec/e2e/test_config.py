@@ -68,7 +68,7 @@ class ConfigTest(E2ECase):
         rc, out = run_ferry(["version"], timeout=10)
         self.assertEqual(rc, 0, out)
         # Every library the binary links (mbedTLS joins the list with TLS).
-        for name in ("ferry", "libuv", "luajit", "llhttp"):
+        for name in ("ferry", "libuv", "luajit", "llhttp", "c-ares"):
             with self.subTest(library=name):
                 self.assertRegex(out, r"(?im)\b%s\b[^\n\d]{0,30}\d+\.\d+" % name,
                                  "no version for %s in:\n%s" % (name, out))
