@@ -126,6 +126,7 @@ static void fy_cfg_read_rest(lua_State *L, int t, fy_config *cfg) {
   l->send_timeout = fy_cfg_ms(L, lim, "send_timeout");
   l->keepalive_timeout = fy_cfg_ms(L, lim, "keepalive_timeout");
   l->keepalive_requests = (unsigned)fy_cfg_num(L, lim, "keepalive_requests");
+  l->max_connections = (unsigned)fy_cfg_num(L, lim, "max_connections");
   l->hook_timeout = fy_cfg_ms(L, lim, "hook_timeout");
   l->lua_memory = (size_t)fy_cfg_num(L, lim, "lua_memory");
   lua_pop(L, 1);

@@ -58,6 +58,7 @@ typedef struct fy_limits {
   size_t max_request_line, max_header_bytes, max_headers;
   uint64_t header_timeout, body_timeout, send_timeout, keepalive_timeout;
   unsigned keepalive_requests;
+  unsigned max_connections;
   uint64_t hook_timeout; /* longest run of one hook call */
   size_t lua_memory;     /* cap of a generation's Lua state */
 } fy_limits;

@@ -599,6 +599,7 @@ static void fy_conn_request_begin(fy_conn *c) {
 /* ---- accept and close ------------------------------------------------- */
 
 static void fy_conn_free(fy_conn *c) {
+  if (c->accepted) c->w->nconns--;
   fy_conn_request_end(c);
   fy_buf_free(&c->req.url);
   fy_headers_free(&c->req.headers);
@@ -678,5 +679,15 @@ void fy_conn_accept(fy_listener *l) {
   fy_headers_init(&c->req.headers);
   fy_headers_init(&c->rheaders);
   fy_conn_request_begin(c);
+  c->accepted = true;
+  if (++w->nconns > fy_conn_limits(c)->max_connections && !l->admin) {
+    /* Shed load with an answer the client understands, rather than a reset
+     * or a backlog that times out: 503, then a graceful close. */
+    fy_log_warn("listener %s: %u connections open (limits.max_connections): refusing %s:%d with 503",
+                l->name, w->nconns - 1, c->client_ip, c->client_port);
+    c->close_after = true;
+    fy_conn_respond_simple(c, 503, "ferry: too many connections\n");
+    return;
+  }
   fy_conn_update_reading(c);
 }

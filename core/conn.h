@@ -114,6 +114,7 @@ typedef struct fy_conn {
   bool closing;
   bool lingering;
   bool client_eof;   /* the client half-closed after a complete request */
+  bool accepted;     /* counted in the worker's open connections */
   bool upstream_sent; /* some request byte reached the upstream */
   /* Attempts (retry.c). */
   uv_timer_t retry_timer; /* backoff before the next attempt */

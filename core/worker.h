@@ -48,6 +48,7 @@ typedef struct fy_worker {
   fy_listener *listeners;
   size_t nlisteners;
   fy_list conns;
+  unsigned nconns; /* client connections open, for limits.max_connections */
   uint64_t next_req_id;
   char *config_path; /* what SIGHUP and the file watch reload */
   struct fy_watch *watch;

@@ -124,6 +124,7 @@ local schema = {
       -- How long the load balancer in front keeps an idle client connection (an AWS NLB: 350 s).
       client_lb_idle_timeout = { type = "number", min = 0.001, max = 86400, default = 350 },
       keepalive_requests = { type = "integer", min = 1, max = 1e9, default = 10000 },
+      max_connections = { type = "integer", min = 1, max = 1e7, default = 10000 },
       hook_timeout = { type = "number", min = 0.001, max = 60, default = 0.05 },
       lua_memory = bytes(64 * 1024 * 1024, 1024 * 1024),
     } },

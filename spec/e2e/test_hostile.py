@@ -1,0 +1,87 @@
+"""Hostile clients: a slowloris crowd trickling header bytes while a normal
+client is still served promptly, and a connection limit that sheds load
+with a clear answer instead of falling over."""
+
+import socket
+import sys
+import time
+import unittest
+
+from .harness import E2ECase, ROUTING_POLICY, curl, wait_until
+
+CONFIG = """
+return {
+  listeners = { { name = "edge", type = "http", address = "$listen" } },
+  upstreams = { metrics = { servers = { "$up" } }, logs = { servers = { "$up" } }, traces = { servers = { "$up" } } },
+  policy = "$policy",
+  limits = { header_timeout = 3, max_connections = $maxconn },
+  log = { access = false },
+}
+"""
+
+METRICS = "metrics.observability.internal"
+
+
+class HostileTest(E2ECase):
+    def setUp(self):
+        self.up = self.start_upstream("metrics")
+
+    def open_many(self, port, n):
+        socks = []
+        for _ in range(n):
+            s = socket.create_connection(("127.0.0.1", port), timeout=5)
+            self.addCleanup(s.close)
+            socks.append(s)
+        return socks
+
+    def test_slowloris_crowd_does_not_starve_a_normal_client(self):
+        ferry = self.start_ferry(CONFIG, ROUTING_POLICY, up=self.up.addr, maxconn=10000)
+        socks = self.open_many(ferry.port, 300)
+        head = b"GET /echo HTTP/1.1\r\nHost: " + METRICS.encode() + b"\r\nX-Slow: "
+        worst = 0.0
+        deadline = time.monotonic() + 2.5  # bounded: 5 rounds of one byte per connection
+        i = 0
+        while time.monotonic() < deadline and i < 5:
+            for s in socks:
+                try:
+                    s.send(head[i:i + 1])
+                except OSError:
+                    pass
+            start = time.monotonic()
+            r = curl(ferry.url("/echo"), host=METRICS, timeout=5)
+            worst = max(worst, time.monotonic() - start)
+            self.assertEqual(r.status, 200, r)
+            i += 1
+            time.sleep(0.3)
+        sys.stderr.write("\n  300 slowloris connections: a normal request took at most %.0f ms\n" % (worst * 1000))
+        self.assertLess(worst, 1.0)
+        # The crowd is cut off by the header deadline, with 408.
+        self.assertTrue(wait_until(lambda: self.all_closed(socks), timeout=8), "slow clients were never cut off")
+
+    @staticmethod
+    def all_closed(socks):
+        for s in socks:
+            s.settimeout(0.01)
+            try:
+                data = s.recv(4096)
+            except socket.timeout:
+                return False
+            except OSError:
+                continue
+            if data and not data.startswith(b"HTTP/1.1 408"):
+                return False
+        return True
+
+    def test_connection_limit_sheds_with_503(self):
+        ferry = self.start_ferry(CONFIG, ROUTING_POLICY, up=self.up.addr, maxconn=20)
+        self.open_many(ferry.port, 20)
+        time.sleep(0.2)
+        r = curl(ferry.url("/echo"), host=METRICS, timeout=5)
+        self.assertEqual(r.status, 503, r)
+        self.assertEqual(r.header("connection"), "close")
+        self.assertIsNotNone(ferry.wait_log(r"limits\.max_connections"))
+        self.assertTrue(ferry.alive())
+
+
+if __name__ == "__main__":
+    unittest.main()
