@@ -128,6 +128,12 @@ def _proc_status_kb(pid, key):
 # ferry
 
 
+# In a sanitizer build (FERRY_SANITIZED=1, set by ctest) a report in ferry's
+# log fails the test that started it, even when every assertion held.
+SANITIZED = os.environ.get("FERRY_SANITIZED") == "1"
+SANITIZER_REPORT = re.compile(r"ERROR: (AddressSanitizer|LeakSanitizer)[^\n]*|runtime error:[^\n]*")
+
+
 class FerryStartError(AssertionError):
     pass
 
@@ -205,10 +211,17 @@ class Ferry:
             if self.returncode == -signal.SIGKILL:
                 sys.stderr.write("[e2e] ferry needed SIGKILL; its log ends with:\n%s\n"
                                  % self.log_tail(8))
+        report = SANITIZER_REPORT.search(self.log_text()) if os.path.exists(self.log_path) else None
+        if report:
+            text = self.log_text()
+            sys.stderr.write("[e2e] sanitizer report in ferry's log:\n%s\n" % text[report.start():][:4000])
         if KEEP:
             sys.stderr.write("[e2e] ferry files kept in %s\n" % self.dir)
         else:
             shutil.rmtree(self.dir, ignore_errors=True)
+        self.proc = None
+        if report:
+            raise AssertionError("ferry's log has a sanitizer report: %s" % report.group(0))
 
     def alive(self):
         return self.proc is not None and self.proc.poll() is None
