@@ -34,6 +34,7 @@ return {
     traces = group(9113),
   },
   policy = "../../scripts/regions/eu-west-1.lua",
+  admin = { address = "127.0.0.1:9181" }, -- health, status and `ferry reload`
   limits = {
     header_timeout = 10,
     keepalive_timeout = 75,

@@ -34,6 +34,7 @@ return {
     traces = group(9123),
   },
   policy = "../../scripts/regions/us-east-1.lua",
+  admin = { address = "127.0.0.1:9182" }, -- health, status and `ferry reload`
   limits = {
     header_timeout = 10,
     keepalive_timeout = 75,
