@@ -172,6 +172,7 @@ const char *fy_failure_name(enum fy_failure f);
 /* Whether this failed attempt may be followed by another (limits, then the retry hook). */
 bool fy_retry_decide(fy_conn *c, enum fy_failure f, int status, bool stale);
 uint64_t fy_retry_backoff_ms(fy_conn *c);
+bool fy_retry_may_replay(fy_conn *c);
 /* Keeps a copy of body bytes sent upstream while they fit the replay buffer. */
 void fy_replay_add(fy_conn *c, const uv_buf_t *bufs, unsigned n);
 void fy_retry_end(fy_conn *c); /* the exchange is over: release budget counts */

@@ -438,7 +438,7 @@ static void fy_proxy_first_attempt(fy_conn *c) {
   c->server = NULL;
   c->retry_status = 0;
   c->continue_sent = false;
-  c->replayable = true;
+  c->replayable = fy_retry_may_replay(c);
   c->counted = g;
   g->requests++;
   fy_proxy_connect(c);

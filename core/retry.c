@@ -94,6 +94,19 @@ uint64_t fy_retry_backoff_ms(fy_conn *c) {
   return FY_MAX(1, ms / 2 + ms * jitter / 1000);
 }
 
+/*
+ * Whether keeping a copy of the body can ever pay off: a body is sent again
+ * only when another try is allowed and the request may be retried after its
+ * first bytes went out (an idempotent method, or a policy that decides).
+ * A POST under the default rules is never replayed, so it is never copied.
+ */
+bool fy_retry_may_replay(fy_conn *c) {
+  const fy_cfg_group *cfg = &c->req.gen->cfg->groups[c->req.group];
+  if (cfg->tries < 2 || cfg->replay_buffer == 0) return false;
+  return fy_method_idempotent(c->req.method) ||
+         fy_lua_has_hook(&c->req.gen->lua, c->req.policy, FY_HOOK_HAS_RETRY);
+}
+
 void fy_replay_add(fy_conn *c, const uv_buf_t *bufs, unsigned n) {
   if (!c->replayable) return;
   const fy_cfg_group *cfg = &c->req.gen->cfg->groups[c->req.group];
