@@ -483,6 +483,7 @@ void fy_conn_respond_simple(fy_conn *c, int status, const char *body) {
 
 static void fy_conn_access_log(fy_conn *c) {
   fy_req *r = &c->req;
+  fy_proxy_log_hook(c);
   if (!c->gen->cfg->access_log) return;
   /* The target fields are set once the head is parsed (method set with them). */
   fy_target t = r->method ? r->target : (fy_target){0};
@@ -499,6 +500,8 @@ static void fy_conn_access_log(fy_conn *c) {
 static void fy_conn_request_end(fy_conn *c) {
   fy_req *r = &c->req;
   fy_retry_end(c);
+  if (r->has_ctx && r->gen) fy_lua_release(&r->gen->lua, r->id);
+  r->has_ctx = false;
   fy_buf_reset(&r->url);
   fy_headers_reset(&r->headers);
   fy_buf_reset(&r->respond_headers);
@@ -579,6 +582,7 @@ static void fy_conn_request_begin(fy_conn *c) {
   r->status = 0;
   r->bytes_out = 0;
   r->group = -1;
+  r->policy = -1;
   r->server = NULL;
   r->method = NULL;
   r->host_len = 0;

@@ -64,6 +64,7 @@ typedef struct fy_req {
   uint8_t http_minor;
   bool has_body, chunked, keepalive, expect_continue, head, has_content_length;
   uint64_t content_length;
+  bool has_ctx; /* Lua holds a ctx table for it (released at the end) */
   uint64_t started_ms;
   int status; /* sent to the client */
   uint64_t bytes_out;
@@ -130,6 +131,7 @@ typedef struct fy_conn {
   bool replay_pending;    /* the next write starts with replay */
   bool continue_sent;     /* 100 Continue went out already */
   int retry_status;       /* a response status that asked for another attempt */
+  bool response_failed;   /* the response hook failed: answer 500 instead */
   fy_group *counted;      /* the group whose requests count this exchange */
   bool retrying;          /* counted in the group's retries too */
   unsigned nreq;
@@ -184,5 +186,6 @@ void fy_proxy_abort(fy_conn *c);           /* drop the upstream side */
 void fy_proxy_finish(fy_conn *c);          /* exchange over: pool or close the upstream */
 bool fy_proxy_can_read_body(fy_conn *c);
 void fy_proxy_response_written(fy_conn *c);
+void fy_proxy_log_hook(fy_conn *c);         /* runs the policy's log hook, if any */
 
 #endif

@@ -52,6 +52,15 @@ int fy_ffi_req_str(double id, int field, const char **out, size_t *len) {
   }
 }
 
+/* Lua made req.ctx for this request: release it when the request ends. */
+FY_API int fy_ffi_req_ctx(double id);
+int fy_ffi_req_ctx(double id) {
+  fy_req *r = fy_ffi_req(id);
+  if (r == NULL) return FY_FFI_EGONE;
+  r->has_ctx = true;
+  return 0;
+}
+
 FY_API int fy_ffi_req_client_port(double id);
 int fy_ffi_req_client_port(double id) {
   fy_req *r = fy_ffi_req(id);
@@ -123,6 +132,58 @@ int fy_ffi_req_respond(double id, int status, const char *body, size_t blen) {
   r->respond_status = status;
   fy_buf_reset(&r->respond_body);
   fy_buf_append(&r->respond_body, body, blen);
+  return 0;
+}
+
+/* ---- the response, for the response and log hooks ------------------------ */
+
+static fy_headers *fy_ffi_res_headers(fy_req *r) { return &fy_ffi_conn(r)->rheaders; }
+
+static bool fy_ffi_res_phase(bool edit) {
+  int hook = fy_worker_current->hook;
+  return hook == FY_HOOK_RESPONSE || (!edit && hook == FY_HOOK_LOG);
+}
+
+/* status, and what the response was when the log hook runs: bytes sent to the client. */
+FY_API int fy_ffi_res_info(double id, int *status, double *bytes);
+int fy_ffi_res_info(double id, int *status, double *bytes) {
+  fy_req *r = fy_ffi_req(id);
+  if (r == NULL) return FY_FFI_EGONE;
+  if (!fy_ffi_res_phase(false)) return FY_FFI_EPHASE;
+  fy_conn *c = fy_ffi_conn(r);
+  *status = r->status ? r->status : c->ustatus;
+  *bytes = (double)r->bytes_out;
+  return 0;
+}
+
+FY_API int fy_ffi_res_header_get(double id, const char *name, size_t nlen, int nth, const char **out,
+                                 size_t *len);
+int fy_ffi_res_header_get(double id, const char *name, size_t nlen, int nth, const char **out, size_t *len) {
+  fy_req *r = fy_ffi_req(id);
+  if (r == NULL) return FY_FFI_EGONE;
+  if (!fy_ffi_res_phase(false)) return FY_FFI_EPHASE;
+  if (!fy_http_name_ok(name, nlen)) return FY_FFI_EINVAL;
+  fy_headers *h = fy_ffi_res_headers(r);
+  ssize_t i = fy_headers_find(h, name, nlen, 0);
+  for (; i >= 0 && nth > 0; nth--) i = fy_headers_find(h, name, nlen, (size_t)i + 1);
+  if (i < 0) return 0;
+  *out = fy_hdr_val(h, &h->v[i]);
+  *len = h->v[i].val_len;
+  return 1;
+}
+
+FY_API int fy_ffi_res_header_set(double id, int mode, const char *name, size_t nlen, const char *val,
+                                 size_t vlen);
+int fy_ffi_res_header_set(double id, int mode, const char *name, size_t nlen, const char *val, size_t vlen) {
+  fy_req *r = fy_ffi_req(id);
+  if (r == NULL) return FY_FFI_EGONE;
+  if (!fy_ffi_res_phase(true)) return FY_FFI_EPHASE;
+  if (!fy_http_name_ok(name, nlen) || (mode != FY_HDR_REMOVE && !fy_http_value_ok(val, vlen)))
+    return FY_FFI_EINVAL;
+  if (fy_http_is_hop_by_hop(name, nlen)) return FY_FFI_EINVAL; /* framing is ferry's */
+  fy_headers *h = fy_ffi_res_headers(r);
+  if (mode != FY_HDR_ADD) fy_headers_remove(h, name, nlen);
+  if (mode != FY_HDR_REMOVE) fy_headers_add(h, name, nlen, val, vlen);
   return 0;
 }
 

@@ -149,6 +149,12 @@ int fy_lua_init(fy_lua *lua, const fy_config *cfg, fy_buf *errors) {
   lua->select_ref = luaL_ref(L, LUA_REGISTRYINDEX);
   lua_getfield(L, core, "retry");
   lua->retry_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  lua_getfield(L, core, "response");
+  lua->response_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  lua_getfield(L, core, "log_hook");
+  lua->log_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  lua_getfield(L, core, "release");
+  lua->release_ref = luaL_ref(L, LUA_REGISTRYINDEX);
   /* Which optional hooks each policy has, so C calls only those that exist. */
   lua->npolicies = cfg->npolicies;
   lua->hooks = fy_calloc(cfg->npolicies, sizeof *lua->hooks);
@@ -270,6 +276,30 @@ enum fy_hook_outcome fy_lua_retry(fy_lua *lua, int policy, struct fy_req *req, u
   *again = code == 1;
   lua_settop(lua->L, 0);
   return out;
+}
+
+static enum fy_hook_outcome fy_lua_notify(fy_lua *lua, int ref, int hook, int policy, struct fy_req *req,
+                                          fy_buf *err) {
+  int code = 0;
+  fy_lua_begin(lua, ref, policy, req);
+  enum fy_hook_outcome out = fy_lua_run(lua, req, hook, 0, &code, err);
+  lua_settop(lua->L, 0);
+  return out;
+}
+
+enum fy_hook_outcome fy_lua_response(fy_lua *lua, int policy, struct fy_req *req, fy_buf *err) {
+  return fy_lua_notify(lua, lua->response_ref, FY_HOOK_RESPONSE, policy, req, err);
+}
+
+enum fy_hook_outcome fy_lua_log(fy_lua *lua, int policy, struct fy_req *req, fy_buf *err) {
+  return fy_lua_notify(lua, lua->log_ref, FY_HOOK_LOG, policy, req, err);
+}
+
+void fy_lua_release(fy_lua *lua, uint64_t id) {
+  lua_State *L = lua->L;
+  lua_rawgeti(L, LUA_REGISTRYINDEX, lua->release_ref);
+  lua_pushnumber(L, (double)id);
+  if (lua_pcall(L, 1, 0, 0) != 0) lua_pop(L, 1); /* only a table store: cannot fail but for memory */
 }
 
 bool fy_lua_has_hook(const fy_lua *lua, int policy, unsigned hook) {

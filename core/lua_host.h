@@ -38,7 +38,7 @@ const char *fy_hook_outcome_name(enum fy_hook_outcome out);
  */
 typedef struct fy_lua {
   struct lua_State *L;
-  int route_ref, select_ref, retry_ref; /* ferry.core.route, .select, .retry */
+  int route_ref, select_ref, retry_ref, response_ref, log_ref, release_ref; /* ferry.core.route, ... */
   unsigned *hooks; /* per policy: FY_HOOK_HAS_* */
   size_t npolicies;
   size_t mem_used, mem_cap;
@@ -53,8 +53,8 @@ typedef struct fy_lua {
 int fy_lua_init(fy_lua *lua, const fy_config *cfg, fy_buf *errors);
 void fy_lua_close(fy_lua *lua);
 
-enum { FY_HOOK_HAS_SELECT = 1, FY_HOOK_HAS_RETRY = 2 };
-enum fy_hook_name { FY_HOOK_NONE, FY_HOOK_ROUTE, FY_HOOK_SELECT, FY_HOOK_RETRY };
+enum { FY_HOOK_HAS_SELECT = 1, FY_HOOK_HAS_RETRY = 2, FY_HOOK_HAS_RESPONSE = 4, FY_HOOK_HAS_LOG = 8 };
+enum fy_hook_name { FY_HOOK_NONE, FY_HOOK_ROUTE, FY_HOOK_SELECT, FY_HOOK_RETRY, FY_HOOK_RESPONSE, FY_HOOK_LOG };
 bool fy_lua_has_hook(const fy_lua *lua, int policy, unsigned hook);
 
 /*
@@ -68,6 +68,11 @@ enum fy_hook_outcome fy_lua_route(fy_lua *lua, int policy, struct fy_req *req, i
 /* select(req, group, attempt): *server is an index into the group's servers, or -1 (balancer). */
 enum fy_hook_outcome fy_lua_select(fy_lua *lua, int policy, struct fy_req *req, int group, unsigned attempt,
                                    int *server, fy_buf *err);
+/* The request ended: drop what Lua kept for it (its ctx). */
+void fy_lua_release(fy_lua *lua, uint64_t id);
+/* response(req, res) when the upstream's head arrived; log(req, res) after the exchange. */
+enum fy_hook_outcome fy_lua_response(fy_lua *lua, int policy, struct fy_req *req, fy_buf *err);
+enum fy_hook_outcome fy_lua_log(fy_lua *lua, int policy, struct fy_req *req, fy_buf *err);
 /* retry(req, attempt, failure): *again says whether to try once more. */
 enum fy_hook_outcome fy_lua_retry(fy_lua *lua, int policy, struct fy_req *req, unsigned attempt,
                                   const char *kind, int status, const char *server, bool *again,

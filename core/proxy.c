@@ -165,6 +165,32 @@ static void fy_proxy_write_response_head(fy_conn *c, llhttp_t *p) {
   r->status = status;
 }
 
+/* The policy's response(req, res) hook may edit the headers before they go out. */
+static bool fy_proxy_response_hook(fy_conn *c) {
+  fy_req *r = &c->req;
+  if (!fy_lua_has_hook(&r->gen->lua, r->policy, FY_HOOK_HAS_RESPONSE)) return true;
+  fy_buf err;
+  fy_buf_init(&err);
+  enum fy_hook_outcome out = fy_lua_response(&r->gen->lua, r->policy, r, &err);
+  if (out != FY_HOOK_OK)
+    fy_log_error("request %llu: response: %s: %.*s", (unsigned long long)r->id, fy_hook_outcome_name(out),
+                 (int)err.len, err.data);
+  fy_buf_free(&err);
+  return out == FY_HOOK_OK;
+}
+
+void fy_proxy_log_hook(fy_conn *c) {
+  fy_req *r = &c->req;
+  if (r->gen == NULL || r->method == NULL || !fy_lua_has_hook(&r->gen->lua, r->policy, FY_HOOK_HAS_LOG)) return;
+  fy_buf err;
+  fy_buf_init(&err);
+  enum fy_hook_outcome out = fy_lua_log(&r->gen->lua, r->policy, r, &err);
+  if (out != FY_HOOK_OK)
+    fy_log_error("request %llu: log: %s: %.*s", (unsigned long long)r->id, fy_hook_outcome_name(out),
+                 (int)err.len, err.data);
+  fy_buf_free(&err);
+}
+
 static bool fy_proxy_status_listed(const fy_cfg_group *cfg, int status) {
   for (size_t i = 0; i < cfg->nstatuses; i++)
     if (cfg->statuses[i] == status) return true;
@@ -181,6 +207,11 @@ static int fy_on_resp_headers_complete(llhttp_t *p) {
   else fy_server_succeeded(c->server, (double)(uv_hrtime() - c->attempt_ns) / 1e6, now);
   if (fy_proxy_status_listed(fy_proxy_group(c), status) && fy_retry_decide(c, FY_FAIL_STATUS, status, false)) {
     c->retry_status = status; /* handled once llhttp returns: this answer is dropped */
+    return HPE_PAUSED;
+  }
+  c->ustatus = status;
+  if (!fy_proxy_response_hook(c)) {
+    c->response_failed = true; /* handled once llhttp returns */
     return HPE_PAUSED;
   }
   fy_proxy_write_response_head(c, p);
@@ -220,6 +251,13 @@ static void fy_proxy_upstream_pump(fy_conn *c) {
     size_t len = uc->rlen - uc->rpos;
     llhttp_errno_t err = llhttp_execute(&uc->parser, data, len);
     uc->rpos += err == HPE_OK ? len : (size_t)(llhttp_get_error_pos(&uc->parser) - data);
+    if (err == HPE_PAUSED && c->response_failed) {
+      c->response_failed = false;
+      fy_proxy_abort(c);
+      c->rs = FY_RS_NONE;
+      fy_conn_respond_simple(c, 500, "policy error\n");
+      return;
+    }
     if (err == HPE_PAUSED && c->retry_status) {
       c->retry_status = 0;
       fy_proxy_abort(c); /* the rest of that answer is not wanted */

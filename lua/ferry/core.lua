@@ -27,6 +27,12 @@ typedef struct fy_ffi_server {
   double latency_ms;
 } fy_ffi_server;
 int fy_ffi_group_server(double id, int group, int index, fy_ffi_server *out);
+int fy_ffi_res_info(double id, int *status, double *bytes);
+int fy_ffi_req_ctx(double id);
+int fy_ffi_res_header_get(double id, const char *name, size_t nlen, int nth,
+                          const char **out, size_t *len);
+int fy_ffi_res_header_set(double id, int mode, const char *name, size_t nlen,
+                          const char *val, size_t vlen);
 ]]
 
 local M = {}
@@ -119,6 +125,13 @@ function req_methods:respond(status, body, headers)
 end
 
 local req_mt = {}
+local ctxs = {} -- request id -> its ctx table, shared by every hook of the request
+
+-- The request ended: its ctx goes.
+function M.release(id)
+  ctxs[id] = nil
+  return 0
+end
 
 function req_mt.__index(self, k)
   local f = FIELDS[k]
@@ -145,7 +158,13 @@ function req_mt.__index(self, k)
     return h
   end
   if k == "ctx" then
-    local t = {}
+    local id = self._id
+    local t = ctxs[id]
+    if not t then
+      check(C.fy_ffi_req_ctx(id), "req.ctx") -- C calls release(id) when the request ends
+      t = {}
+      ctxs[id] = t
+    end
     rawset(self, k, t)
     return t
   end
@@ -224,12 +243,80 @@ function M.route(policy, id)
   return -2, "route must return an upstream group name or req:respond(...), got " .. type(res)
 end
 
-local HAS_SELECT, HAS_RETRY = 1, 2
+local HAS = { select = 1, retry = 2, response = 4, log = 8 }
 
 function M.hooks(policy)
-  local p = policies[policy]
-  return (type(p.select) == "function" and HAS_SELECT or 0) + (type(p.retry) == "function" and HAS_RETRY or 0)
+  local p, mask = policies[policy], 0
+  for name, bit in pairs(HAS) do
+    if type(p[name]) == "function" then mask = mask + bit end
+  end
+  return mask
 end
+
+-- res: the upstream's response, in the response and log hooks -------------
+
+local res_headers_methods = {}
+local res_headers_mt = { __index = res_headers_methods }
+
+function res_headers_methods:get(name)
+  header_name(name, "res.headers:get")
+  local rc = check(C.fy_ffi_res_header_get(self._id, name, #name, 0, sptr, slen), "res.headers:get")
+  if rc == 0 then return nil end
+  return ffi.string(sptr[0], slen[0])
+end
+
+function res_headers_methods:get_all(name)
+  header_name(name, "res.headers:get_all")
+  local out, n = {}, 0
+  while check(C.fy_ffi_res_header_get(self._id, name, #name, n, sptr, slen), "res.headers:get_all") == 1 do
+    n = n + 1
+    out[n] = ffi.string(sptr[0], slen[0])
+  end
+  return out
+end
+
+local function res_header_edit(self, mode, name, value, what)
+  header_name(name, what)
+  if mode ~= 2 then
+    if type(value) == "number" then value = tostring(value) end
+    if type(value) ~= "string" then error(what .. ": header value must be a string", 3) end
+  else
+    value = ""
+  end
+  check(C.fy_ffi_res_header_set(self._id, mode, name, #name, value, #value), what, 4)
+end
+
+function res_headers_methods:set(name, value) res_header_edit(self, 0, name, value, "res.headers:set") end
+function res_headers_methods:add(name, value) res_header_edit(self, 1, name, value, "res.headers:add") end
+function res_headers_methods:remove(name) res_header_edit(self, 2, name, nil, "res.headers:remove") end
+
+local istatus = ffi.new("int[1]")
+local res_mt = {}
+function res_mt.__index(self, k)
+  if k == "status" or k == "bytes" then
+    check(C.fy_ffi_res_info(self._id, istatus, dnum), "res." .. k)
+    return k == "status" and istatus[0] or dnum[0]
+  end
+  if k == "headers" then
+    local h = setmetatable({ _id = self._id }, res_headers_mt)
+    rawset(self, k, h)
+    return h
+  end
+  return nil
+end
+
+local function notify(hook)
+  return function(policy, id)
+    local req = setmetatable({ _id = id }, req_mt)
+    local res = setmetatable({ _id = id }, res_mt)
+    local ok, err = xpcall(policies[policy][hook], traceback, req, res)
+    if not ok then return -2, tostring(err) end
+    return 0
+  end
+end
+
+M.response = notify("response")
+M.log_hook = notify("log")
 
 local group_names = {}
 local server_info = ffi.new("fy_ffi_server")

@@ -224,3 +224,54 @@ class PolicyTest(E2ECase):
 
 if __name__ == "__main__":
     unittest.main()
+
+
+HOOKS_POLICY = r"""
+local ferry = require "ferry"
+return {
+  route = function(req)
+    req.ctx.started = "yes"
+    return "default"
+  end,
+  response = function(req, res)
+    if req.path == "/status" and req.query == "code=418" then error("response hook failed on purpose") end
+    res.headers:set("X-Policy", "status " .. res.status .. " ctx " .. tostring(req.ctx.started))
+    res.headers:remove("X-Upstream")
+    local ok, err = pcall(res.headers.set, res.headers, "Content-Length", "1")
+    res.headers:set("X-Framing-Refused", tostring(not ok))
+  end,
+  log = function(req, res)
+    ferry.log.info("log hook:", req.method, req.path, res.status, res.bytes,
+                   res.headers:get("x-policy") or "-")
+  end,
+}
+"""
+
+
+class ResponseAndLogHooksTest(E2ECase):
+    @classmethod
+    def setUpClass(cls):
+        cls.up = cls.start_upstream_cls("default")
+        cls.ferry = cls.start_ferry_cls(CONFIG, HOOKS_POLICY, up=cls.up.addr)
+
+    def test_response_hook_edits_headers(self):
+        r = curl(self.ferry.url("/echo"), host="hooks.test", timeout=10)
+        self.assertEqual((r.rc, r.status), (0, 200), r)
+        self.assertEqual(r.header("x-policy"), "status 200 ctx yes")
+        self.assertIsNone(r.header("x-upstream"))
+        self.assertEqual(r.header("x-framing-refused"), "true")
+        self.assertEqual(len(r.body), int(r.header("content-length")))
+
+    def test_log_hook_sees_the_exchange(self):
+        r = curl(self.ferry.url("/status?code=201"), host="hooks.test", timeout=10)
+        self.assertEqual(r.status, 201)
+        m = self.ferry.wait_log(r"log hook: GET /status 201 (\d+) status 201 ctx yes", timeout=3)
+        self.assertIsNotNone(m, self.ferry.log_tail())
+        self.assertGreater(int(m.group(1)), 0)
+
+    def test_failing_response_hook_gives_500(self):
+        r = curl(self.ferry.url("/status?code=418"), host="hooks.test", timeout=10)
+        self.assertEqual(r.status, 500)
+        self.assertIsNotNone(self.ferry.wait_log(r"response: error: .*response hook failed on purpose"))
+        r = curl(self.ferry.url("/echo"), host="hooks.test", timeout=10)
+        self.assertEqual(r.status, 200)
