@@ -3,9 +3,42 @@
 #include "log.h"
 #include "lua_embed.h"
 
+#include <uv.h>
+
 #include <lauxlib.h>
 #include <lua.h>
 #include <lualib.h>
+
+bool fy_cidr_parse(const char *text, fy_cidr *out) {
+  char addr[64];
+  const char *slash = strchr(text, '/');
+  size_t len = slash ? (size_t)(slash - text) : strlen(text);
+  if (len >= sizeof addr) return false;
+  memcpy(addr, text, len);
+  addr[len] = '\0';
+  memset(out, 0, sizeof *out);
+  if (uv_inet_pton(AF_INET, addr, out->addr) == 0) out->family = AF_INET, out->bits = 32;
+  else if (uv_inet_pton(AF_INET6, addr, out->addr) == 0) out->family = AF_INET6, out->bits = 128;
+  else return false;
+  if (slash) {
+    unsigned bits = (unsigned)atoi(slash + 1);
+    if (bits > out->bits) return false;
+    out->bits = bits;
+  }
+  return true;
+}
+
+bool fy_cidr_contains(const fy_cidr *net, const struct sockaddr *sa) {
+  const uint8_t *a;
+  if (sa->sa_family != net->family) return false;
+  if (sa->sa_family == AF_INET) a = (const uint8_t *)&((const struct sockaddr_in *)sa)->sin_addr;
+  else a = (const uint8_t *)&((const struct sockaddr_in6 *)sa)->sin6_addr;
+  unsigned full = net->bits / 8, rest = net->bits % 8;
+  if (memcmp(a, net->addr, full) != 0) return false;
+  if (rest == 0) return true;
+  uint8_t mask = (uint8_t)(0xff << (8 - rest));
+  return (a[full] & mask) == (net->addr[full] & mask);
+}
 
 static char *fy_cfg_str(lua_State *L, int idx, const char *key) {
   lua_getfield(L, idx, key);
@@ -36,7 +69,17 @@ static void fy_cfg_read_listeners(lua_State *L, int t, fy_config *cfg) {
     l->host = fy_cfg_str(L, -1, "host");
     l->port = (int)fy_cfg_num(L, -1, "port");
     l->policy = (int)fy_cfg_num(L, -1, "policy") - 1;
-    lua_pop(L, 1);
+    lua_getfield(L, -1, "proxy_trusted");
+    if (lua_istable(L, -1)) {
+      l->nproxy_trusted = lua_objlen(L, -1);
+      l->proxy_trusted = fy_calloc(l->nproxy_trusted, sizeof *l->proxy_trusted);
+      for (size_t j = 0; j < l->nproxy_trusted; j++) {
+        lua_rawgeti(L, -1, (int)j + 1);
+        fy_cidr_parse(lua_tostring(L, -1), &l->proxy_trusted[j]);
+        lua_pop(L, 1);
+      }
+    }
+    lua_pop(L, 2);
   }
   lua_pop(L, 1);
 }
@@ -219,6 +262,7 @@ done:
 void fy_config_free(fy_config *cfg) {
   if (cfg == NULL) return;
   for (size_t i = 0; i < cfg->nlisteners; i++) {
+    free(cfg->listeners[i].proxy_trusted);
     free(cfg->listeners[i].name);
     free(cfg->listeners[i].host);
   }

@@ -12,13 +12,27 @@
 #include "buf.h"
 
 #include <stdbool.h>
+#include <sys/socket.h>
+
+/* A network for PROXY protocol trust: family, address bytes, prefix length. */
+typedef struct fy_cidr {
+  int family;
+  uint8_t addr[16];
+  unsigned bits;
+} fy_cidr;
 
 typedef struct fy_cfg_listener {
   char *name;
   char *host;
   int port;
   int policy; /* index into fy_config.policies */
+  /* PROXY protocol: expected first on every connection, only from these networks */
+  fy_cidr *proxy_trusted;
+  size_t nproxy_trusted;
 } fy_cfg_listener;
+
+bool fy_cidr_parse(const char *text, fy_cidr *out);
+bool fy_cidr_contains(const fy_cidr *net, const struct sockaddr *sa);
 
 typedef struct fy_cfg_server {
   char *name; /* "host:port" as written */

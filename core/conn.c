@@ -231,7 +231,44 @@ static bool fy_conn_can_parse(fy_conn *c) {
   return c->rq == FY_RQ_BODY && fy_proxy_can_read_body(c);
 }
 
+static void fy_conn_sockaddr_text(const struct sockaddr_storage *ss, char *ip, size_t iplen, int *port) {
+  if (ss->ss_family == AF_INET6) {
+    uv_ip6_name((const struct sockaddr_in6 *)ss, ip, iplen);
+    *port = ntohs(((const struct sockaddr_in6 *)ss)->sin6_port);
+  } else {
+    uv_ip4_name((const struct sockaddr_in *)ss, ip, iplen);
+    *port = ntohs(((const struct sockaddr_in *)ss)->sin_port);
+  }
+}
+
+/*
+ * The PROXY protocol header that a trusted load balancer sends before the
+ * client's bytes. Until it is complete nothing is parsed as HTTP; a bad one
+ * closes the connection without an answer (the peer is a load balancer, not
+ * an HTTP client). Afterwards the client's address is the header's source.
+ */
+static bool fy_conn_read_proxy_header(fy_conn *c) {
+  size_t avail = c->rlen - c->rpos;
+  int n = fy_proxy_protocol_parse((const uint8_t *)c->rbuf + c->rpos, avail, c->pp);
+  if (n == 0 && avail < FY_PP_MAX_HEADER) return false; /* more to come */
+  if (n <= 0) {
+    fy_log_warn("listener %s: bad PROXY protocol header from %s:%d: %s; closing", c->listener->name,
+                c->client_ip, c->client_port, fy_proxy_protocol_strerror(n ? n : FY_PP_ETOOBIG));
+    fy_conn_close(c);
+    return false;
+  }
+  c->rpos += (size_t)n;
+  c->pp_pending = false;
+  if (!c->pp->local && (c->pp->family == AF_INET || c->pp->family == AF_INET6))
+    fy_conn_sockaddr_text(&c->pp->src, c->client_ip, sizeof c->client_ip, &c->client_port);
+  return true;
+}
+
 void fy_conn_client_pump(fy_conn *c) {
+  if (c->pp_pending && !fy_conn_read_proxy_header(c)) {
+    if (!c->closing) fy_conn_update_reading(c);
+    return;
+  }
   while (fy_conn_can_parse(c)) {
     const char *data = c->rbuf + c->rpos;
     size_t len = c->rlen - c->rpos;
@@ -602,6 +639,24 @@ static void fy_conn_request_begin(fy_conn *c) {
 
 /* ---- accept and close ------------------------------------------------- */
 
+/* True when the connection was refused: PROXY headers are taken only from trusted networks. */
+static bool fy_conn_expect_proxy_header(fy_conn *c, const struct sockaddr_storage *peer) {
+  const fy_cfg_listener *cl = &c->gen->cfg->listeners[c->listener->index];
+  if (cl->nproxy_trusted == 0) return false;
+  bool trusted = false;
+  for (size_t i = 0; i < cl->nproxy_trusted && !trusted; i++)
+    trusted = fy_cidr_contains(&cl->proxy_trusted[i], (const struct sockaddr *)peer);
+  if (!trusted) {
+    fy_log_warn("listener %s: %s:%d is not in proxy_protocol.trusted; closing", cl->name, c->client_ip,
+                c->client_port);
+    fy_conn_close(c);
+    return true;
+  }
+  c->pp = fy_calloc(1, sizeof *c->pp);
+  c->pp_pending = true;
+  return false;
+}
+
 static void fy_conn_free(fy_conn *c) {
   if (c->accepted) c->w->nconns--;
   fy_conn_request_end(c);
@@ -618,6 +673,7 @@ static void fy_conn_free(fy_conn *c) {
   fy_buf_free(&c->ubody.copy);
   fy_gen_unref(c->gen);
   fy_pool_put(c->rbuf);
+  free(c->pp);
   free(c);
 }
 
@@ -669,20 +725,15 @@ void fy_conn_accept(fy_listener *l) {
 
   struct sockaddr_storage ss;
   int sslen = sizeof ss;
-  if (uv_tcp_getpeername(&c->tcp, (struct sockaddr *)&ss, &sslen) == 0) {
-    if (ss.ss_family == AF_INET6) {
-      uv_ip6_name((struct sockaddr_in6 *)&ss, c->client_ip, sizeof c->client_ip);
-      c->client_port = ntohs(((struct sockaddr_in6 *)&ss)->sin6_port);
-    } else {
-      uv_ip4_name((struct sockaddr_in *)&ss, c->client_ip, sizeof c->client_ip);
-      c->client_port = ntohs(((struct sockaddr_in *)&ss)->sin_port);
-    }
-  }
+  memset(&ss, 0, sizeof ss);
+  if (uv_tcp_getpeername(&c->tcp, (struct sockaddr *)&ss, &sslen) == 0)
+    fy_conn_sockaddr_text(&ss, c->client_ip, sizeof c->client_ip, &c->client_port);
   llhttp_init(&c->parser, HTTP_REQUEST, &fy_request_settings);
   c->parser.data = c;
   fy_headers_init(&c->req.headers);
   fy_headers_init(&c->rheaders);
   fy_conn_request_begin(c);
+  if (!l->admin && fy_conn_expect_proxy_header(c, &ss)) return;
   c->accepted = true;
   if (++w->nconns > fy_conn_limits(c)->max_connections && !l->admin) {
     /* Shed load with an answer the client understands, rather than a reset

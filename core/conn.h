@@ -24,6 +24,7 @@
 
 #include "http.h"
 #include "pool.h"
+#include "proxy_protocol.h"
 #include "worker.h"
 
 #include <llhttp.h>
@@ -116,6 +117,8 @@ typedef struct fy_conn {
   bool lingering;
   bool client_eof;   /* the client half-closed after a complete request */
   bool accepted;     /* counted in the worker's open connections */
+  bool pp_pending;   /* a PROXY protocol header is expected first */
+  fy_proxy_info *pp; /* what it said (listeners with proxy_protocol only) */
   bool upstream_sent; /* some request byte reached the upstream */
   /* Attempts (retry.c). */
   uv_timer_t retry_timer; /* backoff before the next attempt */

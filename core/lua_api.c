@@ -52,6 +52,42 @@ int fy_ffi_req_str(double id, int field, const char **out, size_t *len) {
   }
 }
 
+/* What the PROXY protocol header said: 1 filled, 0 when the listener takes none. */
+typedef struct fy_ffi_proxy {
+  int version, local, source_port, destination_port;
+  char source[INET6_ADDRSTRLEN], destination[INET6_ADDRSTRLEN];
+  const char *vpce_id, *authority, *alpn;
+} fy_ffi_proxy;
+
+static void fy_ffi_addr(const struct sockaddr_storage *ss, char *ip, int *port) {
+  if (ss->ss_family == AF_INET6) {
+    uv_ip6_name((const struct sockaddr_in6 *)ss, ip, INET6_ADDRSTRLEN);
+    *port = ntohs(((const struct sockaddr_in6 *)ss)->sin6_port);
+  } else if (ss->ss_family == AF_INET) {
+    uv_ip4_name((const struct sockaddr_in *)ss, ip, INET6_ADDRSTRLEN);
+    *port = ntohs(((const struct sockaddr_in *)ss)->sin_port);
+  }
+}
+
+FY_API int fy_ffi_req_proxy(double id, fy_ffi_proxy *out);
+int fy_ffi_req_proxy(double id, fy_ffi_proxy *out) {
+  fy_req *r = fy_ffi_req(id);
+  if (r == NULL) return FY_FFI_EGONE;
+  const fy_proxy_info *pp = fy_ffi_conn(r)->pp;
+  if (pp == NULL) return 0;
+  memset(out, 0, sizeof *out);
+  out->version = pp->version;
+  out->local = pp->local;
+  if (!pp->local && pp->family != AF_UNSPEC) {
+    fy_ffi_addr(&pp->src, out->source, &out->source_port);
+    fy_ffi_addr(&pp->dst, out->destination, &out->destination_port);
+  }
+  out->vpce_id = pp->vpce_id;
+  out->authority = pp->authority;
+  out->alpn = pp->alpn;
+  return 1;
+}
+
 /* Lua made req.ctx for this request: release it when the request ends. */
 FY_API int fy_ffi_req_ctx(double id);
 int fy_ffi_req_ctx(double id) {

@@ -132,7 +132,8 @@ static int fy_pp_v1_port(const char *t, size_t n, bool complete, void *dst) {
  */
 static int fy_pp_v1_field(fy_pp_scan *s, fy_pp_v1_check check, void *dst, const char *delims) {
   size_t start = s->pos;
-  while (s->pos < s->len && s->p[s->pos] != ' ' && s->p[s->pos] != '\r') s->pos++;
+  while (s->pos < s->len && s->p[s->pos] != ' ' && s->p[s->pos] != '\r')
+    s->pos++;
   const char *t = (const char *)s->p + start;
   size_t n = s->pos - start;
   if (s->pos == s->len) return check(t, n, false, dst) == 0 ? 0 : FY_PP_EV1SYNTAX;
@@ -279,29 +280,34 @@ static int fy_pp_v2_aws(fy_pp_tlv_walk *w, const uint8_t *v, size_t n, fy_proxy_
   return fy_pp_copy_text(out->vpce_id, sizeof out->vpce_id, v + 1, n - 1) == 0 ? 0 : FY_PP_EVPCE;
 }
 
-/* Handles one TLV whose value is v[0..n) at offset off of the header. */
+/*
+ * Handles one TLV whose value is v[0..n) at offset off of the header. ALPN
+ * and authority are informational (the spec even allows ALPN to be a binary
+ * copy of the TLS extension), so one that is not short printable text is
+ * left out rather than failing the connection.
+ */
 static int fy_pp_v2_tlv(fy_pp_tlv_walk *w, uint8_t type, const uint8_t *v, size_t n, size_t off,
                         fy_proxy_info *out) {
   if (type == FY_PP2_TYPE_AWS) return fy_pp_v2_aws(w, v, n, out);
   if (type < FY_PP2_TYPE_ALPN || type > FY_PP2_TYPE_CRC32C) return 0; /* NOOP, SSL, NETNS, custom */
   if (w->seen & (1u << type)) return FY_PP_ETLV;
   w->seen |= 1u << type;
-  int bad = 0;
   switch (type) {
-  case FY_PP2_TYPE_ALPN: bad = fy_pp_copy_text(out->alpn, sizeof out->alpn, v, n); break;
-  case FY_PP2_TYPE_AUTHORITY: bad = fy_pp_copy_text(out->authority, sizeof out->authority, v, n); break;
+  case FY_PP2_TYPE_ALPN: fy_pp_copy_text(out->alpn, sizeof out->alpn, v, n); break;
+  case FY_PP2_TYPE_AUTHORITY: fy_pp_copy_text(out->authority, sizeof out->authority, v, n); break;
   case FY_PP2_TYPE_CRC32C:
-    bad = n == 4 ? 0 : -1;
+    if (n != 4) return FY_PP_ETLVVALUE;
     w->crc_at = off;
     break;
   }
-  return bad ? FY_PP_ETLVVALUE : 0;
+  return 0;
 }
 
 /* The CRC covers the whole header with its own value read as zeros. */
 static int fy_pp_v2_check_crc(const uint8_t *hdr, size_t total, size_t at) {
   static const uint8_t zeros[4];
-  uint32_t want = (uint32_t)hdr[at] << 24 | (uint32_t)hdr[at + 1] << 16 | (uint32_t)hdr[at + 2] << 8 | hdr[at + 3];
+  uint32_t want =
+      (uint32_t)hdr[at] << 24 | (uint32_t)hdr[at + 1] << 16 | (uint32_t)hdr[at + 2] << 8 | hdr[at + 3];
   uint32_t crc = fy_proxy_protocol_crc32c(0, hdr, at);
   crc = fy_proxy_protocol_crc32c(crc, zeros, 4);
   crc = fy_proxy_protocol_crc32c(crc, hdr + at + 4, total - at - 4);
@@ -382,7 +388,7 @@ const char *fy_proxy_protocol_strerror(int err) {
   case FY_PP_EADDRLEN: return "PROXY v2 length shorter than its address block";
   case FY_PP_ETOOBIG: return "PROXY v2 header too long";
   case FY_PP_ETLV: return "malformed or repeated PROXY v2 TLV";
-  case FY_PP_ETLVVALUE: return "invalid PROXY v2 TLV value";
+  case FY_PP_ETLVVALUE: return "PROXY v2 CRC32c TLV is not 4 bytes";
   case FY_PP_ECRC: return "PROXY v2 CRC32c mismatch";
   case FY_PP_EVPCE: return "invalid AWS VPC endpoint id";
   default: return fy_strerror(err);

@@ -23,18 +23,18 @@
 #include <sys/socket.h>
 
 enum fy_proxy_protocol_error {
-  FY_PP_ENOTPROXY = -31001,   /* neither a v1 nor a v2 signature */
-  FY_PP_EV1SYNTAX = -31002,   /* a v1 line that does not match the grammar exactly */
-  FY_PP_EV1TOOLONG = -31003,  /* no CRLF within the 107 bytes a v1 line may take */
-  FY_PP_EVERSION = -31004,    /* v2 signature followed by a version other than 2 */
-  FY_PP_ECOMMAND = -31005,    /* v2 command neither LOCAL nor PROXY */
-  FY_PP_EFAMILY = -31006,     /* v2 address family or transport byte not in the spec */
-  FY_PP_EADDRLEN = -31007,    /* v2 length too short for the family's address block */
-  FY_PP_ETOOBIG = -31008,     /* v2 length above FY_PP_V2_MAX_TLV bytes of TLVs */
-  FY_PP_ETLV = -31009,        /* a TLV overruns the header, or a known TLV repeats */
-  FY_PP_ETLVVALUE = -31010,   /* ALPN, authority or CRC32c TLV with a bad value */
-  FY_PP_ECRC = -31011,        /* the CRC32c TLV does not match the header */
-  FY_PP_EVPCE = -31012,       /* AWS VPC endpoint id empty, too long or not printable */
+  FY_PP_ENOTPROXY = -31001,  /* neither a v1 nor a v2 signature */
+  FY_PP_EV1SYNTAX = -31002,  /* a v1 line that does not match the grammar exactly */
+  FY_PP_EV1TOOLONG = -31003, /* no CRLF within the 107 bytes a v1 line may take */
+  FY_PP_EVERSION = -31004,   /* v2 signature followed by a version other than 2 */
+  FY_PP_ECOMMAND = -31005,   /* v2 command neither LOCAL nor PROXY */
+  FY_PP_EFAMILY = -31006,    /* v2 address family or transport byte not in the spec */
+  FY_PP_EADDRLEN = -31007,   /* v2 length too short for the family's address block */
+  FY_PP_ETOOBIG = -31008,    /* v2 length above FY_PP_V2_MAX_TLV bytes of TLVs */
+  FY_PP_ETLV = -31009,       /* a TLV overruns the header, or a known TLV repeats */
+  FY_PP_ETLVVALUE = -31010,  /* a CRC32c TLV whose value is not 4 bytes */
+  FY_PP_ECRC = -31011,       /* the CRC32c TLV does not match the header */
+  FY_PP_EVPCE = -31012,      /* AWS VPC endpoint id empty, too long or not printable */
 };
 
 /* A v2 header carries at most this many bytes of TLVs after the addresses. */
@@ -64,8 +64,10 @@ typedef struct fy_proxy_info {
   int family;
   struct sockaddr_storage src, dst;
   /*
-   * v2 TLVs, each an empty string when absent. All are printable ASCII:
-   * a header whose TLV would not fit or holds a control byte is rejected.
+   * v2 TLVs, each an empty string when absent; only printable ASCII without
+   * spaces is ever stored. A VPC endpoint id that would not fit or is not
+   * such text fails the header (FY_PP_EVPCE): policy may rely on it. An ALPN
+   * or authority TLV like that is left out instead.
    */
   char vpce_id[FY_PP_VPCE_ID_SIZE];     /* AWS 0xEA subtype 0x01, e.g. vpce-0123456789abcdef0 */
   char authority[FY_PP_AUTHORITY_SIZE]; /* PP2_TYPE_AUTHORITY (often the client's SNI) */
@@ -76,10 +78,12 @@ typedef struct fy_proxy_info {
 /*
  * Parses the PROXY header at the start of buf. Returns the header's length in
  * bytes (> 0, at most FY_PP_MAX_HEADER) with out filled in; 0 when buf is
- * shorter than the header and everything seen so far is valid, so the caller
- * should read more and call again with the longer buffer; or a negative
- * FY_PP_E* code, after which the connection should be closed. out is only
- * meaningful after a positive return. Never reads beyond buf[len - 1].
+ * shorter than the header and everything seen so far is valid (for a v1 IPv6
+ * address still arriving: its characters and length), so the caller should
+ * read more and call again with the longer buffer; or a negative FY_PP_E*
+ * code, after which the connection should be closed. FY_PP_MAX_HEADER bytes
+ * always get a non-zero answer, so the caller can cap its buffer there. out
+ * is only meaningful after a positive return. Never reads beyond buf[len - 1].
  *
  * v2 LOCAL headers and v2 families that fall back to AF_UNSPEC are skipped
  * whole, as the spec asks, so their TLVs (CRC32c included) are not read.

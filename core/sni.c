@@ -34,17 +34,18 @@ static int fy_sni_record_header(const uint8_t *p, size_t avail, bool first) {
 }
 
 typedef struct fy_sni_frame {
-  uint8_t head[4];  /* the handshake header, which may itself straddle records */
+  uint8_t head[4]; /* the handshake header, which may itself straddle records */
   size_t head_len;
-  size_t need;      /* handshake message length once the header is known, else 0 */
-  size_t got;       /* handshake bytes in the complete records so far */
-  size_t off;       /* where the next record starts in buf */
+  size_t need; /* handshake message length once the header is known, else 0 */
+  size_t got;  /* handshake bytes in the complete records so far */
+  size_t off;  /* where the next record starts in buf */
   unsigned records;
 } fy_sni_frame;
 
 /* Takes what it needs of a record's payload p[0..n) for the handshake header. */
 static int fy_sni_frame_head(fy_sni_frame *f, const uint8_t *p, size_t n) {
-  for (size_t i = 0; i < n && f->head_len < 4; i++) f->head[f->head_len++] = p[i];
+  for (size_t i = 0; i < n && f->head_len < 4; i++)
+    f->head[f->head_len++] = p[i];
   if (f->head_len >= 1 && f->head[0] != FY_TLS_HANDSHAKE_CLIENT_HELLO) return FY_SNI_ENOTHELLO;
   if (f->head_len < 4 || f->need != 0) return 0;
   size_t body = (size_t)f->head[1] << 16 | (size_t)f->head[2] << 8 | f->head[3];
@@ -63,7 +64,7 @@ static int fy_sni_frame_walk(const uint8_t *buf, size_t len, fy_sni_frame *f) {
   for (;;) {
     int n = fy_sni_record_header(buf + f->off, len - f->off, f->records == 0);
     if (n <= 0) return n;
-    if (++f->records > FY_SNI_MAX_RECORDS) return FY_SNI_ETOOBIG;
+    f->records++;
     size_t present = FY_MIN((size_t)n, len - f->off - 5);
     int rc = fy_sni_frame_head(f, buf + f->off + 5, present);
     if (rc < 0) return rc;
@@ -71,6 +72,8 @@ static int fy_sni_frame_walk(const uint8_t *buf, size_t len, fy_sni_frame *f) {
     f->off += 5 + (size_t)n;
     f->got += (size_t)n;
     if (f->need != 0 && f->got >= f->need) return f->got == f->need ? 1 : FY_SNI_EMALFORMED;
+    /* Refused now, not at the next header, so FY_SNI_MAX_PEEK bytes always get an answer. */
+    if (f->records == FY_SNI_MAX_RECORDS) return FY_SNI_ETOOBIG;
   }
 }
 
@@ -114,7 +117,8 @@ static int fy_sni_read_uint(fy_sni_reader *r, size_t bytes, size_t end, size_t *
   uint8_t b[3];
   if (fy_sni_read(r, b, bytes, end) != 0) return -1;
   *v = 0;
-  for (size_t i = 0; i < bytes; i++) *v = *v << 8 | b[i];
+  for (size_t i = 0; i < bytes; i++)
+    *v = *v << 8 | b[i];
   return 0;
 }
 
@@ -173,7 +177,8 @@ static int fy_sni_ext_server_name(fy_sni_reader *r, size_t end, fy_sni_info *out
 
 static void fy_sni_keep_alpn(const uint8_t *p, size_t n, fy_sni_info *out) {
   bool printable = true;
-  for (size_t i = 0; i < n; i++) printable = printable && p[i] > 0x20 && p[i] < 0x7f;
+  for (size_t i = 0; i < n; i++)
+    printable = printable && p[i] > 0x20 && p[i] < 0x7f;
   if (!printable || n >= FY_SNI_ALPN_SIZE || out->alpn_count == FY_SNI_ALPN_MAX) {
     out->alpn_truncated = true;
     return;
@@ -225,17 +230,19 @@ static int fy_sni_extensions(fy_sni_reader *r, size_t end, fy_sni_info *out) {
 
 /*
  * legacy_version, random, session_id <0..32>, cipher_suites <2..2^16-2> (pairs),
- * compression_methods <1..2^8-1>, then extensions <8..2^16-1>, which very old
- * clients leave out entirely.
+ * compression_methods <1..2^8-1>, then the extensions block, which TLS 1.2
+ * allows to be empty and very old clients leave out entirely.
  */
 static int fy_sni_client_hello(fy_sni_reader *r, size_t end, fy_sni_info *out) {
   size_t version, v_end;
-  if (fy_sni_read(r, NULL, 4, end) != 0 || fy_sni_read_uint(r, 2, end, &version) != 0) return FY_SNI_EMALFORMED;
+  if (fy_sni_read(r, NULL, 4, end) != 0 || fy_sni_read_uint(r, 2, end, &version) != 0)
+    return FY_SNI_EMALFORMED;
   out->client_version = (uint16_t)version;
   if (version >> 8 != 3 || fy_sni_read(r, NULL, 32, end) != 0) return FY_SNI_EMALFORMED;
   if ((v_end = fy_sni_vector(r, 1, 0, 32, end)) == 0 || fy_sni_read(r, NULL, v_end - r->at, end) != 0)
     return FY_SNI_EMALFORMED;
-  if ((v_end = fy_sni_vector(r, 2, 2, 0xfffe, end)) == 0 || (v_end - r->at) % 2 != 0) return FY_SNI_EMALFORMED;
+  if ((v_end = fy_sni_vector(r, 2, 2, 0xfffe, end)) == 0 || (v_end - r->at) % 2 != 0)
+    return FY_SNI_EMALFORMED;
   fy_sni_read(r, NULL, v_end - r->at, end);
   if ((v_end = fy_sni_vector(r, 1, 1, 0xff, end)) == 0) return FY_SNI_EMALFORMED;
   fy_sni_read(r, NULL, v_end - r->at, end);
@@ -248,6 +255,7 @@ static int fy_sni_client_hello(fy_sni_reader *r, size_t end, fy_sni_info *out) {
 
 int fy_sni_peek(const uint8_t *buf, size_t len, fy_sni_info *out) {
   memset(out, 0, sizeof *out);
+  if (len == 0) return 0;
   fy_sni_frame f = {{0}, 0, 0, 0, 0, 0};
   int rc = fy_sni_frame_walk(buf, len, &f);
   if (rc <= 0) return rc;

@@ -32,6 +32,18 @@ local function check_hostport(v)
   return false, "expected 'host:port' (IPv6 as '[addr]:port'), got '" .. v .. "'"
 end
 
+-- A network: "10.0.0.0/8", "::1/128", or a bare address (all its bits).
+local function check_cidr(v)
+  local addr, bits = v:match("^([%x:.]+)/(%d+)$")
+  addr = addr or v
+  local v4 = addr:match("^%d+%.%d+%.%d+%.%d+$")
+  local max = v4 and 32 or (addr:find(":") and 128)
+  if not max or (bits and tonumber(bits) > max) then
+    return false, "expected an IPv4 or IPv6 network like '10.0.0.0/8', got '" .. v .. "'"
+  end
+  return true
+end
+
 -- A server: "host:port", or { address = "host:port", weight = N }.
 local function check_server(v)
   if type(v) == "string" then return check_hostport(v) end
@@ -63,6 +75,10 @@ local schema = {
           type = { type = "string", enum = { "http" }, default = "http" },
           address = { type = "string", required = true, check = check_hostport },
           policy = { type = "string" },
+          proxy_protocol = { type = "table", fields = {
+            trusted = { type = "list", required = true, nonempty = true,
+                        item = { type = "string", check = check_cidr } },
+          } },
         },
       },
     },
@@ -296,7 +312,8 @@ local function normalise(cfg, base, errs)
     names[name] = true
     local host, port = split_hostport(l.address or "")
     out.listeners[i] = { name = name, type = l.type, host = host or "", port = port or 0,
-                         policy = policy(l.policy or cfg.policy, path_join("listeners", i)) }
+                         policy = policy(l.policy or cfg.policy, path_join("listeners", i)),
+                         proxy_trusted = l.proxy_protocol and l.proxy_protocol.trusted or nil }
   end
   local gnames = {}
   for name in pairs(cfg.upstreams or {}) do gnames[#gnames + 1] = name end

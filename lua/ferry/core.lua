@@ -29,6 +29,12 @@ typedef struct fy_ffi_server {
 int fy_ffi_group_server(double id, int group, int index, fy_ffi_server *out);
 int fy_ffi_res_info(double id, int *status, double *bytes);
 int fy_ffi_req_ctx(double id);
+typedef struct fy_ffi_proxy {
+  int version, local, source_port, destination_port;
+  char source[46], destination[46];
+  const char *vpce_id, *authority, *alpn;
+} fy_ffi_proxy;
+int fy_ffi_req_proxy(double id, fy_ffi_proxy *out);
 int fy_ffi_res_header_get(double id, const char *name, size_t nlen, int nth,
                           const char **out, size_t *len);
 int fy_ffi_res_header_set(double id, int mode, const char *name, size_t nlen,
@@ -124,6 +130,7 @@ function req_methods:respond(status, body, headers)
   return RESPONDED
 end
 
+local proxy_info = ffi.new("fy_ffi_proxy")
 local req_mt = {}
 local ctxs = {} -- request id -> its ctx table, shared by every hook of the request
 
@@ -167,6 +174,22 @@ function req_mt.__index(self, k)
     end
     rawset(self, k, t)
     return t
+  end
+  if k == "proxy" then
+    local v = false
+    if check(C.fy_ffi_req_proxy(self._id, proxy_info), "req.proxy") == 1 then
+      local p = proxy_info
+      local function text(ptr) local t = ffi.string(ptr) return t ~= "" and t or nil end
+      v = {
+        version = p.version, ["local"] = p["local"] == 1,
+        source = text(p.source), source_port = p.source_port ~= 0 and p.source_port or nil,
+        destination = text(p.destination),
+        destination_port = p.destination_port ~= 0 and p.destination_port or nil,
+        vpce_id = text(p.vpce_id), authority = text(p.authority), alpn = text(p.alpn),
+      }
+    end
+    if v then rawset(self, k, v) end
+    return v or nil
   end
   if k == "id" then return self._id end
   return req_methods[k]
