@@ -69,6 +69,9 @@ static void fy_cfg_read_listeners(lua_State *L, int t, fy_config *cfg) {
     l->host = fy_cfg_str(L, -1, "host");
     l->port = (int)fy_cfg_num(L, -1, "port");
     l->policy = (int)fy_cfg_num(L, -1, "policy") - 1;
+    char *type = fy_cfg_str(L, -1, "type");
+    l->tcp = strcmp(type, "tcp") == 0;
+    free(type);
     lua_getfield(L, -1, "proxy_trusted");
     if (lua_istable(L, -1)) {
       l->nproxy_trusted = lua_objlen(L, -1);
@@ -170,6 +173,7 @@ static void fy_cfg_read_rest(lua_State *L, int t, fy_config *cfg) {
   l->keepalive_timeout = fy_cfg_ms(L, lim, "keepalive_timeout");
   l->keepalive_requests = (unsigned)fy_cfg_num(L, lim, "keepalive_requests");
   l->max_connections = (unsigned)fy_cfg_num(L, lim, "max_connections");
+  l->stream_idle_timeout = fy_cfg_ms(L, lim, "stream_idle_timeout");
   l->hook_timeout = fy_cfg_ms(L, lim, "hook_timeout");
   l->lua_memory = (size_t)fy_cfg_num(L, lim, "lua_memory");
   lua_pop(L, 1);

@@ -26,6 +26,7 @@ typedef struct fy_cfg_listener {
   char *host;
   int port;
   int policy; /* index into fy_config.policies */
+  bool tcp;   /* a tcp listener (stream.c) rather than http */
   /* PROXY protocol: expected first on every connection, only from these networks */
   fy_cidr *proxy_trusted;
   size_t nproxy_trusted;
@@ -73,6 +74,7 @@ typedef struct fy_limits {
   uint64_t header_timeout, body_timeout, send_timeout, keepalive_timeout;
   unsigned keepalive_requests;
   unsigned max_connections;
+  uint64_t stream_idle_timeout;
   uint64_t hook_timeout; /* longest run of one hook call */
   size_t lua_memory;     /* cap of a generation's Lua state */
 } fy_limits;

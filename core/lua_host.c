@@ -155,6 +155,8 @@ int fy_lua_init(fy_lua *lua, const fy_config *cfg, fy_buf *errors) {
   lua->log_ref = luaL_ref(L, LUA_REGISTRYINDEX);
   lua_getfield(L, core, "release");
   lua->release_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  lua_getfield(L, core, "route_stream");
+  lua->stream_ref = luaL_ref(L, LUA_REGISTRYINDEX);
   /* Which optional hooks each policy has, so C calls only those that exist. */
   lua->npolicies = cfg->npolicies;
   lua->hooks = fy_calloc(cfg->npolicies, sizeof *lua->hooks);
@@ -203,12 +205,16 @@ static enum fy_hook_outcome fy_lua_failed(fy_lua *lua, int rc, fy_buf *err) {
  * hook's answer, -1 means it answered with req:respond(), -2 is an error.
  */
 /* Pushes ferry.core.<ref>, the policy number and the request id; the caller adds more. */
-static void fy_lua_begin(fy_lua *lua, int ref, int policy, struct fy_req *req) {
+static void fy_lua_begin_id(fy_lua *lua, int ref, int policy, uint64_t id) {
   lua_State *L = lua->L;
   lua_settop(L, 0);
   lua_rawgeti(L, LUA_REGISTRYINDEX, ref);
   lua_pushinteger(L, policy + 1);
-  lua_pushnumber(L, (double)req->id);
+  lua_pushnumber(L, (double)id);
+}
+
+static void fy_lua_begin(fy_lua *lua, int ref, int policy, struct fy_req *req) {
+  fy_lua_begin_id(lua, ref, policy, req->id);
 }
 
 /*
@@ -293,6 +299,15 @@ enum fy_hook_outcome fy_lua_response(fy_lua *lua, int policy, struct fy_req *req
 
 enum fy_hook_outcome fy_lua_log(fy_lua *lua, int policy, struct fy_req *req, fy_buf *err) {
   return fy_lua_notify(lua, lua->log_ref, FY_HOOK_LOG, policy, req, err);
+}
+
+enum fy_hook_outcome fy_lua_route_stream(fy_lua *lua, int policy, uint64_t id, int *group, fy_buf *err) {
+  int code = -1;
+  fy_lua_begin_id(lua, lua->stream_ref, policy, id);
+  enum fy_hook_outcome out = fy_lua_run(lua, NULL, FY_HOOK_ROUTE_STREAM, 0, &code, err);
+  *group = code;
+  lua_settop(lua->L, 0);
+  return out;
 }
 
 void fy_lua_release(fy_lua *lua, uint64_t id) {

@@ -38,7 +38,7 @@ const char *fy_hook_outcome_name(enum fy_hook_outcome out);
  */
 typedef struct fy_lua {
   struct lua_State *L;
-  int route_ref, select_ref, retry_ref, response_ref, log_ref, release_ref; /* ferry.core.route, ... */
+  int route_ref, select_ref, retry_ref, response_ref, log_ref, release_ref, stream_ref; /* ferry.core.* */
   unsigned *hooks; /* per policy: FY_HOOK_HAS_* */
   size_t npolicies;
   size_t mem_used, mem_cap;
@@ -53,8 +53,23 @@ typedef struct fy_lua {
 int fy_lua_init(fy_lua *lua, const fy_config *cfg, fy_buf *errors);
 void fy_lua_close(fy_lua *lua);
 
-enum { FY_HOOK_HAS_SELECT = 1, FY_HOOK_HAS_RETRY = 2, FY_HOOK_HAS_RESPONSE = 4, FY_HOOK_HAS_LOG = 8 };
-enum fy_hook_name { FY_HOOK_NONE, FY_HOOK_ROUTE, FY_HOOK_SELECT, FY_HOOK_RETRY, FY_HOOK_RESPONSE, FY_HOOK_LOG };
+enum {
+  FY_HOOK_HAS_SELECT = 1,
+  FY_HOOK_HAS_RETRY = 2,
+  FY_HOOK_HAS_RESPONSE = 4,
+  FY_HOOK_HAS_LOG = 8,
+  FY_HOOK_HAS_ROUTE = 16,
+  FY_HOOK_HAS_ROUTE_STREAM = 32,
+};
+enum fy_hook_name {
+  FY_HOOK_NONE,
+  FY_HOOK_ROUTE,
+  FY_HOOK_SELECT,
+  FY_HOOK_RETRY,
+  FY_HOOK_RESPONSE,
+  FY_HOOK_LOG,
+  FY_HOOK_ROUTE_STREAM,
+};
 bool fy_lua_has_hook(const fy_lua *lua, int policy, unsigned hook);
 
 /*
@@ -68,6 +83,8 @@ enum fy_hook_outcome fy_lua_route(fy_lua *lua, int policy, struct fy_req *req, i
 /* select(req, group, attempt): *server is an index into the group's servers, or -1 (balancer). */
 enum fy_hook_outcome fy_lua_select(fy_lua *lua, int policy, struct fy_req *req, int group, unsigned attempt,
                                    int *server, fy_buf *err);
+/* route_stream(conn) of a tcp listener's connection: *group, or -1 to close it. */
+enum fy_hook_outcome fy_lua_route_stream(fy_lua *lua, int policy, uint64_t id, int *group, fy_buf *err);
 /* The request ended: drop what Lua kept for it (its ctx). */
 void fy_lua_release(fy_lua *lua, uint64_t id);
 /* response(req, res) when the upstream's head arrived; log(req, res) after the exchange. */

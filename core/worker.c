@@ -2,6 +2,7 @@
 
 #include "conn.h"
 #include "log.h"
+#include "stream.h"
 #include "watch.h"
 
 #include <stdio.h>
@@ -19,6 +20,16 @@ int fy_gen_new(fy_worker *w, fy_config *cfg, fy_gen **out, fy_buf *errors) {
   g->w = w;
   int rc = fy_groups_init(&g->groups, cfg, errors);
   int lrc = fy_lua_init(&g->lua, cfg, errors);
+  for (size_t i = 0; i < cfg->nlisteners && lrc == 0; i++) {
+    const fy_cfg_listener *l = &cfg->listeners[i];
+    unsigned need = l->tcp ? FY_HOOK_HAS_ROUTE_STREAM : FY_HOOK_HAS_ROUTE;
+    if (!fy_lua_has_hook(&g->lua, l->policy, need)) {
+      fy_buf_printf(errors, "%s: listeners[%zu]: the policy %s has no %s hook, which a%s listener needs\n",
+                    cfg->path, i + 1, cfg->policies[l->policy], l->tcp ? "route_stream(conn)" : "route(req)",
+                    l->tcp ? " tcp" : "n http");
+      lrc = FY_ESCRIPT;
+    }
+  }
   if (rc != 0 || lrc != 0) {
     if (rc == 0) fy_groups_close(g->groups, cfg->ngroups);
     fy_lua_close(&g->lua);
@@ -45,7 +56,8 @@ static void fy_listener_on_connection(uv_stream_t *s, int status) {
     fy_log_warn("listener %s: accept: %s", l->name, uv_strerror(status));
     return;
   }
-  fy_conn_accept(l);
+  if (!l->admin && l->w->gen->cfg->listeners[l->index].tcp) fy_stream_accept(l);
+  else fy_conn_accept(l);
 }
 
 static int fy_listener_open(fy_worker *w, fy_listener *l, const fy_cfg_listener *cl, fy_buf *errors) {
@@ -65,7 +77,7 @@ static int fy_listener_open(fy_worker *w, fy_listener *l, const fy_cfg_listener 
                   uv_strerror(rc));
     return rc;
   }
-  fy_log_info("listener %s: serving http on %s:%d", cl->name, cl->host, cl->port);
+  fy_log_info("listener %s: serving %s on %s:%d", cl->name, cl->tcp ? "tcp" : "http", cl->host, cl->port);
   return 0;
 }
 
@@ -170,6 +182,7 @@ int fy_worker_init(fy_worker *w, uv_loop_t *loop, fy_gen *gen) {
   w->loop = loop;
   w->gen = gen;
   fy_list_init(&w->conns);
+  fy_list_init(&w->streams);
   fy_list_init(&w->deferred);
   uv_idle_init(loop, &w->idle);
   uv_check_init(loop, &w->check);
@@ -223,7 +236,8 @@ void fy_worker_undefer(fy_deferred *d) {
 }
 
 void fy_worker_maybe_stopped(fy_worker *w) {
-  if (w->stopping && w->unbound && w->closing == 0 && fy_list_empty(&w->conns) && w->on_stopped) {
+  if (w->stopping && w->unbound && w->closing == 0 && fy_list_empty(&w->conns) && fy_list_empty(&w->streams) &&
+      w->on_stopped) {
     if (!uv_is_closing((uv_handle_t *)&w->deadline)) uv_close((uv_handle_t *)&w->deadline, NULL);
     void (*cb)(fy_worker *) = w->on_stopped;
     w->on_stopped = NULL;
@@ -241,6 +255,7 @@ static void fy_worker_deadline_cb(uv_timer_t *t) {
   fy_worker *w = t->data;
   fy_log_warn("drain deadline reached: closing the remaining connections");
   while (!fy_list_empty(&w->conns)) fy_conn_close(FY_CONTAINER_OF(w->conns.next, fy_conn, link));
+  fy_stream_close_all(w);
 }
 
 /* The second half of a drain: stop accepting, close what is idle, wait for the rest. */

@@ -48,6 +48,7 @@ typedef struct fy_worker {
   fy_listener *listeners;
   size_t nlisteners;
   fy_list conns;
+  fy_list streams; /* tcp listener connections (stream.c) */
   unsigned nconns; /* client connections open, for limits.max_connections */
   uint64_t next_req_id;
   char *config_path; /* what SIGHUP and the file watch reload */
@@ -56,6 +57,7 @@ typedef struct fy_worker {
   uint64_t reloads, reload_failures;
   /* The request whose hook is running, for the fy_ffi_* calls. */
   struct fy_req *hook_req;
+  struct fy_stream *hook_stream; /* the stream whose route_stream runs */
   int hook;
   uv_timer_t deadline; /* drain delay, then drain deadline */
   uv_check_t check;    /* runs the deferred queue */

@@ -72,7 +72,7 @@ local schema = {
         type = "table",
         fields = {
           name = { type = "string" },
-          type = { type = "string", enum = { "http" }, default = "http" },
+          type = { type = "string", enum = { "http", "tcp" }, default = "http" },
           address = { type = "string", required = true, check = check_hostport },
           policy = { type = "string" },
           proxy_protocol = { type = "table", fields = {
@@ -141,6 +141,7 @@ local schema = {
       client_lb_idle_timeout = { type = "number", min = 0.001, max = 86400, default = 350 },
       keepalive_requests = { type = "integer", min = 1, max = 1e9, default = 10000 },
       max_connections = { type = "integer", min = 1, max = 1e7, default = 10000 },
+      stream_idle_timeout = seconds(300),
       hook_timeout = { type = "number", min = 0.001, max = 60, default = 0.05 },
       lua_memory = bytes(64 * 1024 * 1024, 1024 * 1024),
     } },

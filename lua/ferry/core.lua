@@ -35,6 +35,12 @@ typedef struct fy_ffi_proxy {
   const char *vpce_id, *authority, *alpn;
 } fy_ffi_proxy;
 int fy_ffi_req_proxy(double id, fy_ffi_proxy *out);
+typedef struct fy_ffi_stream {
+  const char *sni, *alpn, *listener, *client_addr;
+  int client_port, local_port, has_proxy;
+} fy_ffi_stream;
+int fy_ffi_stream_info(double id, fy_ffi_stream *out);
+const char *fy_ffi_stream_vpce(double id);
 int fy_ffi_res_header_get(double id, const char *name, size_t nlen, int nth,
                           const char **out, size_t *len);
 int fy_ffi_res_header_set(double id, int mode, const char *name, size_t nlen,
@@ -237,7 +243,9 @@ function M.load_policy(path)
       return nil, path .. ": hook '" .. tostring(name) .. "' must be a function, got " .. type(v)
     end
   end
-  if type(mod.route) ~= "function" then return nil, path .. ": the policy has no route(req) hook" end
+  if type(mod.route) ~= "function" and type(mod.route_stream) ~= "function" then
+    return nil, path .. ": the policy has neither a route(req) nor a route_stream(conn) hook"
+  end
   policies[#policies + 1] = mod
   return #policies
 end
@@ -266,7 +274,7 @@ function M.route(policy, id)
   return -2, "route must return an upstream group name or req:respond(...), got " .. type(res)
 end
 
-local HAS = { select = 1, retry = 2, response = 4, log = 8 }
+local HAS = { select = 1, retry = 2, response = 4, log = 8, route = 16, route_stream = 32 }
 
 function M.hooks(policy)
   local p, mask = policies[policy], 0
@@ -384,6 +392,28 @@ function M.retry(policy, id, attempt, kind, status, server)
   local ok, res = xpcall(policies[policy].retry, traceback, req, attempt, failure)
   if not ok then return -2, tostring(res) end
   return res and 1 or 0
+end
+
+-- route_stream(conn) for tcp listeners: a group name, or nil to close -------
+
+local stream_info = ffi.new("fy_ffi_stream")
+
+function M.route_stream(policy, id)
+  if C.fy_ffi_stream_info(id, stream_info) ~= 0 then return -2, "the connection is gone" end
+  local i = stream_info
+  local function text(ptr) local t = ffi.string(ptr) return t ~= "" and t or nil end
+  local conn = {
+    id = id, sni = text(i.sni), alpn = text(i.alpn), listener = ffi.string(i.listener),
+    client_addr = ffi.string(i.client_addr), client_port = i.client_port, local_port = i.local_port,
+    proxy = i.has_proxy == 1 and { vpce_id = text(C.fy_ffi_stream_vpce(id)) } or nil,
+  }
+  local ok, res = xpcall(policies[policy].route_stream, traceback, conn)
+  if not ok then return -2, tostring(res) end
+  if res == nil then return -1 end
+  local g = group_index[res]
+  if g then return g end
+  return -2, "route_stream returned " .. (type(res) == "string" and "unknown upstream group '" .. res .. "'"
+                                          or type(res) .. ", expected a group name or nil")
 end
 
 -- ferry.log, for policies -------------------------------------------------
