@@ -71,48 +71,57 @@ end
 
 local FIELDS = { method = 0, host = 1, path = 2, query = 3, uri = 4, client_addr = 5, listener = 6 }
 
--- req.headers -----------------------------------------------------------
-
-local headers_methods = {}
-local headers_mt = { __index = headers_methods }
+-- headers: req.headers and res.headers ---------------------------------------
 
 local function header_name(name, what)
   if type(name) ~= "string" then error(what .. ": header name must be a string", 3) end
   return name
 end
 
-function headers_methods:get(name)
-  header_name(name, "headers:get")
-  local rc = check(C.fy_ffi_req_header_get(self._id, name, #name, 0, sptr, slen), "headers:get")
-  if rc == 0 then return nil end
-  return ffi.string(sptr[0], slen[0])
-end
+-- A headers view over one C header list: get and set are its fy_ffi_* pair,
+-- prefix names it in error messages ("headers", "res.headers").
+local function headers_class(get, set, prefix)
+  local m = {}
+  local what = { get = prefix .. ":get", get_all = prefix .. ":get_all", set = prefix .. ":set",
+                 add = prefix .. ":add", remove = prefix .. ":remove" }
 
--- Every value of a header, in order (a list, possibly empty).
-function headers_methods:get_all(name)
-  header_name(name, "headers:get_all")
-  local out, n = {}, 0
-  while check(C.fy_ffi_req_header_get(self._id, name, #name, n, sptr, slen), "headers:get_all") == 1 do
-    n = n + 1
-    out[n] = ffi.string(sptr[0], slen[0])
+  function m:get(name)
+    header_name(name, what.get)
+    local rc = check(get(self._id, name, #name, 0, sptr, slen), what.get)
+    if rc == 0 then return nil end
+    return ffi.string(sptr[0], slen[0])
   end
-  return out
-end
 
-local function header_edit(self, mode, name, value, what)
-  header_name(name, what)
-  if mode ~= 2 then
-    if type(value) == "number" then value = tostring(value) end
-    if type(value) ~= "string" then error(what .. ": header value must be a string", 3) end
-  else
-    value = ""
+  -- Every value of a header, in order (a list, possibly empty).
+  function m:get_all(name)
+    header_name(name, what.get_all)
+    local out, n = {}, 0
+    while check(get(self._id, name, #name, n, sptr, slen), what.get_all) == 1 do
+      n = n + 1
+      out[n] = ffi.string(sptr[0], slen[0])
+    end
+    return out
   end
-  check(C.fy_ffi_req_header_set(self._id, mode, name, #name, value, #value), what, 4)
+
+  local function edit(self, mode, name, value, op)
+    header_name(name, op)
+    if mode ~= 2 then
+      if type(value) == "number" then value = tostring(value) end
+      if type(value) ~= "string" then error(op .. ": header value must be a string", 3) end
+    else
+      value = ""
+    end
+    check(set(self._id, mode, name, #name, value, #value), op, 4)
+  end
+
+  function m:set(name, value) edit(self, 0, name, value, what.set) end
+  function m:add(name, value) edit(self, 1, name, value, what.add) end
+  function m:remove(name) edit(self, 2, name, nil, what.remove) end
+  return { __index = m }
 end
 
-function headers_methods:set(name, value) header_edit(self, 0, name, value, "headers:set") end
-function headers_methods:add(name, value) header_edit(self, 1, name, value, "headers:add") end
-function headers_methods:remove(name) header_edit(self, 2, name, nil, "headers:remove") end
+local headers_mt = headers_class(C.fy_ffi_req_header_get, C.fy_ffi_req_header_set, "headers")
+local res_headers_mt -- after the cdef of the res functions, below
 
 -- req -------------------------------------------------------------------
 
@@ -286,40 +295,7 @@ end
 
 -- res: the upstream's response, in the response and log hooks -------------
 
-local res_headers_methods = {}
-local res_headers_mt = { __index = res_headers_methods }
-
-function res_headers_methods:get(name)
-  header_name(name, "res.headers:get")
-  local rc = check(C.fy_ffi_res_header_get(self._id, name, #name, 0, sptr, slen), "res.headers:get")
-  if rc == 0 then return nil end
-  return ffi.string(sptr[0], slen[0])
-end
-
-function res_headers_methods:get_all(name)
-  header_name(name, "res.headers:get_all")
-  local out, n = {}, 0
-  while check(C.fy_ffi_res_header_get(self._id, name, #name, n, sptr, slen), "res.headers:get_all") == 1 do
-    n = n + 1
-    out[n] = ffi.string(sptr[0], slen[0])
-  end
-  return out
-end
-
-local function res_header_edit(self, mode, name, value, what)
-  header_name(name, what)
-  if mode ~= 2 then
-    if type(value) == "number" then value = tostring(value) end
-    if type(value) ~= "string" then error(what .. ": header value must be a string", 3) end
-  else
-    value = ""
-  end
-  check(C.fy_ffi_res_header_set(self._id, mode, name, #name, value, #value), what, 4)
-end
-
-function res_headers_methods:set(name, value) res_header_edit(self, 0, name, value, "res.headers:set") end
-function res_headers_methods:add(name, value) res_header_edit(self, 1, name, value, "res.headers:add") end
-function res_headers_methods:remove(name) res_header_edit(self, 2, name, nil, "res.headers:remove") end
+res_headers_mt = headers_class(C.fy_ffi_res_header_get, C.fy_ffi_res_header_set, "res.headers")
 
 local istatus = ffi.new("int[1]")
 local res_mt = {}
