@@ -10,17 +10,17 @@ return {
     metrics = {
       servers   = { "127.0.0.1:@UP_METRICS@" },
       timeouts  = { connect = 5, read = 60, write = 60 },
-      keepalive = { max_idle = 32, idle_timeout = 50 },
+      keepalive = { max_idle = 1024, idle_timeout = 50 },
     },
     logs = {
       servers   = { "127.0.0.1:@UP_LOGS@" },
       timeouts  = { connect = 5, read = 60, write = 60 },
-      keepalive = { max_idle = 32, idle_timeout = 50 },
+      keepalive = { max_idle = 1024, idle_timeout = 50 },
     },
     traces = {
       servers   = { "127.0.0.1:@UP_TRACES@" },
       timeouts  = { connect = 5, read = 60, write = 60 },
-      keepalive = { max_idle = 32, idle_timeout = 50 },
+      keepalive = { max_idle = 1024, idle_timeout = 50 },
     },
   },
   policy = "@BENCH_DIR@/policy.lua",
