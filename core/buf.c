@@ -34,3 +34,20 @@ void fy_buf_printf(fy_buf *b, const char *fmt, ...) {
   va_end(ap);
   b->len += (size_t)n;
 }
+
+void fy_buf_u64(fy_buf *b, uint64_t v) {
+  char tmp[20];
+  size_t n = 0;
+  do tmp[sizeof tmp - ++n] = (char)('0' + v % 10);
+  while ((v /= 10) != 0);
+  fy_buf_append(b, tmp + sizeof tmp - n, n);
+}
+
+void fy_buf_hex(fy_buf *b, uint64_t v) {
+  static const char digits[] = "0123456789abcdef";
+  char tmp[16];
+  size_t n = 0;
+  do tmp[sizeof tmp - ++n] = digits[v & 15];
+  while ((v >>= 4) != 0);
+  fy_buf_append(b, tmp + sizeof tmp - n, n);
+}

@@ -28,5 +28,8 @@ void fy_buf_reserve(fy_buf *b, size_t extra);
 void fy_buf_append(fy_buf *b, const void *p, size_t n);
 static inline void fy_buf_puts(fy_buf *b, const char *s) { fy_buf_append(b, s, strlen(s)); }
 void fy_buf_printf(fy_buf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* Decimal (or, with fy_buf_hex, hexadecimal) digits of v: the hot paths' printf. */
+void fy_buf_u64(fy_buf *b, uint64_t v);
+void fy_buf_hex(fy_buf *b, uint64_t v);
 
 #endif

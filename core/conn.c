@@ -8,11 +8,13 @@
 #include <strings.h>
 
 #define FY_LINGER_MS 2000
+#define FY_IDLE_TRIM_MS 500 /* idle this long, a keep-alive connection frees its head buffers */
 
 static void fy_conn_request_begin(fy_conn *c);
 static void fy_conn_update_reading(fy_conn *c);
 static void fy_conn_retime(fy_conn *c, bool activity);
 static void fy_conn_client_eof(fy_conn *c, ssize_t err);
+static void fy_conn_release_memory(fy_conn *c);
 
 static inline fy_conn *fy_conn_of(llhttp_t *p) { return p->data; }
 static inline const fy_limits *fy_conn_limits(fy_conn *c) { return &c->gen->cfg->limits; }
@@ -403,7 +405,17 @@ static void fy_conn_timeout_cb(uv_timer_t *t) {
     c->rs = c->rs == FY_RS_WAIT ? FY_RS_NONE : c->rs;
     fy_conn_respond_simple(c, 408, "request body timeout\n");
     break;
-  default: /* keep-alive idle, a client that stopped reading, the end of a linger */
+  case FY_WAIT_KEEPALIVE:
+    if (!c->trimmed && c->rpos == c->rlen) {
+      fy_conn_release_memory(c);
+      c->trimmed = true;
+      uint64_t ka = fy_conn_limits(c)->keepalive_timeout;
+      uv_timer_start(&c->timer, fy_conn_timeout_cb, ka > FY_IDLE_TRIM_MS ? ka - FY_IDLE_TRIM_MS : 1, 0);
+      break;
+    }
+    fy_conn_close(c);
+    break;
+  default: /* a client that stopped reading, the end of a linger */
     fy_conn_close(c);
     break;
   }
@@ -423,7 +435,7 @@ static void fy_conn_retime(fy_conn *c, bool activity) {
   uint64_t ms = 0;
   switch (w) {
   case FY_WAIT_HEADER: ms = l->header_timeout; break;
-  case FY_WAIT_KEEPALIVE: ms = l->keepalive_timeout; break;
+  case FY_WAIT_KEEPALIVE: ms = FY_MIN(l->keepalive_timeout, FY_IDLE_TRIM_MS); break;
   case FY_WAIT_BODY: ms = l->body_timeout; break;
   case FY_WAIT_SEND: ms = l->send_timeout; break;
   case FY_WAIT_LINGER: ms = FY_LINGER_MS; break;
@@ -591,15 +603,12 @@ void fy_conn_exchange_maybe_done(fy_conn *c) {
 }
 
 /*
- * A connection with no bytes waiting is idle: it gives back its read buffer
- * and frees its head buffers, so an idle keep-alive connection costs little
- * more than its struct. The next request allocates them again (a few small
- * mallocs, cheap next to the syscalls of a request).
+ * A keep-alive connection idle for FY_IDLE_TRIM_MS frees its head buffers,
+ * so an idle connection costs little more than its struct. Doing it at once
+ * after every request would cost a handful of malloc/free pairs per request
+ * on a busy connection.
  */
 static void fy_conn_release_memory(fy_conn *c) {
-  fy_pool_put(c->rbuf);
-  c->rbuf = NULL;
-  c->rpos = c->rlen = 0;
   fy_buf *bufs[] = {&c->req.url, &c->req.respond_headers, &c->req.respond_body, &c->chead,
                     &c->uhead, &c->cw_head, &c->cw_copy, &c->cbody.copy, &c->ubody.copy};
   for (size_t i = 0; i < FY_ARRAY_SIZE(bufs); i++) fy_buf_free(bufs[i]);
@@ -634,7 +643,12 @@ static void fy_conn_request_begin(fy_conn *c) {
   if (c->nreq == 0) r->started_ms = fy_now_ms(c); /* the first request's clock starts at accept */
   c->wait = FY_WAIT_NONE;
   fy_conn_retime(c, false);
-  if (c->rpos == c->rlen) fy_conn_release_memory(c);
+  if (c->rpos == c->rlen) { /* idle: the read block goes back to the pool at once */
+    fy_pool_put(c->rbuf);
+    c->rbuf = NULL;
+    c->rpos = c->rlen = 0;
+  }
+  c->trimmed = false;
 }
 
 /* ---- accept and close ------------------------------------------------- */

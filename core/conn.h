@@ -117,6 +117,7 @@ typedef struct fy_conn {
   bool lingering;
   bool client_eof;   /* the client half-closed after a complete request */
   bool accepted;     /* counted in the worker's open connections */
+  bool trimmed;      /* idle long enough to have freed its head buffers */
   bool pp_pending;   /* a PROXY protocol header is expected first */
   fy_proxy_info *pp; /* what it said (listeners with proxy_protocol only) */
   bool upstream_sent; /* some request byte reached the upstream */

@@ -229,12 +229,24 @@ const char *fy_http_reason(int status) {
   }
 }
 
+void fy_http_status_line(fy_buf *out, int status) {
+  fy_buf_puts(out, "HTTP/1.1 ");
+  fy_buf_u64(out, (uint64_t)status);
+  fy_buf_append(out, " ", 1);
+  fy_buf_puts(out, fy_http_reason(status));
+  fy_buf_append(out, "\r\n", 2);
+}
+
 void fy_http_write_simple(fy_buf *out, int status, const char *extra, size_t extra_len,
                           const char *body, size_t body_len, bool head_only, bool close) {
-  fy_buf_printf(out, "HTTP/1.1 %d %s\r\nServer: ferry\r\n", status, fy_http_reason(status));
+  fy_http_status_line(out, status);
+  fy_buf_puts(out, "Server: ferry\r\n");
   if (extra_len) fy_buf_append(out, extra, extra_len);
-  if (status >= 200 && status != 204 && status != 304)
-    fy_buf_printf(out, "Content-Length: %zu\r\n", body_len);
+  if (status >= 200 && status != 204 && status != 304) {
+    fy_buf_puts(out, "Content-Length: ");
+    fy_buf_u64(out, body_len);
+    fy_buf_append(out, "\r\n", 2);
+  }
   if (close) fy_buf_puts(out, "Connection: close\r\n");
   fy_buf_append(out, "\r\n", 2);
   if (!head_only && body_len) fy_buf_append(out, body, body_len);
@@ -242,7 +254,8 @@ void fy_http_write_simple(fy_buf *out, int status, const char *extra, size_t ext
 
 void fy_http_chunk(fy_buf *out, const char *data, size_t len) {
   if (len == 0) return;
-  fy_buf_printf(out, "%zx\r\n", len);
+  fy_buf_hex(out, len);
+  fy_buf_append(out, "\r\n", 2);
   fy_buf_append(out, data, len);
   fy_buf_append(out, "\r\n", 2);
 }

@@ -75,6 +75,8 @@ typedef struct fy_target {
 int fy_http_target_parse(const char *t, size_t len, fy_target *out);
 
 const char *fy_http_reason(int status);
+/* "HTTP/1.1 <status> <reason>\r\n" */
+void fy_http_status_line(fy_buf *out, int status);
 
 /*
  * Writes a complete ferry-generated response (error pages, policy responses)

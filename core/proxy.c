@@ -148,7 +148,7 @@ static void fy_proxy_write_response_head(fy_conn *c, llhttp_t *p) {
   bool close = fy_conn_will_close(c);
   fy_http_strip_hop_by_hop(&c->rheaders);
   fy_buf_reset(o);
-  fy_buf_printf(o, "HTTP/1.1 %d %s\r\n", status, fy_http_reason(status));
+  fy_http_status_line(o, status);
   for (size_t i = 0; i < c->rheaders.n; i++) {
     const fy_hdr *e = &c->rheaders.v[i];
     if (e->flags & FY_HDR_REMOVED) continue;
@@ -157,7 +157,11 @@ static void fy_proxy_write_response_head(fy_conn *c, llhttp_t *p) {
     fy_buf_append(o, fy_hdr_val(&c->rheaders, e), e->val_len);
     fy_buf_append(o, "\r\n", 2);
   }
-  if (cl && status != 204) fy_buf_printf(o, "Content-Length: %llu\r\n", (unsigned long long)p->content_length);
+  if (cl && status != 204) {
+    fy_buf_puts(o, "Content-Length: ");
+    fy_buf_u64(o, p->content_length);
+    fy_buf_append(o, "\r\n", 2);
+  }
   if (c->cbody.chunked) fy_buf_puts(o, "Transfer-Encoding: chunked\r\n");
   if (close) fy_buf_puts(o, "Connection: close\r\n");
   else if (r->http_minor == 0) fy_buf_puts(o, "Connection: keep-alive\r\n");
@@ -322,7 +326,8 @@ static void fy_proxy_write_xff(fy_conn *c, fy_buf *o) {
     fy_buf_append(o, fy_hdr_val(h, &h->v[i]), h->v[i].val_len);
     fy_buf_append(o, ", ", 2);
   }
-  fy_buf_printf(o, "%s\r\nX-Forwarded-Proto: http\r\n", c->client_ip);
+  fy_buf_puts(o, c->client_ip);
+  fy_buf_puts(o, "\r\nX-Forwarded-Proto: http\r\n");
 }
 
 static void fy_proxy_write_request_head(fy_conn *c, fy_server *s) {
@@ -330,8 +335,13 @@ static void fy_proxy_write_request_head(fy_conn *c, fy_server *s) {
   const fy_headers *h = &r->headers;
   fy_buf *o = &c->uhead;
   fy_buf_reset(o);
-  fy_buf_printf(o, "%s %.*s", r->method, (int)r->target.path_len, r->target.path);
-  if (r->target.query) fy_buf_printf(o, "?%.*s", (int)r->target.query_len, r->target.query);
+  fy_buf_puts(o, r->method);
+  fy_buf_append(o, " ", 1);
+  fy_buf_append(o, r->target.path, r->target.path_len);
+  if (r->target.query) {
+    fy_buf_append(o, "?", 1);
+    fy_buf_append(o, r->target.query, r->target.query_len);
+  }
   fy_buf_puts(o, " HTTP/1.1\r\nHost: ");
   ssize_t host = fy_headers_find(h, "host", 4, 0);
   if (r->target.authority) fy_buf_append(o, r->target.authority, r->target.authority_len);
@@ -348,7 +358,11 @@ static void fy_proxy_write_request_head(fy_conn *c, fy_server *s) {
   }
   fy_proxy_write_xff(c, o);
   if (r->chunked) fy_buf_puts(o, "Transfer-Encoding: chunked\r\n");
-  else if (r->has_body) fy_buf_printf(o, "Content-Length: %llu\r\n", (unsigned long long)r->content_length);
+  else if (r->has_body) {
+    fy_buf_puts(o, "Content-Length: ");
+    fy_buf_u64(o, r->content_length);
+    fy_buf_append(o, "\r\n", 2);
+  }
   fy_buf_append(o, "\r\n", 2);
 }
 

