@@ -5,6 +5,8 @@
  *
  *   GET  /health   200 "ok", or 503 "draining" once ferry is stopping
  *   GET  /status   JSON: live generation, reload and hook counters
+ *   GET  /metrics  Prometheus text: responses, attempts, retries, failures,
+ *                  servers in service, connections, reloads, hook outcomes
  *   POST /reload   reload from the file named by the X-Ferry-Config header
  *                  (default: the running config); 200 once the new
  *                  generation is live, 422 with the errors if it was refused
@@ -64,6 +66,72 @@ static void fy_admin_status(fy_conn *c) {
   fy_buf_free(&out);
 }
 
+static void fy_admin_metric(fy_buf *o, const char *name, const char *type, const char *help) {
+  fy_buf_printf(o, "# HELP ferry_%s %s\n# TYPE ferry_%s %s\n", name, help, name, type);
+}
+
+static void fy_admin_servers(fy_buf *o, const fy_gen *gen, uint64_t now) {
+  fy_admin_metric(o, "upstream_server_up", "gauge", "1 while a server takes requests (not down, not ejected)");
+  for (size_t i = 0; i < gen->cfg->ngroups; i++) {
+    const fy_group *g = &gen->groups[i];
+    for (size_t j = 0; j < g->nservers; j++)
+      fy_buf_printf(o, "ferry_upstream_server_up{group=\"%s\",server=\"%s\"} %d\n", g->cfg->name,
+                    g->servers[j]->addr_text, fy_server_in_service(g->servers[j], now));
+  }
+  fy_admin_metric(o, "upstream_connections", "gauge", "connections to a server, busy or idle in its pool");
+  for (size_t i = 0; i < gen->cfg->ngroups; i++) {
+    const fy_group *g = &gen->groups[i];
+    for (size_t j = 0; j < g->nservers; j++) {
+      const fy_server *s = g->servers[j];
+      fy_buf_printf(o, "ferry_upstream_connections{group=\"%s\",server=\"%s\",state=\"busy\"} %u\n"
+                       "ferry_upstream_connections{group=\"%s\",server=\"%s\",state=\"idle\"} %u\n",
+                    g->cfg->name, s->addr_text, s->active, g->cfg->name, s->addr_text, s->nidle);
+    }
+  }
+}
+
+static void fy_admin_metrics(fy_conn *c) {
+  fy_worker *w = c->w;
+  fy_buf o;
+  fy_buf_init(&o);
+  fy_admin_metric(&o, "responses_total", "counter", "answers to clients by status class (none: cut)");
+  static const char *const classes[] = {"none", "1xx", "2xx", "3xx", "4xx", "5xx"};
+  for (int i = 0; i < 6; i++)
+    fy_buf_printf(&o, "ferry_responses_total{class=\"%s\"} %llu\n", classes[i],
+                  (unsigned long long)w->stats.responses[i]);
+  fy_admin_metric(&o, "upstream_attempts_total", "counter", "attempts to reach an upstream server");
+  fy_buf_printf(&o, "ferry_upstream_attempts_total %llu\n", (unsigned long long)w->stats.attempts);
+  fy_admin_metric(&o, "upstream_retries_total", "counter", "attempts after a failed one");
+  fy_buf_printf(&o, "ferry_upstream_retries_total %llu\n", (unsigned long long)w->stats.retries);
+  fy_admin_metric(&o, "upstream_failures_total", "counter", "failed attempts by kind");
+  for (int f = FY_FAIL_CONNECT; f <= FY_FAIL_STATUS; f++)
+    fy_buf_printf(&o, "ferry_upstream_failures_total{kind=\"%s\"} %llu\n", fy_failure_name((enum fy_failure)f),
+                  (unsigned long long)w->stats.failures[f]);
+  fy_admin_servers(&o, w->gen, uv_now(w->loop));
+  size_t conns = 0;
+  for (fy_list *e = w->conns.next; e != &w->conns; e = e->next) conns++;
+  fy_admin_metric(&o, "client_connections", "gauge", "client connections open (http listeners)");
+  fy_buf_printf(&o, "ferry_client_connections %zu\n", conns);
+  fy_admin_metric(&o, "connections_shed_total", "counter", "connections refused by limits.max_connections");
+  fy_buf_printf(&o, "ferry_connections_shed_total %llu\n", (unsigned long long)w->stats.shed);
+  fy_admin_metric(&o, "streams_total", "counter", "connections accepted on tcp listeners");
+  fy_buf_printf(&o, "ferry_streams_total %llu\n", (unsigned long long)w->stats.streams);
+  fy_admin_metric(&o, "generation", "gauge", "number of the live generation");
+  fy_buf_printf(&o, "ferry_generation %u\n", w->gen->number);
+  fy_admin_metric(&o, "reloads_total", "counter", "reloads by result");
+  fy_buf_printf(&o, "ferry_reloads_total{result=\"ok\"} %llu\nferry_reloads_total{result=\"refused\"} %llu\n",
+                (unsigned long long)w->reloads, (unsigned long long)w->reload_failures);
+  const fy_lua *lua = &w->gen->lua;
+  fy_admin_metric(&o, "hook_failures", "gauge", "failed hook calls of the live generation by outcome");
+  fy_buf_printf(&o, "ferry_hook_failures{outcome=\"error\"} %llu\nferry_hook_failures{outcome=\"timeout\"} %llu\n"
+                    "ferry_hook_failures{outcome=\"nomem\"} %llu\n",
+                (unsigned long long)lua->errors, (unsigned long long)lua->timeouts, (unsigned long long)lua->nomem);
+  fy_admin_metric(&o, "lua_memory_bytes", "gauge", "memory of the live generation's Lua state");
+  fy_buf_printf(&o, "ferry_lua_memory_bytes %zu\n", lua->mem_used);
+  fy_conn_respond(c, 200, "text/plain; version=0.0.4", o.data, o.len);
+  fy_buf_free(&o);
+}
+
 void fy_admin_handle(fy_conn *c) {
   fy_req *r = &c->req;
   if (fy_admin_is(r, "GET", "/health") || fy_admin_is(r, "HEAD", "/health")) {
@@ -71,9 +139,11 @@ void fy_admin_handle(fy_conn *c) {
     else fy_conn_respond_simple(c, 200, "ok\n");
   } else if (fy_admin_is(r, "GET", "/status")) {
     fy_admin_status(c);
+  } else if (fy_admin_is(r, "GET", "/metrics")) {
+    fy_admin_metrics(c);
   } else if (fy_admin_is(r, "POST", "/reload")) {
     fy_admin_reload(c);
   } else {
-    fy_conn_respond_simple(c, 404, "admin endpoints: GET /health, GET /status, POST /reload\n");
+    fy_conn_respond_simple(c, 404, "admin endpoints: GET /health, GET /status, GET /metrics, POST /reload\n");
   }
 }

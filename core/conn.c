@@ -532,6 +532,8 @@ void fy_conn_respond_simple(fy_conn *c, int status, const char *body) {
 
 static void fy_conn_access_log(fy_conn *c) {
   fy_req *r = &c->req;
+  if (!c->listener->admin) /* the admin listener's own answers are not traffic */
+    c->w->stats.responses[r->status >= 100 && r->status < 600 ? r->status / 100 : 0]++;
   fy_proxy_log_hook(c);
   if (!c->gen->cfg->access_log) return;
   /* The target fields are set once the head is parsed (method set with them). */
@@ -755,6 +757,7 @@ void fy_conn_accept(fy_listener *l) {
     fy_log_warn("listener %s: %u connections open (limits.max_connections): refusing %s:%d with 503",
                 l->name, w->nconns - 1, c->client_ip, c->client_port);
     c->close_after = true;
+    w->stats.shed++;
     fy_conn_respond_simple(c, 503, "ferry: too many connections\n");
     return;
   }

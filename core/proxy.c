@@ -48,6 +48,7 @@ static void fy_proxy_retry_timer_cb(uv_timer_t *t) { fy_proxy_reconnect(t->data)
 /* Starts the next attempt, after a backoff; the failed upstream is already detached. */
 static void fy_proxy_retry(fy_conn *c) {
   c->attempt++;
+  c->w->stats.retries++;
   if (!c->retrying) c->counted->retries++;
   c->retrying = true;
   c->rs = FY_RS_NONE;
@@ -74,6 +75,7 @@ static enum fy_failure fy_proxy_classify(fy_uconn *uc, int err) {
 static void fy_proxy_fail(fy_conn *c, int err) {
   fy_uconn *uc = c->up;
   enum fy_failure f = fy_proxy_classify(uc, err);
+  c->w->stats.failures[f]++;
   /* A reused keep-alive connection the server had closed: not the server's fault. */
   bool stale = uc && uc->requests > 1 && f == FY_FAIL_RESET;
   const char *server = c->server ? c->server->addr_text : "-";
@@ -211,6 +213,7 @@ static int fy_on_resp_headers_complete(llhttp_t *p) {
   else fy_server_succeeded(c->server, (double)(uv_hrtime() - c->attempt_ns) / 1e6, now);
   if (fy_proxy_status_listed(fy_proxy_group(c), status) && fy_retry_decide(c, FY_FAIL_STATUS, status, false)) {
     c->retry_status = status; /* handled once llhttp returns: this answer is dropped */
+    c->w->stats.failures[FY_FAIL_STATUS]++;
     return HPE_PAUSED;
   }
   c->ustatus = status;
@@ -469,6 +472,7 @@ static void fy_proxy_connect(fy_conn *c) {
   }
   c->server = s;
   c->req.server = s->addr_text;
+  c->w->stats.attempts++;
   if (c->ntried < FY_ARRAY_SIZE(c->tried)) c->tried[c->ntried++] = s;
   c->rs = FY_RS_WAIT;
   fy_uconn *uc;

@@ -377,6 +377,7 @@ void fy_stream_accept(fy_listener *l) {
   s->listener = l;
   s->gen = fy_gen_ref(w->gen);
   s->id = ++w->next_req_id;
+  w->stats.streams++;
   s->started_ms = uv_now(w->loop);
   fy_list_init(&s->link);
   uv_tcp_init(w->loop, &s->client);

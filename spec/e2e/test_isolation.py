@@ -113,3 +113,35 @@ class LeakingPolicyTest(IsolationBase):
 
 if __name__ == "__main__":
     unittest.main()
+
+
+class MetricsTest(IsolationBase):
+    def metrics(self):
+        conn = http.client.HTTPConnection("127.0.0.1", self.admin, timeout=5)
+        conn.request("GET", "/metrics", headers={"Host": "admin"})
+        resp = conn.getresponse()
+        body = resp.read().decode()
+        conn.close()
+        self.assertEqual(resp.status, 200)
+        values = {}
+        for line in body.splitlines():
+            if line and not line.startswith("#"):
+                name, value = line.rsplit(" ", 1)
+                values[name] = float(value)
+        return values
+
+    def test_metrics_count_answers_attempts_and_hook_failures(self):
+        before = self.metrics()
+        conn = http.client.HTTPConnection("127.0.0.1", self.ferry.port, timeout=10)
+        statuses = [self.get(conn, "/echo") for _ in range(3)] + [self.get(conn, "/error")]
+        conn.close()
+        self.assertEqual(statuses, [200, 200, 200, 500])
+        after = self.metrics()
+        def delta(name):
+            return after.get(name, 0) - before.get(name, 0)
+        self.assertEqual(delta('ferry_responses_total{class="2xx"}'), 3)
+        self.assertEqual(delta('ferry_responses_total{class="5xx"}'), 1)
+        self.assertEqual(delta("ferry_upstream_attempts_total"), 3)
+        self.assertEqual(delta('ferry_hook_failures{outcome="error"}'), 1)
+        self.assertEqual(after['ferry_upstream_server_up{group="default",server="%s"}' % self.up.addr], 1)
+        self.assertEqual(after["ferry_generation"], 1)
