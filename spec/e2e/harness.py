@@ -16,6 +16,7 @@ Environment:
 import hashlib
 import json
 import os
+import random
 import re
 import selectors
 import shutil
@@ -54,11 +55,25 @@ def sha256(data):
     return hashlib.sha256(data).hexdigest()
 
 
+_rng = random.Random(os.getpid() ^ int(time.time() * 1000))
+
+
 def free_port():
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((LOCAL, 0))
-        return s.getsockname()[1]
+    """A TCP port on 127.0.0.1 that nothing listens on right now.
+
+    Chosen below the kernel's ephemeral range (32768-60999 by default): a
+    port from bind(0) lies in that range, where any outgoing connection of
+    a concurrent test (curl, a client socket) may take it before ferry binds
+    it. Random per process, so parallel test files rarely meet."""
+    for _ in range(200):
+        port = _rng.randint(10000, 32000)
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind((LOCAL, port))
+            except OSError:
+                continue
+            return port
+    raise AssertionError("no free port below the ephemeral range")
 
 
 def port_accepts(port, timeout=0.2, host=LOCAL):
