@@ -204,6 +204,12 @@ class Ferry:
         raise FerryStartError("ferry did not start listening on %d (exit %s); log:\n%s"
                               % (self.port, self.returncode, self.log_tail()))
 
+    def other_ports(self):
+        """The admin listener's port, if the config has one: ferry opens it last."""
+        with open(self.conf_path) as f:
+            m = re.search(r'admin\s*=\s*\{\s*address\s*=\s*"127\.0\.0\.1:(\d+)"', f.read())
+        return [int(m.group(1))] if m else []
+
     def _launch(self, timeout):
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen([FERRY_BIN, "run", "-c", self.conf_path],
@@ -214,7 +220,7 @@ class Ferry:
             if self.proc.poll() is not None:
                 self.returncode = self.proc.returncode
                 return False
-            if port_accepts(self.port):
+            if port_accepts(self.port) and all(port_accepts(p) for p in self.other_ports()):
                 return True
             time.sleep(0.05)
         self.returncode = _stop_process(self.proc)
