@@ -51,17 +51,18 @@ static void fy_admin_status(fy_conn *c) {
   fy_worker *w = c->w;
   const fy_lua *lua = &w->gen->lua;
   size_t conns = 0;
-  for (fy_list *e = w->conns.next; e != &w->conns; e = e->next) conns++;
+  for (fy_list *e = w->conns.next; e != &w->conns; e = e->next)
+    conns++;
   fy_buf out;
   fy_buf_init(&out);
   fy_buf_printf(&out,
                 "{\"generation\": %u, \"config\": \"%s\", \"connections\": %zu, \"reloads\": %llu, "
                 "\"reload_failures\": %llu, \"lua_memory\": %zu, \"hook_errors\": %llu, "
                 "\"hook_timeouts\": %llu, \"hook_nomem\": %llu, \"draining\": %s}\n",
-                w->gen->number, w->config_path ? w->config_path : "", conns,
-                (unsigned long long)w->reloads, (unsigned long long)w->reload_failures, lua->mem_used,
-                (unsigned long long)lua->errors, (unsigned long long)lua->timeouts,
-                (unsigned long long)lua->nomem, w->stopping ? "true" : "false");
+                w->gen->number, w->config_path ? w->config_path : "", conns, (unsigned long long)w->reloads,
+                (unsigned long long)w->reload_failures, lua->mem_used, (unsigned long long)lua->errors,
+                (unsigned long long)lua->timeouts, (unsigned long long)lua->nomem,
+                w->stopping ? "true" : "false");
   fy_conn_respond(c, 200, "application/json", out.data, out.len);
   fy_buf_free(&out);
 }
@@ -71,7 +72,8 @@ static void fy_admin_metric(fy_buf *o, const char *name, const char *type, const
 }
 
 static void fy_admin_servers(fy_buf *o, const fy_gen *gen, uint64_t now) {
-  fy_admin_metric(o, "upstream_server_up", "gauge", "1 while a server takes requests (not down, not ejected)");
+  fy_admin_metric(o, "upstream_server_up", "gauge",
+                  "1 while a server takes requests (not down, not ejected)");
   for (size_t i = 0; i < gen->cfg->ngroups; i++) {
     const fy_group *g = &gen->groups[i];
     for (size_t j = 0; j < g->nservers; j++)
@@ -83,8 +85,9 @@ static void fy_admin_servers(fy_buf *o, const fy_gen *gen, uint64_t now) {
     const fy_group *g = &gen->groups[i];
     for (size_t j = 0; j < g->nservers; j++) {
       const fy_server *s = g->servers[j];
-      fy_buf_printf(o, "ferry_upstream_connections{group=\"%s\",server=\"%s\",state=\"busy\"} %u\n"
-                       "ferry_upstream_connections{group=\"%s\",server=\"%s\",state=\"idle\"} %u\n",
+      fy_buf_printf(o,
+                    "ferry_upstream_connections{group=\"%s\",server=\"%s\",state=\"busy\"} %u\n"
+                    "ferry_upstream_connections{group=\"%s\",server=\"%s\",state=\"idle\"} %u\n",
                     g->cfg->name, s->addr_text, s->active, g->cfg->name, s->addr_text, s->nidle);
     }
   }
@@ -105,11 +108,12 @@ static void fy_admin_metrics(fy_conn *c) {
   fy_buf_printf(&o, "ferry_upstream_retries_total %llu\n", (unsigned long long)w->stats.retries);
   fy_admin_metric(&o, "upstream_failures_total", "counter", "failed attempts by kind");
   for (int f = FY_FAIL_CONNECT; f <= FY_FAIL_STATUS; f++)
-    fy_buf_printf(&o, "ferry_upstream_failures_total{kind=\"%s\"} %llu\n", fy_failure_name((enum fy_failure)f),
-                  (unsigned long long)w->stats.failures[f]);
+    fy_buf_printf(&o, "ferry_upstream_failures_total{kind=\"%s\"} %llu\n",
+                  fy_failure_name((enum fy_failure)f), (unsigned long long)w->stats.failures[f]);
   fy_admin_servers(&o, w->gen, uv_now(w->loop));
   size_t conns = 0;
-  for (fy_list *e = w->conns.next; e != &w->conns; e = e->next) conns++;
+  for (fy_list *e = w->conns.next; e != &w->conns; e = e->next)
+    conns++;
   fy_admin_metric(&o, "client_connections", "gauge", "client connections open (http listeners)");
   fy_buf_printf(&o, "ferry_client_connections %zu\n", conns);
   fy_admin_metric(&o, "connections_shed_total", "counter", "connections refused by limits.max_connections");
@@ -123,9 +127,11 @@ static void fy_admin_metrics(fy_conn *c) {
                 (unsigned long long)w->reloads, (unsigned long long)w->reload_failures);
   const fy_lua *lua = &w->gen->lua;
   fy_admin_metric(&o, "hook_failures", "gauge", "failed hook calls of the live generation by outcome");
-  fy_buf_printf(&o, "ferry_hook_failures{outcome=\"error\"} %llu\nferry_hook_failures{outcome=\"timeout\"} %llu\n"
-                    "ferry_hook_failures{outcome=\"nomem\"} %llu\n",
-                (unsigned long long)lua->errors, (unsigned long long)lua->timeouts, (unsigned long long)lua->nomem);
+  fy_buf_printf(&o,
+                "ferry_hook_failures{outcome=\"error\"} %llu\nferry_hook_failures{outcome=\"timeout\"} %llu\n"
+                "ferry_hook_failures{outcome=\"nomem\"} %llu\n",
+                (unsigned long long)lua->errors, (unsigned long long)lua->timeouts,
+                (unsigned long long)lua->nomem);
   fy_admin_metric(&o, "lua_memory_bytes", "gauge", "memory of the live generation's Lua state");
   fy_buf_printf(&o, "ferry_lua_memory_bytes %zu\n", lua->mem_used);
   fy_conn_respond(c, 200, "text/plain; version=0.0.4", o.data, o.len);
@@ -135,8 +141,10 @@ static void fy_admin_metrics(fy_conn *c) {
 void fy_admin_handle(fy_conn *c) {
   fy_req *r = &c->req;
   if (fy_admin_is(r, "GET", "/health") || fy_admin_is(r, "HEAD", "/health")) {
-    if (c->w->stopping) fy_conn_respond_simple(c, 503, "draining\n");
-    else fy_conn_respond_simple(c, 200, "ok\n");
+    if (c->w->stopping)
+      fy_conn_respond_simple(c, 503, "draining\n");
+    else
+      fy_conn_respond_simple(c, 200, "ok\n");
   } else if (fy_admin_is(r, "GET", "/status")) {
     fy_admin_status(c);
   } else if (fy_admin_is(r, "GET", "/metrics")) {

@@ -16,7 +16,8 @@
 uint64_t fy_hash_bytes(const void *data, size_t len) {
   const unsigned char *p = data;
   uint64_t h = 0xcbf29ce484222325ULL;
-  for (size_t i = 0; i < len; i++) h = (h ^ p[i]) * 0x100000001b3ULL;
+  for (size_t i = 0; i < len; i++)
+    h = (h ^ p[i]) * 0x100000001b3ULL;
   h ^= h >> 30;
   h *= 0xbf58476d1ce4e5b9ULL;
   h ^= h >> 27;
@@ -39,7 +40,9 @@ static uint64_t fy_rand(void) {
 
 /* ---- passive health ------------------------------------------------------ */
 
-bool fy_server_in_service(const fy_server *s, uint64_t now_ms) { return !s->down && s->ejected_until <= now_ms; }
+bool fy_server_in_service(const fy_server *s, uint64_t now_ms) {
+  return !s->down && s->ejected_until <= now_ms;
+}
 
 void fy_server_succeeded(fy_server *s, double latency_ms, uint64_t now_ms) {
   s->fails = 0;
@@ -51,7 +54,8 @@ void fy_server_succeeded(fy_server *s, double latency_ms, uint64_t now_ms) {
 
 static size_t fy_group_ejected(const fy_group *g, uint64_t now_ms) {
   size_t n = 0;
-  for (size_t i = 0; i < g->nservers; i++) n += !fy_server_in_service(g->servers[i], now_ms);
+  for (size_t i = 0; i < g->nservers; i++)
+    n += !fy_server_in_service(g->servers[i], now_ms);
   return n;
 }
 
@@ -66,12 +70,13 @@ void fy_server_failed(fy_server *s, uint64_t now_ms) {
   if (cfg->max_fails == 0 || s->fails < cfg->max_fails || !fy_server_in_service(s, now_ms)) return;
   size_t ejected = fy_group_ejected(s->group, now_ms);
   if ((double)(ejected + 1) > cfg->max_ejected * (double)s->group->nservers) {
-    fy_log_warn("upstream %s: %s failed %u times in a row but stays in service (max_ejected)",
-                cfg->name, s->addr_text, s->fails);
+    fy_log_warn("upstream %s: %s failed %u times in a row but stays in service (max_ejected)", cfg->name,
+                s->addr_text, s->fails);
     return;
   }
   uint64_t ms = cfg->eject;
-  for (unsigned i = 0; i < s->ejections && ms < cfg->max_eject; i++) ms *= 2;
+  for (unsigned i = 0; i < s->ejections && ms < cfg->max_eject; i++)
+    ms *= 2;
   ms = FY_MIN(ms, cfg->max_eject);
   s->ejections++;
   s->fails = 0;
@@ -160,8 +165,10 @@ static fy_server *fy_pick_hash(fy_group *g, const fy_pick *p, uint64_t key) {
   size_t lo = 0, hi = g->nring;
   while (lo < hi) {
     size_t mid = lo + (hi - lo) / 2;
-    if (g->ring[mid].hash < key) lo = mid + 1;
-    else hi = mid;
+    if (g->ring[mid].hash < key)
+      lo = mid + 1;
+    else
+      hi = mid;
   }
   for (size_t k = 0; k < g->nring; k++) {
     fy_server *s = g->ring[(lo + k) % g->nring].server;

@@ -10,7 +10,8 @@ void fy_buf_free(fy_buf *b) {
 void fy_buf_reserve(fy_buf *b, size_t extra) {
   if (b->len + extra <= b->cap) return;
   size_t cap = b->cap ? b->cap : 256;
-  while (cap < b->len + extra) cap *= 2;
+  while (cap < b->len + extra)
+    cap *= 2;
   b->data = fy_realloc(b->data, cap);
   b->cap = cap;
 }
@@ -38,7 +39,8 @@ void fy_buf_printf(fy_buf *b, const char *fmt, ...) {
 void fy_buf_u64(fy_buf *b, uint64_t v) {
   char tmp[20];
   size_t n = 0;
-  do tmp[sizeof tmp - ++n] = (char)('0' + v % 10);
+  do
+    tmp[sizeof tmp - ++n] = (char)('0' + v % 10);
   while ((v /= 10) != 0);
   fy_buf_append(b, tmp + sizeof tmp - n, n);
 }
@@ -47,7 +49,8 @@ void fy_buf_hex(fy_buf *b, uint64_t v) {
   static const char digits[] = "0123456789abcdef";
   char tmp[16];
   size_t n = 0;
-  do tmp[sizeof tmp - ++n] = digits[v & 15];
+  do
+    tmp[sizeof tmp - ++n] = digits[v & 15];
   while ((v >>= 4) != 0);
   fy_buf_append(b, tmp + sizeof tmp - n, n);
 }

@@ -33,7 +33,7 @@ enum fy_error {
 const char *fy_strerror(int err);
 
 #define FY_ARRAY_SIZE(a) (sizeof(a) / sizeof((a)[0]))
-#define FY_CONTAINER_OF(ptr, type, field) ((type *)((char *)(ptr) - offsetof(type, field)))
+#define FY_CONTAINER_OF(ptr, type, field) ((type *)((char *)(ptr)-offsetof(type, field)))
 #define FY_MIN(a, b) ((a) < (b) ? (a) : (b))
 #define FY_MAX(a, b) ((a) > (b) ? (a) : (b))
 

@@ -17,9 +17,12 @@ bool fy_cidr_parse(const char *text, fy_cidr *out) {
   memcpy(addr, text, len);
   addr[len] = '\0';
   memset(out, 0, sizeof *out);
-  if (uv_inet_pton(AF_INET, addr, out->addr) == 0) out->family = AF_INET, out->bits = 32;
-  else if (uv_inet_pton(AF_INET6, addr, out->addr) == 0) out->family = AF_INET6, out->bits = 128;
-  else return false;
+  if (uv_inet_pton(AF_INET, addr, out->addr) == 0)
+    out->family = AF_INET, out->bits = 32;
+  else if (uv_inet_pton(AF_INET6, addr, out->addr) == 0)
+    out->family = AF_INET6, out->bits = 128;
+  else
+    return false;
   if (slash) {
     unsigned bits = (unsigned)atoi(slash + 1);
     if (bits > out->bits) return false;
@@ -31,8 +34,10 @@ bool fy_cidr_parse(const char *text, fy_cidr *out) {
 bool fy_cidr_contains(const fy_cidr *net, const struct sockaddr *sa) {
   const uint8_t *a;
   if (sa->sa_family != net->family) return false;
-  if (sa->sa_family == AF_INET) a = (const uint8_t *)&((const struct sockaddr_in *)sa)->sin_addr;
-  else a = (const uint8_t *)&((const struct sockaddr_in6 *)sa)->sin6_addr;
+  if (sa->sa_family == AF_INET)
+    a = (const uint8_t *)&((const struct sockaddr_in *)sa)->sin_addr;
+  else
+    a = (const uint8_t *)&((const struct sockaddr_in6 *)sa)->sin6_addr;
   unsigned full = net->bits / 8, rest = net->bits % 8;
   if (memcmp(a, net->addr, full) != 0) return false;
   if (rest == 0) return true;
@@ -280,7 +285,8 @@ void fy_config_free(fy_config *cfg) {
     free(g->check_path);
     free(g->name);
   }
-  for (size_t i = 0; i < cfg->npolicies; i++) free(cfg->policies[i]);
+  for (size_t i = 0; i < cfg->npolicies; i++)
+    free(cfg->policies[i]);
   free(cfg->policies);
   free(cfg->listeners);
   free(cfg->groups);

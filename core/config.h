@@ -52,7 +52,7 @@ typedef struct fy_cfg_group {
   uint64_t connect_timeout, read_timeout, write_timeout, idle_timeout;
   unsigned max_idle;
   /* retries */
-  unsigned tries; /* attempts in all, the first included */
+  unsigned tries;   /* attempts in all, the first included */
   int statuses[16]; /* answers worth another try (idempotent requests) */
   size_t nstatuses;
   uint64_t backoff, deadline;
@@ -92,7 +92,7 @@ typedef struct fy_config {
   bool access_log;
   char *admin_host; /* NULL: no admin listener */
   int admin_port;
-  bool watch;       /* reload when the config or a policy file changes */
+  bool watch; /* reload when the config or a policy file changes */
   uint64_t drain_delay, drain_timeout;
   char *dns_servers; /* c-ares "host:port,..." or NULL for resolv.conf */
   uint64_t dns_min_ttl, dns_max_ttl, dns_timeout;

@@ -43,8 +43,10 @@ void fy_bodyout_add(fy_bodyout *o, const char *at, size_t len) {
 unsigned fy_bodyout_bufs(fy_buf *head, fy_bodyout *o, uv_buf_t *bufs) {
   unsigned n = 0;
   if (head->len) bufs[n++] = uv_buf_init(head->data, (unsigned)head->len);
-  if (o->span) bufs[n++] = uv_buf_init((char *)o->span, (unsigned)o->span_len);
-  else if (o->copy.len) bufs[n++] = uv_buf_init(o->copy.data, (unsigned)o->copy.len);
+  if (o->span)
+    bufs[n++] = uv_buf_init((char *)o->span, (unsigned)o->span_len);
+  else if (o->copy.len)
+    bufs[n++] = uv_buf_init(o->copy.data, (unsigned)o->copy.len);
   return n;
 }
 
@@ -108,9 +110,12 @@ static int fy_on_header_field_complete(llhttp_t *p) {
  */
 static bool fy_conn_is_fold(fy_conn *c, const char *at, size_t len) {
   bool fold;
-  if (!c->value_open) fold = len > 0 && (at[0] == ' ' || at[0] == '\t');
-  else if (c->value_exec == c->exec_seq) fold = at != c->value_end;
-  else fold = !(c->value_at_end && at == c->exec_start);
+  if (!c->value_open)
+    fold = len > 0 && (at[0] == ' ' || at[0] == '\t');
+  else if (c->value_exec == c->exec_seq)
+    fold = at != c->value_end;
+  else
+    fold = !(c->value_at_end && at == c->exec_start);
   c->value_open = true;
   c->value_exec = c->exec_seq;
   c->value_end = at + len;
@@ -327,7 +332,8 @@ static void fy_conn_alloc_cb(uv_handle_t *h, size_t suggested, uv_buf_t *buf) {
 }
 
 static void fy_conn_client_eof(fy_conn *c, ssize_t err) {
-  if (err != UV_EOF) fy_log_debug("client %s:%d: read: %s", c->client_ip, c->client_port, uv_strerror((int)err));
+  if (err != UV_EOF)
+    fy_log_debug("client %s:%d: read: %s", c->client_ip, c->client_port, uv_strerror((int)err));
   if (c->rq == FY_RQ_HEAD && c->rpos == c->rlen && c->req.url.len == 0) {
     fy_conn_close(c); /* an idle client went away */
     return;
@@ -375,8 +381,10 @@ static void fy_conn_update_reading(fy_conn *c) {
   bool want = !c->closing && !c->lingering && !c->client_eof && room;
   if (want == c->reading) return;
   c->reading = want;
-  if (want) uv_read_start((uv_stream_t *)&c->tcp, fy_conn_alloc_cb, fy_conn_read_cb);
-  else uv_read_stop((uv_stream_t *)&c->tcp);
+  if (want)
+    uv_read_start((uv_stream_t *)&c->tcp, fy_conn_alloc_cb, fy_conn_read_cb);
+  else
+    uv_read_stop((uv_stream_t *)&c->tcp);
 }
 
 /* ---- timers ------------------------------------------------------------- */
@@ -415,9 +423,7 @@ static void fy_conn_timeout_cb(uv_timer_t *t) {
     }
     fy_conn_close(c);
     break;
-  default: /* a client that stopped reading, the end of a linger */
-    fy_conn_close(c);
-    break;
+  default: /* a client that stopped reading, the end of a linger */ fy_conn_close(c); break;
   }
 }
 
@@ -442,15 +448,15 @@ static void fy_conn_retime(fy_conn *c, bool activity) {
   case FY_WAIT_NONE: break;
   }
   c->wait = w;
-  if (ms) uv_timer_start(&c->timer, fy_conn_timeout_cb, ms, 0);
-  else uv_timer_stop(&c->timer);
+  if (ms)
+    uv_timer_start(&c->timer, fy_conn_timeout_cb, ms, 0);
+  else
+    uv_timer_stop(&c->timer);
 }
 
 /* ---- writing ------------------------------------------------------------ */
 
-static bool fy_conn_output_queued(fy_conn *c) {
-  return c->chead.len || c->cbody.span || c->cbody.copy.len;
-}
+static bool fy_conn_output_queued(fy_conn *c) { return c->chead.len || c->cbody.span || c->cbody.copy.len; }
 
 static void fy_conn_write_cb(fy_write_req *wr, int status) {
   fy_conn *c = FY_CONTAINER_OF(wr, fy_conn, cwrite);
@@ -465,9 +471,12 @@ static void fy_conn_write_cb(fy_write_req *wr, int status) {
   fy_buf_reset(&c->cw_copy);
   if (c->up) c->up->pinned = false;
   fy_conn_retime(c, true);
-  if (fy_conn_output_queued(c)) fy_conn_flush_client(c); /* queued while this write ran */
-  else if (c->rs == FY_RS_DONE) fy_conn_exchange_maybe_done(c);
-  else fy_proxy_response_written(c);
+  if (fy_conn_output_queued(c))
+    fy_conn_flush_client(c); /* queued while this write ran */
+  else if (c->rs == FY_RS_DONE)
+    fy_conn_exchange_maybe_done(c);
+  else
+    fy_proxy_response_written(c);
 }
 
 static void fy_buf_swap(fy_buf *a, fy_buf *b) {
@@ -491,7 +500,8 @@ void fy_conn_flush_client(fy_conn *c) {
   fy_buf_swap(&c->cbody.copy, &c->cw_copy);
   if (c->cbody.span && c->up) c->up->pinned = true; /* the span lives in the upstream's rbuf */
   c->cbody.span = NULL;
-  for (unsigned i = 0; i < n; i++) c->req.bytes_out += bufs[i].len;
+  for (unsigned i = 0; i < n; i++)
+    c->req.bytes_out += bufs[i].len;
   int rc = fy_write(&c->cwrite, (uv_stream_t *)&c->tcp, bufs, n, fy_conn_write_cb);
   if (rc < 0) {
     fy_conn_close(c);
@@ -502,8 +512,8 @@ void fy_conn_flush_client(fy_conn *c) {
 }
 
 bool fy_conn_will_close(fy_conn *c) {
-  return c->close_after || (c->client_eof && c->rpos == c->rlen) || !c->req.keepalive || c->rq != FY_RQ_DONE || c->w->stopping ||
-         c->nreq + 1 >= fy_conn_limits(c)->keepalive_requests;
+  return c->close_after || (c->client_eof && c->rpos == c->rlen) || !c->req.keepalive ||
+         c->rq != FY_RQ_DONE || c->w->stopping || c->nreq + 1 >= fy_conn_limits(c)->keepalive_requests;
 }
 
 void fy_conn_respond(fy_conn *c, int status, const char *ctype, const char *body, size_t blen) {
@@ -517,7 +527,8 @@ void fy_conn_respond(fy_conn *c, int status, const char *ctype, const char *body
   int elen = snprintf(extra, sizeof extra, "Content-Type: %s\r\n", ctype);
   fy_buf_reset(&c->chead);
   fy_bodyout_reset(&c->cbody);
-  fy_http_write_simple(&c->chead, status, extra, (size_t)elen, body, blen, c->req.head, fy_conn_will_close(c));
+  fy_http_write_simple(&c->chead, status, extra, (size_t)elen, body, blen, c->req.head,
+                       fy_conn_will_close(c));
   c->req.status = status;
   c->rs = FY_RS_DONE;
   fy_conn_flush_client(c);
@@ -540,11 +551,9 @@ static void fy_conn_access_log(fy_conn *c) {
   fy_target t = r->method ? r->target : (fy_target){0};
   fy_log_info("access %s \"%s http://%.*s%.*s%s%.*s\" %d %llu %s %s %llums id=%llu", c->client_ip,
               r->method ? r->method : "-", (int)r->host_len, r->host, (int)FY_MIN(t.path_len, 512),
-              t.path ? t.path : "", t.query ? "?" : "", (int)FY_MIN(t.query_len, 512),
-              t.query ? t.query : "", r->status,
-              (unsigned long long)r->bytes_out,
-              r->group >= 0 && r->gen ? r->gen->cfg->groups[r->group].name : "-",
-              r->server ? r->server : "-",
+              t.path ? t.path : "", t.query ? "?" : "", (int)FY_MIN(t.query_len, 512), t.query ? t.query : "",
+              r->status, (unsigned long long)r->bytes_out,
+              r->group >= 0 && r->gen ? r->gen->cfg->groups[r->group].name : "-", r->server ? r->server : "-",
               (unsigned long long)(fy_now_ms(c) - r->started_ms), (unsigned long long)r->id);
 }
 
@@ -611,9 +620,11 @@ void fy_conn_exchange_maybe_done(fy_conn *c) {
  * on a busy connection.
  */
 static void fy_conn_release_memory(fy_conn *c) {
-  fy_buf *bufs[] = {&c->req.url, &c->req.respond_headers, &c->req.respond_body, &c->chead,
-                    &c->uhead, &c->cw_head, &c->cw_copy, &c->cbody.copy, &c->ubody.copy};
-  for (size_t i = 0; i < FY_ARRAY_SIZE(bufs); i++) fy_buf_free(bufs[i]);
+  fy_buf *bufs[] = {
+      &c->req.url, &c->req.respond_headers, &c->req.respond_body, &c->chead, &c->uhead, &c->cw_head,
+      &c->cw_copy, &c->cbody.copy,          &c->ubody.copy};
+  for (size_t i = 0; i < FY_ARRAY_SIZE(bufs); i++)
+    fy_buf_free(bufs[i]);
   fy_headers_free(&c->req.headers);
   fy_headers_free(&c->rheaders);
 }
@@ -754,8 +765,8 @@ void fy_conn_accept(fy_listener *l) {
   if (++w->nconns > fy_conn_limits(c)->max_connections && !l->admin) {
     /* Shed load with an answer the client understands, rather than a reset
      * or a backlog that times out: 503, then a graceful close. */
-    fy_log_warn("listener %s: %u connections open (limits.max_connections): refusing %s:%d with 503",
-                l->name, w->nconns - 1, c->client_ip, c->client_port);
+    fy_log_warn("listener %s: %u connections open (limits.max_connections): refusing %s:%d with 503", l->name,
+                w->nconns - 1, c->client_ip, c->client_port);
     c->close_after = true;
     w->stats.shed++;
     fy_conn_respond_simple(c, 503, "ferry: too many connections\n");

@@ -104,40 +104,40 @@ typedef struct fy_conn {
   fy_headers rheaders; /* upstream response headers */
   int ustatus;
   bool uresp_head_only;
-  fy_buf chead;      /* head to send to the client */
-  fy_bodyout cbody;  /* body bytes to send to the client */
+  fy_buf chead;            /* head to send to the client */
+  fy_bodyout cbody;        /* body bytes to send to the client */
   fy_buf cw_head, cw_copy; /* what the client write in flight is sending */
-  fy_buf uhead;      /* head to send upstream */
-  fy_bodyout ubody;  /* body bytes to send upstream */
+  fy_buf uhead;            /* head to send upstream */
+  fy_bodyout ubody;        /* body bytes to send upstream */
   enum fy_conn_wait wait;
   bool cw_pending, uw_pending;
   bool reading;
-  bool close_after;  /* close the client connection when the exchange ends */
+  bool close_after; /* close the client connection when the exchange ends */
   bool closing;
   bool lingering;
-  bool client_eof;   /* the client half-closed after a complete request */
-  bool accepted;     /* counted in the worker's open connections */
-  bool trimmed;      /* idle long enough to have freed its head buffers */
-  bool pp_pending;   /* a PROXY protocol header is expected first */
-  fy_proxy_info *pp; /* what it said (listeners with proxy_protocol only) */
+  bool client_eof;    /* the client half-closed after a complete request */
+  bool accepted;      /* counted in the worker's open connections */
+  bool trimmed;       /* idle long enough to have freed its head buffers */
+  bool pp_pending;    /* a PROXY protocol header is expected first */
+  fy_proxy_info *pp;  /* what it said (listeners with proxy_protocol only) */
   bool upstream_sent; /* some request byte reached the upstream */
   /* Attempts (retry.c). */
   uv_timer_t retry_timer; /* backoff before the next attempt */
   unsigned attempt;       /* 1 for the first */
   fy_server *tried[10];   /* servers of earlier attempts */
   size_t ntried;
-  fy_server *server;      /* of the current attempt */
-  uint64_t attempt_ns;    /* when the current attempt's request went out */
-  uint64_t key;           /* balancing key from route() */
+  fy_server *server;   /* of the current attempt */
+  uint64_t attempt_ns; /* when the current attempt's request went out */
+  uint64_t key;        /* balancing key from route() */
   bool has_key;
-  fy_buf replay;          /* request body bytes sent so far, to send again */
-  bool replayable;        /* replay holds every body byte sent */
-  bool replay_pending;    /* the next write starts with replay */
-  bool continue_sent;     /* 100 Continue went out already */
-  int retry_status;       /* a response status that asked for another attempt */
-  bool response_failed;   /* the response hook failed: answer 500 instead */
-  fy_group *counted;      /* the group whose requests count this exchange */
-  bool retrying;          /* counted in the group's retries too */
+  fy_buf replay;        /* request body bytes sent so far, to send again */
+  bool replayable;      /* replay holds every body byte sent */
+  bool replay_pending;  /* the next write starts with replay */
+  bool continue_sent;   /* 100 Continue went out already */
+  int retry_status;     /* a response status that asked for another attempt */
+  bool response_failed; /* the response hook failed: answer 500 instead */
+  fy_group *counted;    /* the group whose requests count this exchange */
+  bool retrying;        /* counted in the group's retries too */
   unsigned nreq;
   unsigned handles_open;
   char client_ip[INET6_ADDRSTRLEN];
@@ -184,12 +184,12 @@ void fy_replay_add(fy_conn *c, const uv_buf_t *bufs, unsigned n);
 void fy_retry_end(fy_conn *c); /* the exchange is over: release budget counts */
 
 /* proxy.c */
-void fy_proxy_start(fy_conn *c);           /* headers parsed: route and forward */
-void fy_proxy_flush_upstream(fy_conn *c);  /* send queued request bytes */
-void fy_proxy_abort(fy_conn *c);           /* drop the upstream side */
-void fy_proxy_finish(fy_conn *c);          /* exchange over: pool or close the upstream */
+void fy_proxy_start(fy_conn *c);          /* headers parsed: route and forward */
+void fy_proxy_flush_upstream(fy_conn *c); /* send queued request bytes */
+void fy_proxy_abort(fy_conn *c);          /* drop the upstream side */
+void fy_proxy_finish(fy_conn *c);         /* exchange over: pool or close the upstream */
 bool fy_proxy_can_read_body(fy_conn *c);
 void fy_proxy_response_written(fy_conn *c);
-void fy_proxy_log_hook(fy_conn *c);         /* runs the policy's log hook, if any */
+void fy_proxy_log_hook(fy_conn *c); /* runs the policy's log hook, if any */
 
 #endif

@@ -61,12 +61,14 @@ static int fy_dns_channel(ares_channel *ch, struct ares_options *opts, int mask,
 static void fy_dns_collect(struct ares_addrinfo *ai, fy_dns_answer *answer) {
   answer->n = 0;
   answer->ttl = UINT32_MAX;
-  for (struct ares_addrinfo_node *n = ai ? ai->nodes : NULL; n && answer->n < FY_DNS_MAX_ADDRS; n = n->ai_next) {
+  for (struct ares_addrinfo_node *n = ai ? ai->nodes : NULL; n && answer->n < FY_DNS_MAX_ADDRS;
+       n = n->ai_next) {
     struct sockaddr_storage ss;
     memset(&ss, 0, sizeof ss);
     memcpy(&ss, n->ai_addr, n->ai_addrlen);
     bool seen = false;
-    for (size_t i = 0; i < answer->n && !seen; i++) seen = memcmp(&answer->addrs[i], &ss, sizeof ss) == 0;
+    for (size_t i = 0; i < answer->n && !seen; i++)
+      seen = memcmp(&answer->addrs[i], &ss, sizeof ss) == 0;
     if (seen) continue;
     answer->addrs[answer->n++] = ss;
     if (n->ai_ttl >= 0 && (unsigned)n->ai_ttl < answer->ttl) answer->ttl = (unsigned)n->ai_ttl;
@@ -115,7 +117,8 @@ static void fy_dns_poll_free(uv_handle_t *h) { free(h->data); }
 static void fy_dns_sock_state(void *data, ares_socket_t fd, int readable, int writable) {
   fy_dns *d = data;
   fy_dns_poll **pp = &d->polls, *p;
-  while ((p = *pp) != NULL && p->fd != fd) pp = &p->next;
+  while ((p = *pp) != NULL && p->fd != fd)
+    pp = &p->next;
   if (!readable && !writable) {
     if (p) {
       *pp = p->next;

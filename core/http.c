@@ -59,11 +59,21 @@ size_t fy_headers_remove(fy_headers *h, const char *name, size_t nlen) {
   return count;
 }
 
-static const struct { const char *name; size_t len; } fy_hop_by_hop[] = {
-#define FY_HOP(s) {s, sizeof(s) - 1}
-    FY_HOP("connection"),       FY_HOP("keep-alive"),         FY_HOP("proxy-connection"),
-    FY_HOP("te"),               FY_HOP("trailer"),            FY_HOP("transfer-encoding"),
-    FY_HOP("upgrade"),          FY_HOP("proxy-authenticate"), FY_HOP("proxy-authorization"),
+static const struct {
+  const char *name;
+  size_t len;
+} fy_hop_by_hop[] = {
+#define FY_HOP(s)                                                                                            \
+  { s, sizeof(s) - 1 }
+    FY_HOP("connection"),
+    FY_HOP("keep-alive"),
+    FY_HOP("proxy-connection"),
+    FY_HOP("te"),
+    FY_HOP("trailer"),
+    FY_HOP("transfer-encoding"),
+    FY_HOP("upgrade"),
+    FY_HOP("proxy-authenticate"),
+    FY_HOP("proxy-authorization"),
     FY_HOP("content-length"),
 #undef FY_HOP
 };
@@ -82,9 +92,11 @@ static void fy_http_strip_connection_tokens(fy_headers *h) {
     const fy_hdr *e = &h->v[i];
     const char *p = fy_hdr_val(h, e), *end = p + e->val_len;
     while (p < end) {
-      while (p < end && (*p == ',' || *p == ' ' || *p == '\t')) p++;
+      while (p < end && (*p == ',' || *p == ' ' || *p == '\t'))
+        p++;
       const char *tok = p;
-      while (p < end && *p != ',' && *p != ' ' && *p != '\t') p++;
+      while (p < end && *p != ',' && *p != ' ' && *p != '\t')
+        p++;
       if (p > tok) {
         /* Copy first: removal does not move data, but the token lives in buf. */
         char name[128];
@@ -141,8 +153,7 @@ ssize_t fy_http_host_normalize(const char *in, size_t len, char *out, size_t out
   if (end + 1 > outcap) return -1;
   for (size_t i = 0; i < end; i++) {
     unsigned char c = (unsigned char)in[i];
-    if (!(isalnum(c) || c == '-' || c == '.' || c == '_' || c == '[' || c == ']' || c == ':'))
-      return -1;
+    if (!(isalnum(c) || c == '-' || c == '.' || c == '_' || c == '[' || c == ']' || c == ':')) return -1;
     out[i] = (char)tolower(c);
   }
   out[end] = '\0';
@@ -159,12 +170,16 @@ int fy_http_target_parse(const char *t, size_t len, fy_target *out) {
   const char *p = t, *end = t + len;
   if (len > 0 && t[0] != '/') {
     size_t skip;
-    if (len >= 7 && strncasecmp(t, "http://", 7) == 0) skip = 7;
-    else if (len >= 8 && strncasecmp(t, "https://", 8) == 0) skip = 8;
-    else return -1;
+    if (len >= 7 && strncasecmp(t, "http://", 7) == 0)
+      skip = 7;
+    else if (len >= 8 && strncasecmp(t, "https://", 8) == 0)
+      skip = 8;
+    else
+      return -1;
     p = t + skip;
     const char *a = p;
-    while (p < end && *p != '/' && *p != '?') p++;
+    while (p < end && *p != '/' && *p != '?')
+      p++;
     if (p == a || memchr(a, '@', (size_t)(p - a))) return -1; /* no userinfo */
     out->authority = a;
     out->authority_len = (size_t)(p - a);
@@ -224,8 +239,12 @@ const char *fy_http_reason(int status) {
   case 503: return "Service Unavailable";
   case 504: return "Gateway Timeout";
   case 505: return "HTTP Version Not Supported";
-  default: return status < 200 ? "Informational" : status < 300 ? "OK"
-                : status < 400 ? "Redirect" : status < 500 ? "Client Error" : "Server Error";
+  default:
+    return status < 200   ? "Informational"
+           : status < 300 ? "OK"
+           : status < 400 ? "Redirect"
+           : status < 500 ? "Client Error"
+                          : "Server Error";
   }
 }
 
@@ -237,8 +256,8 @@ void fy_http_status_line(fy_buf *out, int status) {
   fy_buf_append(out, "\r\n", 2);
 }
 
-void fy_http_write_simple(fy_buf *out, int status, const char *extra, size_t extra_len,
-                          const char *body, size_t body_len, bool head_only, bool close) {
+void fy_http_write_simple(fy_buf *out, int status, const char *extra, size_t extra_len, const char *body,
+                          size_t body_len, bool head_only, bool close) {
   fy_http_status_line(out, status);
   fy_buf_puts(out, "Server: ferry\r\n");
   if (extra_len) fy_buf_append(out, extra, extra_len);

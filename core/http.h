@@ -27,7 +27,7 @@ typedef struct fy_hdr {
 } fy_hdr;
 
 typedef struct fy_headers {
-  fy_buf buf;  /* names and values, back to back */
+  fy_buf buf; /* names and values, back to back */
   fy_hdr *v;
   size_t n, cap;
 } fy_headers;
@@ -66,9 +66,12 @@ ssize_t fy_http_host_normalize(const char *in, size_t len, char *out, size_t out
 
 /* The parts of a request target; pointers into the original string. */
 typedef struct fy_target {
-  const char *authority; size_t authority_len; /* absolute-form only */
-  const char *path; size_t path_len;
-  const char *query; size_t query_len;         /* without '?'; NULL when absent */
+  const char *authority;
+  size_t authority_len; /* absolute-form only */
+  const char *path;
+  size_t path_len;
+  const char *query;
+  size_t query_len; /* without '?'; NULL when absent */
 } fy_target;
 
 /* Splits origin-form, absolute-form (http/https) or '*'. Returns 0 or -1. */
@@ -83,8 +86,8 @@ void fy_http_status_line(fy_buf *out, int status);
  * with Content-Length framing. extra is a block of ready header lines (may be
  * NULL). When head_only the body is counted in Content-Length but not sent.
  */
-void fy_http_write_simple(fy_buf *out, int status, const char *extra, size_t extra_len,
-                          const char *body, size_t body_len, bool head_only, bool close);
+void fy_http_write_simple(fy_buf *out, int status, const char *extra, size_t extra_len, const char *body,
+                          size_t body_len, bool head_only, bool close);
 
 /* Chunked framing of one body span and of the end of a body. */
 void fy_http_chunk(fy_buf *out, const char *data, size_t len);

@@ -12,8 +12,10 @@ extern int fy_log_level_current;
 int fy_log_level_parse(const char *name);
 void fy_log(int level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
-#define fy_log_debug(...) \
-  do { if (fy_log_level_current <= FY_LOG_DEBUG) fy_log(FY_LOG_DEBUG, __VA_ARGS__); } while (0)
+#define fy_log_debug(...)                                                                                    \
+  do {                                                                                                       \
+    if (fy_log_level_current <= FY_LOG_DEBUG) fy_log(FY_LOG_DEBUG, __VA_ARGS__);                             \
+  } while (0)
 #define fy_log_info(...) fy_log(FY_LOG_INFO, __VA_ARGS__)
 #define fy_log_warn(...) fy_log(FY_LOG_WARN, __VA_ARGS__)
 #define fy_log_error(...) fy_log(FY_LOG_ERROR, __VA_ARGS__)

@@ -42,9 +42,7 @@ int fy_ffi_req_str(double id, int field, const char **out, size_t *len) {
   case FY_FIELD_METHOD: *out = r->method, *len = strlen(r->method); return 1;
   case FY_FIELD_HOST: *out = r->host, *len = r->host_len; return 1;
   case FY_FIELD_PATH: *out = r->target.path, *len = r->target.path_len; return 1;
-  case FY_FIELD_QUERY:
-    *out = r->target.query, *len = r->target.query_len;
-    return r->target.query != NULL;
+  case FY_FIELD_QUERY: *out = r->target.query, *len = r->target.query_len; return r->target.query != NULL;
   case FY_FIELD_URI: *out = r->url.data, *len = r->url.len; return 1;
   case FY_FIELD_CLIENT_ADDR: *out = c->client_ip, *len = strlen(c->client_ip); return 1;
   case FY_FIELD_LISTENER: *out = c->listener->name, *len = strlen(c->listener->name); return 1;
@@ -116,13 +114,13 @@ int fy_ffi_req_content_length(double id, double *out) {
 /* The nth (0-based) value of a header: 1 found, 0 absent. */
 FY_API int fy_ffi_req_header_get(double id, const char *name, size_t nlen, int nth, const char **out,
                                  size_t *len);
-int fy_ffi_req_header_get(double id, const char *name, size_t nlen, int nth, const char **out,
-                          size_t *len) {
+int fy_ffi_req_header_get(double id, const char *name, size_t nlen, int nth, const char **out, size_t *len) {
   fy_req *r = fy_ffi_req(id);
   if (r == NULL) return FY_FFI_EGONE;
   if (!fy_http_name_ok(name, nlen)) return FY_FFI_EINVAL;
   ssize_t i = fy_headers_find(&r->headers, name, nlen, 0);
-  for (; i >= 0 && nth > 0; nth--) i = fy_headers_find(&r->headers, name, nlen, (size_t)i + 1);
+  for (; i >= 0 && nth > 0; nth--)
+    i = fy_headers_find(&r->headers, name, nlen, (size_t)i + 1);
   if (i < 0) return 0;
   *out = fy_hdr_val(&r->headers, &r->headers.v[i]);
   *len = r->headers.v[i].val_len;
@@ -133,8 +131,7 @@ enum { FY_HDR_SET, FY_HDR_ADD, FY_HDR_REMOVE };
 
 FY_API int fy_ffi_req_header_set(double id, int mode, const char *name, size_t nlen, const char *val,
                                  size_t vlen);
-int fy_ffi_req_header_set(double id, int mode, const char *name, size_t nlen, const char *val,
-                          size_t vlen) {
+int fy_ffi_req_header_set(double id, int mode, const char *name, size_t nlen, const char *val, size_t vlen) {
   fy_req *r = fy_ffi_req(id);
   if (r == NULL) return FY_FFI_EGONE;
   if (!fy_http_name_ok(name, nlen) || (mode != FY_HDR_REMOVE && !fy_http_value_ok(val, vlen)))
@@ -144,8 +141,7 @@ int fy_ffi_req_header_set(double id, int mode, const char *name, size_t nlen, co
   return 0;
 }
 
-FY_API int fy_ffi_req_respond_header(double id, const char *name, size_t nlen, const char *val,
-                                     size_t vlen);
+FY_API int fy_ffi_req_respond_header(double id, const char *name, size_t nlen, const char *val, size_t vlen);
 int fy_ffi_req_respond_header(double id, const char *name, size_t nlen, const char *val, size_t vlen) {
   fy_req *r = fy_ffi_req(id);
   if (r == NULL) return FY_FFI_EGONE;
@@ -201,7 +197,8 @@ int fy_ffi_res_header_get(double id, const char *name, size_t nlen, int nth, con
   if (!fy_http_name_ok(name, nlen)) return FY_FFI_EINVAL;
   fy_headers *h = fy_ffi_res_headers(r);
   ssize_t i = fy_headers_find(h, name, nlen, 0);
-  for (; i >= 0 && nth > 0; nth--) i = fy_headers_find(h, name, nlen, (size_t)i + 1);
+  for (; i >= 0 && nth > 0; nth--)
+    i = fy_headers_find(h, name, nlen, (size_t)i + 1);
   if (i < 0) return 0;
   *out = fy_hdr_val(h, &h->v[i]);
   *len = h->v[i].val_len;
@@ -227,8 +224,10 @@ FY_API void fy_ffi_log(int level, const char *msg, size_t len);
 void fy_ffi_log(int level, const char *msg, size_t len) {
   if (level < FY_LOG_DEBUG || level > FY_LOG_ERROR) level = FY_LOG_INFO;
   fy_worker *w = fy_worker_current;
-  if (w && w->hook_req) fy_log(level, "request %llu: %.*s", (unsigned long long)w->hook_req->id, (int)len, msg);
-  else fy_log(level, "%.*s", (int)len, msg);
+  if (w && w->hook_req)
+    fy_log(level, "request %llu: %.*s", (unsigned long long)w->hook_req->id, (int)len, msg);
+  else
+    fy_log(level, "%.*s", (int)len, msg);
 }
 
 /* The view of one server of a group for select(): 1 filled, 0 past the end. */
@@ -250,7 +249,14 @@ int fy_ffi_group_server(double id, int group, int index, fy_ffi_server *out) {
   if (index < 0 || (size_t)index >= g->nservers) return 0;
   fy_server *s = g->servers[index];
   uint64_t now = uv_now(fy_worker_current->loop);
-  *out = (fy_ffi_server){s->name, strlen(s->name), s->addr_text, strlen(s->addr_text), (int)s->weight,
-                         (int)s->active, fy_server_in_service(s, now), (int)s->fails, s->ewma_ms};
+  *out = (fy_ffi_server){s->name,
+                         strlen(s->name),
+                         s->addr_text,
+                         strlen(s->addr_text),
+                         (int)s->weight,
+                         (int)s->active,
+                         fy_server_in_service(s, now),
+                         (int)s->fails,
+                         s->ewma_ms};
   return 1;
 }

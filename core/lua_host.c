@@ -114,7 +114,8 @@ static int fy_lua_load_policies(fy_lua *lua, const fy_config *cfg, fy_buf *error
       const char *msg = lua_tostring(L, -1);
       if (lua->timed_out || lua->oom)
         fy_buf_printf(errors, "%s: loading the policy %s\n", cfg->policies[i],
-                      lua->oom ? "ran out of memory (limits.lua_memory)" : "took too long (a loop at module level?)");
+                      lua->oom ? "ran out of memory (limits.lua_memory)"
+                               : "took too long (a loop at module level?)");
       else
         fy_buf_printf(errors, "%s\n", msg ? msg : "(error object is not a string)");
       rc = FY_ESCRIPT;

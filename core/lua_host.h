@@ -42,10 +42,10 @@ typedef struct fy_lua {
   unsigned *hooks; /* per policy: FY_HOOK_HAS_* */
   size_t npolicies;
   size_t mem_used, mem_cap;
-  uint64_t deadline_ns;  /* of the call running now */
-  uint64_t budget_ms;    /* of the call running now */
-  uint64_t hook_budget_ms; /* limits.hook_timeout */
-  bool timed_out, oom;   /* what the call running now ran into */
+  uint64_t deadline_ns;             /* of the call running now */
+  uint64_t budget_ms;               /* of the call running now */
+  uint64_t hook_budget_ms;          /* limits.hook_timeout */
+  bool timed_out, oom;              /* what the call running now ran into */
   uint64_t errors, timeouts, nomem; /* counters, for metrics */
 } fy_lua;
 
@@ -92,8 +92,7 @@ enum fy_hook_outcome fy_lua_response(fy_lua *lua, int policy, struct fy_req *req
 enum fy_hook_outcome fy_lua_log(fy_lua *lua, int policy, struct fy_req *req, fy_buf *err);
 /* retry(req, attempt, failure): *again says whether to try once more. */
 enum fy_hook_outcome fy_lua_retry(fy_lua *lua, int policy, struct fy_req *req, unsigned attempt,
-                                  const char *kind, int status, const char *server, bool *again,
-                                  fy_buf *err);
+                                  const char *kind, int status, const char *server, bool *again, fy_buf *err);
 
 /* Loads the embedded modules and makes them requirable in L. */
 void fy_lua_openlibs(struct lua_State *L);

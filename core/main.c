@@ -73,8 +73,7 @@ static int fy_cmd_version(void) {
   printf("ferry %s\n", FERRY_VERSION);
   printf("libuv %s\n", uv_version_string());
   printf("%s\n", LUAJIT_VERSION); /* "LuaJIT 2.1.0-beta3" */
-  printf("llhttp %d.%d.%d (strict mode)\n", LLHTTP_VERSION_MAJOR, LLHTTP_VERSION_MINOR,
-         LLHTTP_VERSION_PATCH);
+  printf("llhttp %d.%d.%d (strict mode)\n", LLHTTP_VERSION_MAJOR, LLHTTP_VERSION_MINOR, LLHTTP_VERSION_PATCH);
   printf("c-ares %s\n", ares_version(NULL));
   return 0;
 }
@@ -150,7 +149,8 @@ static int fy_cmd_run(const char *path) {
     fwrite(errors.data, 1, errors.len, stderr);
     fprintf(stderr, "ferry: %s: not starting\n", path);
     fy_buf_free(&errors);
-    for (size_t i = 0; i < w.nlisteners; i++) uv_close((uv_handle_t *)&w.listeners[i].tcp, NULL);
+    for (size_t i = 0; i < w.nlisteners; i++)
+      uv_close((uv_handle_t *)&w.listeners[i].tcp, NULL);
     fy_gen_unref(w.gen);
     fy_worker_close(&w);
     uv_run(loop, UV_RUN_NOWAIT);
@@ -197,7 +197,8 @@ static int fy_admin_call(const char *host, int port, const char *request, fy_buf
   }
   char buf[4096];
   ssize_t n;
-  while ((n = read(fd, buf, sizeof buf)) > 0) fy_buf_append(out, buf, (size_t)n);
+  while ((n = read(fd, buf, sizeof buf)) > 0)
+    fy_buf_append(out, buf, (size_t)n);
   close(fd);
   fy_buf_append(out, "", 1);
   int status = 0;
@@ -218,8 +219,10 @@ static int fy_cmd_reload(const char *path) {
     return 1;
   }
   if (cfg->admin_host == NULL) {
-    fprintf(stderr, "ferry: %s has no admin.address; ferry reload talks to the running ferry through its "
-            "admin listener (or send it SIGHUP)\n", path);
+    fprintf(stderr,
+            "ferry: %s has no admin.address; ferry reload talks to the running ferry through its "
+            "admin listener (or send it SIGHUP)\n",
+            path);
     fy_config_free(cfg);
     return 2;
   }
@@ -227,7 +230,8 @@ static int fy_cmd_reload(const char *path) {
   char request[PATH_MAX + 256];
   snprintf(request, sizeof request,
            "POST /reload HTTP/1.1\r\nHost: ferry-admin\r\nX-Ferry-Config: %s\r\n"
-           "Content-Length: 0\r\nConnection: close\r\n\r\n", realpath(path, real) ? real : path);
+           "Content-Length: 0\r\nConnection: close\r\n\r\n",
+           realpath(path, real) ? real : path);
   int status = fy_admin_call(cfg->admin_host, cfg->admin_port, request, &errors);
   if (status < 0) {
     fprintf(stderr, "ferry: no ferry answers on the admin listener %s:%d\n", cfg->admin_host,

@@ -54,8 +54,10 @@ static void fy_proxy_retry(fy_conn *c) {
   c->rs = FY_RS_NONE;
   c->replay_pending = c->replay.len > 0;
   uint64_t ms = fy_retry_backoff_ms(c);
-  if (ms == 0) fy_proxy_reconnect(c);
-  else uv_timer_start(&c->retry_timer, fy_proxy_retry_timer_cb, ms, 0);
+  if (ms == 0)
+    fy_proxy_reconnect(c);
+  else
+    uv_timer_start(&c->retry_timer, fy_proxy_retry_timer_cb, ms, 0);
 }
 
 static enum fy_failure fy_proxy_classify(fy_uconn *uc, int err) {
@@ -144,8 +146,10 @@ static void fy_proxy_write_response_head(fy_conn *c, llhttp_t *p) {
   if (c->rq != FY_RQ_DONE) c->close_after = true; /* answered before the request ended */
   c->cbody.chunked = false;
   if (!bodiless && !cl) {
-    if (r->http_minor >= 1) c->cbody.chunked = true;
-    else c->close_after = true; /* HTTP/1.0 client: the end of the body is the close */
+    if (r->http_minor >= 1)
+      c->cbody.chunked = true;
+    else
+      c->close_after = true; /* HTTP/1.0 client: the end of the body is the close */
   }
   bool close = fy_conn_will_close(c);
   fy_http_strip_hop_by_hop(&c->rheaders);
@@ -165,8 +169,10 @@ static void fy_proxy_write_response_head(fy_conn *c, llhttp_t *p) {
     fy_buf_append(o, "\r\n", 2);
   }
   if (c->cbody.chunked) fy_buf_puts(o, "Transfer-Encoding: chunked\r\n");
-  if (close) fy_buf_puts(o, "Connection: close\r\n");
-  else if (r->http_minor == 0) fy_buf_puts(o, "Connection: keep-alive\r\n");
+  if (close)
+    fy_buf_puts(o, "Connection: close\r\n");
+  else if (r->http_minor == 0)
+    fy_buf_puts(o, "Connection: keep-alive\r\n");
   fy_buf_append(o, "\r\n", 2);
   r->status = status;
 }
@@ -187,7 +193,8 @@ static bool fy_proxy_response_hook(fy_conn *c) {
 
 void fy_proxy_log_hook(fy_conn *c) {
   fy_req *r = &c->req;
-  if (r->gen == NULL || r->method == NULL || !fy_lua_has_hook(&r->gen->lua, r->policy, FY_HOOK_HAS_LOG)) return;
+  if (r->gen == NULL || r->method == NULL || !fy_lua_has_hook(&r->gen->lua, r->policy, FY_HOOK_HAS_LOG))
+    return;
   fy_buf err;
   fy_buf_init(&err);
   enum fy_hook_outcome out = fy_lua_log(&r->gen->lua, r->policy, r, &err);
@@ -209,9 +216,12 @@ static int fy_on_resp_headers_complete(llhttp_t *p) {
   if (status == 101) return -1; /* ferry never asks for an upgrade */
   if (status < 200) return 0;   /* interim responses are dropped */
   uint64_t now = fy_now_ms(c);
-  if (status >= 500) fy_server_failed(c->server, now);
-  else fy_server_succeeded(c->server, (double)(uv_hrtime() - c->attempt_ns) / 1e6, now);
-  if (fy_proxy_status_listed(fy_proxy_group(c), status) && fy_retry_decide(c, FY_FAIL_STATUS, status, false)) {
+  if (status >= 500)
+    fy_server_failed(c->server, now);
+  else
+    fy_server_succeeded(c->server, (double)(uv_hrtime() - c->attempt_ns) / 1e6, now);
+  if (fy_proxy_status_listed(fy_proxy_group(c), status) &&
+      fy_retry_decide(c, FY_FAIL_STATUS, status, false)) {
     c->retry_status = status; /* handled once llhttp returns: this answer is dropped */
     c->w->stats.failures[FY_FAIL_STATUS]++;
     return HPE_PAUSED;
@@ -347,9 +357,12 @@ static void fy_proxy_write_request_head(fy_conn *c, fy_server *s) {
   }
   fy_buf_puts(o, " HTTP/1.1\r\nHost: ");
   ssize_t host = fy_headers_find(h, "host", 4, 0);
-  if (r->target.authority) fy_buf_append(o, r->target.authority, r->target.authority_len);
-  else if (host >= 0) fy_buf_append(o, fy_hdr_val(h, &h->v[host]), h->v[host].val_len);
-  else fy_buf_puts(o, s->name);
+  if (r->target.authority)
+    fy_buf_append(o, r->target.authority, r->target.authority_len);
+  else if (host >= 0)
+    fy_buf_append(o, fy_hdr_val(h, &h->v[host]), h->v[host].val_len);
+  else
+    fy_buf_puts(o, s->name);
   fy_buf_append(o, "\r\n", 2);
   for (size_t i = 0; i < h->n; i++) {
     const fy_hdr *e = &h->v[i];
@@ -360,7 +373,8 @@ static void fy_proxy_write_request_head(fy_conn *c, fy_server *s) {
     fy_buf_append(o, "\r\n", 2);
   }
   fy_proxy_write_xff(c, o);
-  if (r->chunked) fy_buf_puts(o, "Transfer-Encoding: chunked\r\n");
+  if (r->chunked)
+    fy_buf_puts(o, "Transfer-Encoding: chunked\r\n");
   else if (r->has_body) {
     fy_buf_puts(o, "Content-Length: ");
     fy_buf_u64(o, r->content_length);
@@ -413,9 +427,7 @@ void fy_proxy_flush_upstream(fy_conn *c) {
   fy_uconn_timer(uc, fy_proxy_group(c)->write_timeout);
 }
 
-bool fy_proxy_can_read_body(fy_conn *c) {
-  return c->up && c->up->state == FY_UC_ACTIVE && !c->uw_pending;
-}
+bool fy_proxy_can_read_body(fy_conn *c) { return c->up && c->up->state == FY_UC_ACTIVE && !c->uw_pending; }
 
 /* The connection is usable: queue the head; the caller pumps the body. */
 static void fy_proxy_upstream_ready(fy_conn *c) {

@@ -41,7 +41,8 @@ static bool fy_retry_within_limits(fy_conn *c, enum fy_failure f) {
   const fy_cfg_group *cfg = &c->req.gen->cfg->groups[c->req.group];
   fy_group *g = &c->req.gen->groups[c->req.group];
   if (c->attempt >= cfg->tries || c->ntried >= FY_ARRAY_SIZE(c->tried)) return false;
-  if (cfg->deadline && fy_now_ms(c) + fy_retry_backoff_ms(c) - c->req.started_ms >= cfg->deadline) return false;
+  if (cfg->deadline && fy_now_ms(c) + fy_retry_backoff_ms(c) - c->req.started_ms >= cfg->deadline)
+    return false;
   bool nothing_sent = f == FY_FAIL_CONNECT || f == FY_FAIL_CONNECT_TIMEOUT;
   if (!nothing_sent && c->req.has_body && !c->replayable) return false;
   double allowed = FY_MAX((double)cfg->min_retries, cfg->budget * (double)g->requests);
@@ -111,13 +112,15 @@ void fy_replay_add(fy_conn *c, const uv_buf_t *bufs, unsigned n) {
   if (!c->replayable) return;
   const fy_cfg_group *cfg = &c->req.gen->cfg->groups[c->req.group];
   size_t add = 0;
-  for (unsigned i = 0; i < n; i++) add += bufs[i].len;
+  for (unsigned i = 0; i < n; i++)
+    add += bufs[i].len;
   if (c->replay.len + add > cfg->replay_buffer) {
     c->replayable = false; /* too big to keep: this request will not be tried again */
     fy_buf_free(&c->replay);
     return;
   }
-  for (unsigned i = 0; i < n; i++) fy_buf_append(&c->replay, bufs[i].base, bufs[i].len);
+  for (unsigned i = 0; i < n; i++)
+    fy_buf_append(&c->replay, bufs[i].base, bufs[i].len);
 }
 
 void fy_retry_end(fy_conn *c) {

@@ -80,8 +80,10 @@ static void fy_stream_close(fy_stream *s, const char *why);
 static void fy_dir_init(fy_dir *d, int from, int to) {
   d->from = from;
   d->to = to;
-  if (pipe2(d->pipe, O_NONBLOCK | O_CLOEXEC) != 0) d->pipe[0] = d->pipe[1] = -1;
-  else fcntl(d->pipe[1], F_SETPIPE_SZ, FY_SPLICE_CHUNK);
+  if (pipe2(d->pipe, O_NONBLOCK | O_CLOEXEC) != 0)
+    d->pipe[0] = d->pipe[1] = -1;
+  else
+    fcntl(d->pipe[1], F_SETPIPE_SZ, FY_SPLICE_CHUNK);
   d->state = FY_DIR_READ;
 }
 
@@ -128,8 +130,10 @@ static bool fy_dir_fill(fy_dir *d) {
     if (n > 0) d->blen = (size_t)n, d->boff = 0;
   }
   if (n > 0) return true;
-  if (n == 0) d->eof = true;
-  else d->state = errno == EAGAIN ? FY_DIR_READ : FY_DIR_ERROR;
+  if (n == 0)
+    d->eof = true;
+  else
+    d->state = errno == EAGAIN ? FY_DIR_READ : FY_DIR_ERROR;
   return false;
 }
 
@@ -157,8 +161,10 @@ static void fy_stream_poll_cb(uv_poll_t *h, int status, int events);
 static void fy_stream_watch(uv_poll_t *p, int *current, int want) {
   if (want == *current) return;
   *current = want;
-  if (want) uv_poll_start(p, want, fy_stream_poll_cb);
-  else uv_poll_stop(p);
+  if (want)
+    uv_poll_start(p, want, fy_stream_poll_cb);
+  else
+    uv_poll_stop(p);
 }
 
 static void fy_stream_timeout(uv_timer_t *t) { fy_stream_close(t->data, "idle timeout"); }
@@ -231,7 +237,8 @@ static void fy_stream_connect(fy_stream *s) {
   s->upstream.data = s;
   s->connect.data = s;
   uv_timer_start(&s->timer, fy_stream_timeout, g->cfg->connect_timeout, 0);
-  int rc = uv_tcp_connect(&s->connect, &s->upstream, (struct sockaddr *)&s->server->addr, fy_stream_connected);
+  int rc =
+      uv_tcp_connect(&s->connect, &s->upstream, (struct sockaddr *)&s->server->addr, fy_stream_connected);
   if (rc < 0) fy_stream_close(s, uv_strerror(rc));
 }
 
@@ -289,7 +296,7 @@ static void fy_stream_inspect(fy_stream *s) {
   if (s->peek_len == s->peek_off) return;
   int rc = fy_sni_peek((const uint8_t *)s->peek + s->peek_off, s->peek_len - s->peek_off, &s->sni);
   if (rc == 0 && s->peek_len < sizeof s->peek) return; /* more of the hello to come */
-  if (rc <= 0) memset(&s->sni, 0, sizeof s->sni); /* not TLS, or no usable name: route without */
+  if (rc <= 0) memset(&s->sni, 0, sizeof s->sni);      /* not TLS, or no usable name: route without */
   s->sni_done = true;
   fy_stream_route(s);
 }
@@ -340,8 +347,8 @@ static void fy_stream_closed(uv_handle_t *h) {
 static void fy_stream_close(fy_stream *s, const char *why) {
   if (s->closing) return;
   s->closing = true;
-  fy_log_info("stream %llu %s:%d sni=%s -> %s: %s, %llu bytes up, %llu down, %llums", (unsigned long long)s->id,
-              s->client_ip, s->client_port, s->sni.sni[0] ? s->sni.sni : "-",
+  fy_log_info("stream %llu %s:%d sni=%s -> %s: %s, %llu bytes up, %llu down, %llums",
+              (unsigned long long)s->id, s->client_ip, s->client_port, s->sni.sni[0] ? s->sni.sni : "-",
               s->server ? s->server->addr_text : "-", why ? why : "done", (unsigned long long)s->c2u.bytes,
               (unsigned long long)s->u2c.bytes, (unsigned long long)(uv_now(s->w->loop) - s->started_ms));
   fy_list_remove(&s->link);

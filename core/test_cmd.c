@@ -44,11 +44,11 @@
 #else
 #define FY_TEST_TRIPLET ""
 #endif
-static const char *const fy_test_lpath[] = {"/usr/local/share/lua/5.1/?.lua", "/usr/local/share/lua/5.1/?/init.lua",
-                                            "/usr/share/lua/5.1/?.lua", "/usr/share/lua/5.1/?/init.lua"};
-static const char *const fy_test_cpath[] = {"/usr/local/lib/lua/5.1/?.so",
-                                            "/usr/lib/" FY_TEST_TRIPLET "/lua/5.1/?.so",
-                                            "/usr/lib/lua/5.1/?.so"};
+static const char *const fy_test_lpath[] = {"/usr/local/share/lua/5.1/?.lua",
+                                            "/usr/local/share/lua/5.1/?/init.lua", "/usr/share/lua/5.1/?.lua",
+                                            "/usr/share/lua/5.1/?/init.lua"};
+static const char *const fy_test_cpath[] = {
+    "/usr/local/lib/lua/5.1/?.so", "/usr/lib/" FY_TEST_TRIPLET "/lua/5.1/?.so", "/usr/lib/lua/5.1/?.so"};
 
 static fy_worker fy_testbed_worker; /* the hook context; nothing else of it is used */
 
@@ -63,9 +63,12 @@ typedef struct fy_testbed_req {
 static const char *fy_tb_field_str(lua_State *L, int t, const char *key, const char *def, size_t *len) {
   lua_getfield(L, t, key);
   const char *s = def;
-  if (lua_type(L, -1) == LUA_TSTRING) s = lua_tolstring(L, -1, len);
-  else if (!lua_isnil(L, -1)) luaL_error(L, "testbed.new: %s must be a string", key);
-  else if (len) *len = def ? strlen(def) : 0;
+  if (lua_type(L, -1) == LUA_TSTRING)
+    s = lua_tolstring(L, -1, len);
+  else if (!lua_isnil(L, -1))
+    luaL_error(L, "testbed.new: %s must be a string", key);
+  else if (len)
+    *len = def ? strlen(def) : 0;
   lua_pop(L, 1); /* still referenced by the spec table */
   return s;
 }
@@ -107,7 +110,8 @@ static int fy_tb_new(lua_State *L) {
   lua_getfield(L, 1, "id");
   lua_Number id = lua_isnil(L, -1) ? 1 : luaL_checknumber(L, -1);
   lua_pop(L, 1);
-  if (id < 1 || id != (lua_Number)(uint64_t)id) return luaL_error(L, "testbed.new: id must be a positive integer");
+  if (id < 1 || id != (lua_Number)(uint64_t)id)
+    return luaL_error(L, "testbed.new: id must be a positive integer");
   r->id = (uint64_t)id;
 
   size_t len;
@@ -138,7 +142,8 @@ static int fy_tb_new(lua_State *L) {
       size_t nlen, vlen;
       const char *name = lua_tolstring(L, -2, &nlen);
       const char *val = lua_tolstring(L, -1, &vlen);
-      if (name == NULL || val == NULL) return luaL_error(L, "testbed.new: headers[%d] must be {name, value}", i);
+      if (name == NULL || val == NULL)
+        return luaL_error(L, "testbed.new: headers[%d] must be {name, value}", i);
       if (!fy_http_name_ok(name, nlen)) return fy_tb_refused(L, "header name '%s' is not a token", name);
       if (!fy_http_value_ok(val, vlen))
         return fy_tb_refused(L, "the value of header '%s' has a control character", name);
@@ -289,8 +294,10 @@ static int fy_tb_host_normalize(lua_State *L) {
   const char *s = luaL_checklstring(L, 1, &len);
   char out[256];
   ssize_t n = fy_http_host_normalize(s, len, out, sizeof out);
-  if (n < 0) lua_pushnil(L);
-  else lua_pushlstring(L, out, (size_t)n);
+  if (n < 0)
+    lua_pushnil(L);
+  else
+    lua_pushlstring(L, out, (size_t)n);
   return 1;
 }
 

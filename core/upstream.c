@@ -54,7 +54,8 @@ static void fy_group_build_ring(fy_group *g) {
   g->nring = 0;
   if (g->cfg->balance != FY_BALANCE_HASH || g->nservers == 0) return;
   size_t n = 0;
-  for (size_t i = 0; i < g->nservers; i++) n += g->servers[i]->weight * FY_RING_POINTS;
+  for (size_t i = 0; i < g->nservers; i++)
+    n += g->servers[i]->weight * FY_RING_POINTS;
   g->ring = fy_calloc(n, sizeof *g->ring);
   for (size_t i = 0; i < g->nservers; i++) {
     fy_server *s = g->servers[i];
@@ -80,16 +81,18 @@ static int fy_entry_init(fy_group *g, fy_entry *e, const fy_cfg_server *cs, size
     e->literal = true;
   } else {
     char err[256];
-    if (fy_dns_resolve_sync(cfg->dns_servers, cs->host, cs->port, cfg->dns_timeout, &answer, err, sizeof err) != 0) {
-      fy_buf_printf(errors, "%s: upstreams.%s.servers[%zu]: cannot resolve '%s': %s\n", cfg->path, g->cfg->name,
-                    i + 1, cs->host, err);
+    if (fy_dns_resolve_sync(cfg->dns_servers, cs->host, cs->port, cfg->dns_timeout, &answer, err,
+                            sizeof err) != 0) {
+      fy_buf_printf(errors, "%s: upstreams.%s.servers[%zu]: cannot resolve '%s': %s\n", cfg->path,
+                    g->cfg->name, i + 1, cs->host, err);
       return FY_ECONFIG;
     }
     e->ttl = answer.ttl;
   }
   for (size_t k = 0; k < answer.n; k++) {
     bool seen = false;
-    for (size_t j = 0; j < g->nservers && !seen; j++) seen = fy_addr_equal(&g->servers[j]->addr, &answer.addrs[k]);
+    for (size_t j = 0; j < g->nservers && !seen; j++)
+      seen = fy_addr_equal(&g->servers[j]->addr, &answer.addrs[k]);
     if (!seen) fy_group_add_server(g, e, &answer.addrs[k]);
   }
   return 0;
@@ -134,7 +137,8 @@ static void fy_entry_drop_server(fy_group *g, size_t index) {
   fy_log_info("upstream %s: %s no longer resolves to %s: draining it", g->cfg->name, s->name, s->addr_text);
   s->gone = true;
   fy_health_stop(s);
-  while (!fy_list_empty(&s->idle)) fy_upstream_release(FY_CONTAINER_OF(s->idle.next, fy_uconn, pool_link), false);
+  while (!fy_list_empty(&s->idle))
+    fy_upstream_release(FY_CONTAINER_OF(s->idle.next, fy_uconn, pool_link), false);
   g->servers[index] = g->servers[--g->nservers];
   g->gone = fy_realloc(g->gone, (g->ngone + 1) * sizeof *g->gone);
   g->gone[g->ngone++] = s;
@@ -147,7 +151,8 @@ static void fy_entry_apply(fy_entry *e, const fy_dns_answer *answer) {
     fy_server *s = g->servers[i];
     if (s->entry != e) continue;
     bool kept = false;
-    for (size_t k = 0; k < answer->n && !kept; k++) kept = fy_addr_equal(&s->addr, &answer->addrs[k]);
+    for (size_t k = 0; k < answer->n && !kept; k++)
+      kept = fy_addr_equal(&s->addr, &answer->addrs[k]);
     if (!kept) {
       fy_entry_drop_server(g, i);
       changed = true;
@@ -155,7 +160,8 @@ static void fy_entry_apply(fy_entry *e, const fy_dns_answer *answer) {
   }
   for (size_t k = 0; k < answer->n; k++) {
     bool seen = false;
-    for (size_t i = 0; i < g->nservers && !seen; i++) seen = fy_addr_equal(&g->servers[i]->addr, &answer->addrs[k]);
+    for (size_t i = 0; i < g->nservers && !seen; i++)
+      seen = fy_addr_equal(&g->servers[i]->addr, &answer->addrs[k]);
     if (seen) continue;
     fy_server *s = fy_group_add_server(g, e, &answer->addrs[k]);
     fy_log_info("upstream %s: %s now also resolves to %s", g->cfg->name, e->cfg->name, s->addr_text);
@@ -194,7 +200,8 @@ void fy_groups_start(fy_group *groups, size_t n, uv_loop_t *loop, fy_dns *dns) {
     fy_group *g = &groups[i];
     g->dns = dns;
     g->loop = loop;
-    for (size_t j = 0; j < g->nservers; j++) fy_health_start(g->servers[j], loop);
+    for (size_t j = 0; j < g->nservers; j++)
+      fy_health_start(g->servers[j], loop);
     for (size_t j = 0; j < g->nentries; j++) {
       fy_entry *e = &g->entries[j];
       if (e->literal || e->timer) continue;
@@ -208,7 +215,8 @@ void fy_groups_start(fy_group *groups, size_t n, uv_loop_t *loop, fy_dns *dns) {
 
 static void fy_groups_stop_entries(fy_group *g) {
   g->loop = NULL;
-  for (size_t j = 0; j < g->nservers; j++) fy_health_stop(g->servers[j]);
+  for (size_t j = 0; j < g->nservers; j++)
+    fy_health_stop(g->servers[j]);
   for (size_t j = 0; j < g->nentries; j++) {
     fy_entry *e = &g->entries[j];
     fy_dns_cancel(e->pending);
@@ -254,7 +262,8 @@ void fy_groups_adopt_idle(fy_group *to, size_t nto, fy_group *from, size_t nfrom
 }
 
 void fy_groups_stop(fy_group *groups, size_t n) {
-  for (size_t i = 0; i < n; i++) fy_groups_stop_entries(&groups[i]);
+  for (size_t i = 0; i < n; i++)
+    fy_groups_stop_entries(&groups[i]);
 }
 
 void fy_groups_drop_idle(fy_group *groups, size_t n) {
@@ -273,8 +282,10 @@ void fy_groups_close(fy_group *groups, size_t n) {
   for (size_t i = 0; i < n; i++) {
     fy_group *g = &groups[i];
     fy_groups_stop_entries(g);
-    for (size_t j = 0; j < g->nservers; j++) free(g->servers[j]);
-    for (size_t j = 0; j < g->ngone; j++) free(g->gone[j]);
+    for (size_t j = 0; j < g->nservers; j++)
+      free(g->servers[j]);
+    for (size_t j = 0; j < g->ngone; j++)
+      free(g->gone[j]);
     free(g->servers);
     free(g->gone);
     free(g->entries);
@@ -282,7 +293,6 @@ void fy_groups_close(fy_group *groups, size_t n) {
   }
   free(groups);
 }
-
 
 /* ---- connections -------------------------------------------------------- */
 
@@ -323,8 +333,10 @@ static void fy_uconn_timer_cb(uv_timer_t *t) {
 }
 
 void fy_uconn_timer(fy_uconn *uc, uint64_t ms) {
-  if (ms) uv_timer_start(&uc->timer, fy_uconn_timer_cb, ms, 0);
-  else uv_timer_stop(&uc->timer);
+  if (ms)
+    uv_timer_start(&uc->timer, fy_uconn_timer_cb, ms, 0);
+  else
+    uv_timer_stop(&uc->timer);
 }
 
 static void fy_uconn_alloc_cb(uv_handle_t *h, size_t suggested, uv_buf_t *buf) {
@@ -343,8 +355,10 @@ static void fy_uconn_on_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf) {
     fy_uconn_close(uc); /* an idle connection spoke or closed: it is no use any more */
     return;
   }
-  if (n > 0) uc->rlen += (size_t)n;
-  else uc->eof = true;
+  if (n > 0)
+    uc->rlen += (size_t)n;
+  else
+    uc->eof = true;
   fy_uconn_update_reading(uc);
   uc->on_read(uc, n);
 }
@@ -361,8 +375,10 @@ void fy_uconn_update_reading(fy_uconn *uc) {
   bool want = !full && !uc->eof;
   if (want == uc->reading) return;
   uc->reading = want;
-  if (want) uv_read_start((uv_stream_t *)&uc->tcp, fy_uconn_alloc_cb, fy_uconn_on_read);
-  else uv_read_stop((uv_stream_t *)&uc->tcp);
+  if (want)
+    uv_read_start((uv_stream_t *)&uc->tcp, fy_uconn_alloc_cb, fy_uconn_on_read);
+  else
+    uv_read_stop((uv_stream_t *)&uc->tcp);
 }
 
 static void fy_uconn_connect_cb(uv_connect_t *req, int status) {
@@ -389,8 +405,8 @@ static fy_uconn *fy_pool_take(fy_server *s) {
 }
 
 int fy_upstream_acquire(uv_loop_t *loop, fy_server *s, struct fy_conn *owner, bool fresh,
-                        fy_uconn_ready_cb ready, fy_uconn_read_cb on_read,
-                        fy_uconn_timeout_cb on_timeout, fy_uconn **out) {
+                        fy_uconn_ready_cb ready, fy_uconn_read_cb on_read, fy_uconn_timeout_cb on_timeout,
+                        fy_uconn **out) {
   fy_uconn *uc = fresh ? NULL : fy_pool_take(s);
   int rc = uc ? 1 : 0;
   if (uc == NULL) {

@@ -39,21 +39,21 @@ typedef struct fy_server {
   struct fy_group *group;
   struct fy_entry *entry; /* the configured server it came from */
   bool gone;              /* its address left the DNS answer: no new requests */
-  const char *name;   /* the entry as configured, "host:port" */
-  char addr_text[64]; /* this address, "ip:port" */
+  const char *name;       /* the entry as configured, "host:port" */
+  char addr_text[64];     /* this address, "ip:port" */
   struct sockaddr_storage addr;
   unsigned weight;
-  fy_list idle;  /* fy_uconn.pool_link */
+  fy_list idle; /* fy_uconn.pool_link */
   unsigned nidle;
-  unsigned active;     /* connections in use (connecting or busy) */
-  int current_weight;  /* smooth weighted round robin */
-  double ewma_ms;      /* response head latency, for p2c */
-  uint64_t ewma_at;    /* loop time of its last update */
-  unsigned fails;      /* consecutive failures */
-  unsigned ejections;  /* times ejected in a row; doubles the ejection time */
+  unsigned active;        /* connections in use (connecting or busy) */
+  int current_weight;     /* smooth weighted round robin */
+  double ewma_ms;         /* response head latency, for p2c */
+  uint64_t ewma_at;       /* loop time of its last update */
+  unsigned fails;         /* consecutive failures */
+  unsigned ejections;     /* times ejected in a row; doubles the ejection time */
   uint64_t ejected_until; /* loop time (ms); 0 = in service */
   /* active health checks (health.c) */
-  bool down;               /* failed `fall` checks in a row */
+  bool down; /* failed `fall` checks in a row */
   unsigned check_passes, check_fails;
   uv_timer_t *check_timer; /* own allocation, freed by its close callback */
   void *probe;             /* the check in flight */
@@ -68,9 +68,9 @@ typedef struct fy_ring_node {
 typedef struct fy_entry {
   struct fy_group *group;
   const fy_cfg_server *cfg;
-  bool literal;       /* an IP address: never resolved */
-  unsigned ttl;       /* of the last answer, seconds */
-  uv_timer_t *timer;  /* next resolution (own allocation: freed by its close callback) */
+  bool literal;      /* an IP address: never resolved */
+  unsigned ttl;      /* of the last answer, seconds */
+  uv_timer_t *timer; /* next resolution (own allocation: freed by its close callback) */
   fy_dns_req *pending;
 } fy_entry;
 
@@ -79,17 +79,17 @@ typedef struct fy_group {
   const fy_config *config;
   fy_server **servers; /* in service (or ejected), in no particular order */
   size_t nservers;
-  fy_server **gone;    /* drained after a DNS change, freed with the group */
+  fy_server **gone; /* drained after a DNS change, freed with the group */
   size_t ngone;
   fy_entry *entries;
   size_t nentries;
   fy_dns *dns;
-  uv_loop_t *loop; /* set while the group serves (re-resolution and checks run) */
-  size_t next; /* rotation cursor */
+  uv_loop_t *loop;    /* set while the group serves (re-resolution and checks run) */
+  size_t next;        /* rotation cursor */
   fy_ring_node *ring; /* consistent hashing, sorted by hash */
   size_t nring;
   unsigned requests, retries; /* exchanges and retries in flight, for the retry budget */
-  bool retired; /* its generation is no longer live: do not pool into it */
+  bool retired;               /* its generation is no longer live: do not pool into it */
 } fy_group;
 
 enum fy_uconn_state {
@@ -164,8 +164,8 @@ void fy_health_stop(fy_server *s);
  * error, and ready is never called.
  */
 int fy_upstream_acquire(uv_loop_t *loop, fy_server *s, struct fy_conn *owner, bool fresh,
-                        fy_uconn_ready_cb ready, fy_uconn_read_cb on_read,
-                        fy_uconn_timeout_cb on_timeout, fy_uconn **out);
+                        fy_uconn_ready_cb ready, fy_uconn_read_cb on_read, fy_uconn_timeout_cb on_timeout,
+                        fy_uconn **out);
 /* Returns uc to its pool when reusable, otherwise closes it. */
 void fy_upstream_release(fy_uconn *uc, bool reusable);
 /* Reads unless the buffer is full; call after rpos, rlen or pinned change. */

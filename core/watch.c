@@ -20,7 +20,8 @@ typedef struct fy_watch {
 static void fy_watch_freed(uv_handle_t *h) {
   fy_watch *wt = h->data;
   if (--wt->closing > 0) return;
-  for (size_t i = 0; i < wt->ndirs; i++) free(wt->names[i]);
+  for (size_t i = 0; i < wt->ndirs; i++)
+    free(wt->names[i]);
   free(wt->names);
   free(wt->dirs);
   free(wt);
@@ -31,7 +32,8 @@ void fy_watch_close(fy_worker *w) {
   if (wt == NULL) return;
   w->watch = NULL;
   wt->closing = (unsigned)wt->ndirs + 1;
-  for (size_t i = 0; i < wt->ndirs; i++) uv_close((uv_handle_t *)&wt->dirs[i], fy_watch_freed);
+  for (size_t i = 0; i < wt->ndirs; i++)
+    uv_close((uv_handle_t *)&wt->dirs[i], fy_watch_freed);
   uv_close((uv_handle_t *)&wt->debounce, fy_watch_freed);
 }
 
@@ -44,8 +46,8 @@ static void fy_watch_fire(uv_timer_t *t) {
   fy_log_info("watch: files changed, reloading %s", w->config_path);
   /* fy_worker_reload calls fy_watch_update, which replaces (and frees) wt. */
   if (fy_worker_reload(w, w->config_path, &errors, &number) != FY_OK)
-    fy_log_error("reload refused, generation %u keeps serving:\n%.*s", w->gen->number,
-                 (int)errors.len, errors.data);
+    fy_log_error("reload refused, generation %u keeps serving:\n%.*s", w->gen->number, (int)errors.len,
+                 errors.data);
   fy_buf_free(&errors);
 }
 
@@ -79,7 +81,8 @@ void fy_watch_update(fy_worker *w) {
   fy_watch *wt = fy_calloc(1, sizeof *wt);
   wt->w = w;
   fy_watch_add_dir(&wt->names, &wt->ndirs, cfg->path);
-  for (size_t i = 0; i < cfg->npolicies; i++) fy_watch_add_dir(&wt->names, &wt->ndirs, cfg->policies[i]);
+  for (size_t i = 0; i < cfg->npolicies; i++)
+    fy_watch_add_dir(&wt->names, &wt->ndirs, cfg->policies[i]);
   wt->dirs = fy_calloc(wt->ndirs, sizeof *wt->dirs);
   for (size_t i = 0; i < wt->ndirs; i++) {
     uv_fs_event_init(w->loop, &wt->dirs[i]);

@@ -9,7 +9,6 @@
 
 __thread fy_worker *fy_worker_current;
 
-
 /* ---- generations -------------------------------------------------------- */
 
 int fy_gen_new(fy_worker *w, fy_config *cfg, fy_gen **out, fy_buf *errors) {
@@ -56,8 +55,10 @@ static void fy_listener_on_connection(uv_stream_t *s, int status) {
     fy_log_warn("listener %s: accept: %s", l->name, uv_strerror(status));
     return;
   }
-  if (!l->admin && l->w->gen->cfg->listeners[l->index].tcp) fy_stream_accept(l);
-  else fy_conn_accept(l);
+  if (!l->admin && l->w->gen->cfg->listeners[l->index].tcp)
+    fy_stream_accept(l);
+  else
+    fy_conn_accept(l);
 }
 
 static int fy_listener_open(fy_worker *w, fy_listener *l, const fy_cfg_listener *cl, fy_buf *errors) {
@@ -117,16 +118,19 @@ static bool fy_str_eq(const char *a, const char *b) {
 static int fy_reload_check_listeners(const fy_config *live, const fy_config *next, fy_buf *errors) {
   int rc = FY_OK;
   if (live->nlisteners != next->nlisteners) {
-    fy_buf_printf(errors, "%s: listeners: %zu listeners instead of %zu; adding or removing a listener "
-                  "needs a restart\n", next->path, next->nlisteners, live->nlisteners);
+    fy_buf_printf(errors,
+                  "%s: listeners: %zu listeners instead of %zu; adding or removing a listener "
+                  "needs a restart\n",
+                  next->path, next->nlisteners, live->nlisteners);
     return FY_ECONFIG;
   }
   for (size_t i = 0; i < live->nlisteners; i++) {
     const fy_cfg_listener *a = &live->listeners[i], *b = &next->listeners[i];
     if (!fy_str_eq(a->name, b->name) || !fy_str_eq(a->host, b->host) || a->port != b->port) {
-      fy_buf_printf(errors, "%s: listeners[%zu]: %s on %s:%d would become %s on %s:%d; a listener's name "
-                    "and address need a restart\n", next->path, i + 1, a->name, a->host, a->port,
-                    b->name, b->host, b->port);
+      fy_buf_printf(errors,
+                    "%s: listeners[%zu]: %s on %s:%d would become %s on %s:%d; a listener's name "
+                    "and address need a restart\n",
+                    next->path, i + 1, a->name, a->host, a->port, b->name, b->host, b->port);
       rc = FY_ECONFIG;
     }
   }
@@ -159,7 +163,8 @@ int fy_worker_reload(fy_worker *w, const char *path, fy_buf *errors, unsigned *n
   fy_groups_stop(live->groups, live->cfg->ngroups);
   if (w->dns) fy_groups_start(next->groups, cfg->ngroups, w->loop, w->dns);
   fy_groups_adopt_idle(next->groups, cfg->ngroups, live->groups, live->cfg->ngroups);
-  for (size_t i = 0; i < live->cfg->ngroups; i++) live->groups[i].retired = true;
+  for (size_t i = 0; i < live->cfg->ngroups; i++)
+    live->groups[i].retired = true;
   w->gen = next;
   fy_gen_unref(live); /* freed once its last exchange ends */
   fy_log_level_current = cfg->log_level;
@@ -236,8 +241,8 @@ void fy_worker_undefer(fy_deferred *d) {
 }
 
 void fy_worker_maybe_stopped(fy_worker *w) {
-  if (w->stopping && w->unbound && w->closing == 0 && fy_list_empty(&w->conns) && fy_list_empty(&w->streams) &&
-      w->on_stopped) {
+  if (w->stopping && w->unbound && w->closing == 0 && fy_list_empty(&w->conns) &&
+      fy_list_empty(&w->streams) && w->on_stopped) {
     if (!uv_is_closing((uv_handle_t *)&w->deadline)) uv_close((uv_handle_t *)&w->deadline, NULL);
     void (*cb)(fy_worker *) = w->on_stopped;
     w->on_stopped = NULL;
@@ -254,7 +259,8 @@ static void fy_worker_handle_closed(uv_handle_t *h) {
 static void fy_worker_deadline_cb(uv_timer_t *t) {
   fy_worker *w = t->data;
   fy_log_warn("drain deadline reached: closing the remaining connections");
-  while (!fy_list_empty(&w->conns)) fy_conn_close(FY_CONTAINER_OF(w->conns.next, fy_conn, link));
+  while (!fy_list_empty(&w->conns))
+    fy_conn_close(FY_CONTAINER_OF(w->conns.next, fy_conn, link));
   fy_stream_close_all(w);
 }
 

@@ -57,7 +57,7 @@ typedef struct fy_worker {
   uint64_t reloads, reload_failures;
   /* Counters for GET /metrics (admin.c); monotonic over the worker's life. */
   struct {
-    uint64_t responses[6]; /* by status class: [1] 1xx ... [5] 5xx, [0] none (cut) */
+    uint64_t responses[6];                   /* by status class: [1] 1xx ... [5] 5xx, [0] none (cut) */
     uint64_t attempts, retries, failures[6]; /* failures by enum fy_failure */
     uint64_t streams, shed;
   } stats;
@@ -77,7 +77,10 @@ typedef struct fy_worker {
 
 /* Builds a generation from cfg (taking ownership of cfg on success). */
 int fy_gen_new(fy_worker *w, fy_config *cfg, fy_gen **out, fy_buf *errors);
-static inline fy_gen *fy_gen_ref(fy_gen *g) { g->refs++; return g; }
+static inline fy_gen *fy_gen_ref(fy_gen *g) {
+  g->refs++;
+  return g;
+}
 void fy_gen_unref(fy_gen *g);
 
 int fy_worker_init(fy_worker *w, uv_loop_t *loop, fy_gen *gen);

@@ -15,7 +15,8 @@ static void fy_write_deferred(fy_deferred *d) {
 int fy_write(fy_write_req *req, uv_stream_t *s, uv_buf_t *bufs, unsigned n, fy_write_cb cb) {
   req->cb = cb;
   size_t total = 0;
-  for (unsigned i = 0; i < n; i++) total += bufs[i].len;
+  for (unsigned i = 0; i < n; i++)
+    total += bufs[i].len;
   int rc = uv_try_write(s, bufs, n);
   if (rc >= 0 && (size_t)rc == total) {
     req->deferred.run = fy_write_deferred;
@@ -25,7 +26,8 @@ int fy_write(fy_write_req *req, uv_stream_t *s, uv_buf_t *bufs, unsigned n, fy_w
   if (rc < 0 && rc != UV_EAGAIN) return rc;
   size_t skip = rc > 0 ? (size_t)rc : 0;
   unsigned first = 0;
-  while (skip >= bufs[first].len) skip -= bufs[first++].len;
+  while (skip >= bufs[first].len)
+    skip -= bufs[first++].len;
   bufs[first].base += skip;
   bufs[first].len -= skip;
   return uv_write(&req->uv, s, bufs + first, n - first, fy_write_done);

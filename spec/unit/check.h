@@ -11,14 +11,14 @@
 
 static int check_passed, check_failed;
 
-#define CHECK(cond)                                                      \
-  do {                                                                   \
-    if (cond) {                                                          \
-      check_passed++;                                                    \
-    } else {                                                             \
-      check_failed++;                                                    \
-      fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__, #cond); \
-    }                                                                    \
+#define CHECK(cond)                                                                                          \
+  do {                                                                                                       \
+    if (cond) {                                                                                              \
+      check_passed++;                                                                                        \
+    } else {                                                                                                 \
+      check_failed++;                                                                                        \
+      fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__, #cond);                               \
+    }                                                                                                        \
   } while (0)
 
 #define CHECK_STR(got, len, want) CHECK((len) == strlen(want) && memcmp((got), (want), (len)) == 0)

@@ -38,8 +38,8 @@ static void write_file(const char *path, const char *text) {
 
 static int dial(int port) {
   int fd = socket(AF_INET, SOCK_STREAM, 0);
-  struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port),
-                          .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+  struct sockaddr_in a = {
+      .sin_family = AF_INET, .sin_port = htons((uint16_t)port), .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
   struct timeval tv = {.tv_sec = 5};
   setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
   if (connect(fd, (struct sockaddr *)&a, sizeof a) != 0) {
@@ -55,7 +55,8 @@ static size_t read_some(int fd, char *buf, size_t cap, const char *until, int co
   buf[0] = '\0';
   for (;;) {
     int seen = 0;
-    for (const char *p = buf; (p = strstr(p, until)) != NULL; p++) seen++;
+    for (const char *p = buf; (p = strstr(p, until)) != NULL; p++)
+      seen++;
     if (seen >= count || n + 1 >= cap) break;
     ssize_t r = recv(fd, buf + n, cap - n - 1, 0);
     if (r <= 0) break;
@@ -132,7 +133,8 @@ static void test_http10_closes(void) {
 
 static void test_head_has_no_body(void) {
   int fd = dial(edge_port);
-  const char *req = "HEAD /h HTTP/1.1\r\nHost: local.test\r\n\r\nGET /after HTTP/1.1\r\nHost: local.test\r\n\r\n";
+  const char *req =
+      "HEAD /h HTTP/1.1\r\nHost: local.test\r\n\r\nGET /after HTTP/1.1\r\nHost: local.test\r\n\r\n";
   send(fd, req, strlen(req), 0);
   char buf[4096];
   read_some(fd, buf, sizeof buf, "path=", 1);
@@ -176,10 +178,11 @@ int main(void) {
                    "  if req.host == 'up.test' then return 'up' end\n"
                    "  return req:respond(200, 'path=' .. req.path .. '\\n')\n"
                    "end }\n");
-  write_file(up, "return { route = function(req)\n"
-                 "  return req:respond(200, 'upstream saw ' .. req.path .. ' xff=' ..\n"
-                 "    (req.headers:get('x-forwarded-for') or '-') .. ' port=' .. req.client_port .. ' end\\n')\n"
-                 "end }\n");
+  write_file(up,
+             "return { route = function(req)\n"
+             "  return req:respond(200, 'upstream saw ' .. req.path .. ' xff=' ..\n"
+             "    (req.headers:get('x-forwarded-for') or '-') .. ' port=' .. req.client_port .. ' end\\n')\n"
+             "end }\n");
   snprintf(text, sizeof text,
            "return { listeners = { { name = 'edge', address = '127.0.0.1:%d' },\n"
            "  { name = 'up', address = '127.0.0.1:%d', policy = 'up.lua' } },\n"

@@ -17,7 +17,8 @@ static void test_headers(void) {
   CHECK(fy_headers_remove(&h, "X-TAG", 5) == 2);
   CHECK(fy_headers_find(&h, "x-tag", 5, 0) == -1);
   /* values stay addressable after the buffer grows */
-  for (int i = 0; i < 200; i++) fy_headers_add(&h, "X-Fill", 6, "0123456789abcdef", 16);
+  for (int i = 0; i < 200; i++)
+    fy_headers_add(&h, "X-Fill", 6, "0123456789abcdef", 16);
   const fy_hdr *e = &h.v[0];
   CHECK_STR(fy_hdr_val(&h, e), e->val_len, "a.test");
   fy_headers_reset(&h);
@@ -40,7 +41,8 @@ static void test_hop_by_hop(void) {
   fy_headers_add(&h, "X-Kept", 6, "yes", 3);
   fy_http_strip_hop_by_hop(&h);
   size_t live = 0;
-  for (size_t i = 0; i < h.n; i++) live += !(h.v[i].flags & FY_HDR_REMOVED);
+  for (size_t i = 0; i < h.n; i++)
+    live += !(h.v[i].flags & FY_HDR_REMOVED);
   CHECK(live == 1);
   CHECK(fy_headers_find(&h, "x-kept", 6, 0) == 9);
   CHECK(fy_http_is_hop_by_hop("KEEP-ALIVE", 10));
