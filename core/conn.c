@@ -650,7 +650,6 @@ static void fy_conn_request_begin(fy_conn *c) {
   r->has_body = r->chunked = r->keepalive = r->expect_continue = r->head = r->has_content_length = false;
   c->error_status = 0;
   c->value_open = false;
-  c->upstream_sent = false;
   c->rq = FY_RQ_HEAD;
   c->rs = FY_RS_NONE;
   if (c->nreq == 0) r->started_ms = fy_now_ms(c); /* the first request's clock starts at accept */

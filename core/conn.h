@@ -103,7 +103,6 @@ typedef struct fy_conn {
   llhttp_t uparser;
   fy_headers rheaders; /* upstream response headers */
   int ustatus;
-  bool uresp_head_only;
   fy_buf chead;            /* head to send to the client */
   fy_bodyout cbody;        /* body bytes to send to the client */
   fy_buf cw_head, cw_copy; /* what the client write in flight is sending */
@@ -115,12 +114,11 @@ typedef struct fy_conn {
   bool close_after; /* close the client connection when the exchange ends */
   bool closing;
   bool lingering;
-  bool client_eof;    /* the client half-closed after a complete request */
-  bool accepted;      /* counted in the worker's open connections */
-  bool trimmed;       /* idle long enough to have freed its head buffers */
-  bool pp_pending;    /* a PROXY protocol header is expected first */
-  fy_proxy_info *pp;  /* what it said (listeners with proxy_protocol only) */
-  bool upstream_sent; /* some request byte reached the upstream */
+  bool client_eof;   /* the client half-closed after a complete request */
+  bool accepted;     /* counted in the worker's open connections */
+  bool trimmed;      /* idle long enough to have freed its head buffers */
+  bool pp_pending;   /* a PROXY protocol header is expected first */
+  fy_proxy_info *pp; /* what it said (listeners with proxy_protocol only) */
   /* Attempts (retry.c). */
   uv_timer_t retry_timer; /* backoff before the next attempt */
   unsigned attempt;       /* 1 for the first */

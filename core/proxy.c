@@ -423,7 +423,6 @@ void fy_proxy_flush_upstream(fy_conn *c) {
     return;
   }
   c->uw_pending = true;
-  c->upstream_sent = true;
   fy_uconn_timer(uc, fy_proxy_group(c)->write_timeout);
 }
 
