@@ -1,5 +1,6 @@
 #include "common.h"
 
+#include <netinet/in.h>
 #include <stdio.h>
 #include <uv.h>
 
@@ -42,5 +43,15 @@ const char *fy_strerror(int err) {
   case FY_ETIMEDOUT: return "timed out";
   case FY_ETOOBIG: return "limit exceeded";
   default: return uv_strerror(err);
+  }
+}
+
+void fy_addr_name(const struct sockaddr_storage *ss, char *ip, size_t iplen, int *port) {
+  if (ss->ss_family == AF_INET6) {
+    uv_ip6_name((const struct sockaddr_in6 *)ss, ip, iplen);
+    *port = ntohs(((const struct sockaddr_in6 *)ss)->sin6_port);
+  } else if (ss->ss_family == AF_INET) {
+    uv_ip4_name((const struct sockaddr_in *)ss, ip, iplen);
+    *port = ntohs(((const struct sockaddr_in *)ss)->sin_port);
   }
 }

@@ -18,6 +18,7 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 
 #define FY_OK 0
 enum fy_error {
@@ -31,6 +32,9 @@ enum fy_error {
 };
 
 const char *fy_strerror(int err);
+
+/* The IP address (text, at least INET6_ADDRSTRLEN bytes) and port of an AF_INET or AF_INET6 address. */
+void fy_addr_name(const struct sockaddr_storage *ss, char *ip, size_t iplen, int *port);
 
 #define FY_ARRAY_SIZE(a) (sizeof(a) / sizeof((a)[0]))
 #define FY_CONTAINER_OF(ptr, type, field) ((type *)((char *)(ptr)-offsetof(type, field)))

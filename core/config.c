@@ -45,6 +45,12 @@ bool fy_cidr_contains(const fy_cidr *net, const struct sockaddr *sa) {
   return (a[full] & mask) == (net->addr[full] & mask);
 }
 
+bool fy_cfg_listener_trusts(const fy_cfg_listener *cl, const struct sockaddr *peer) {
+  for (size_t i = 0; i < cl->nproxy_trusted; i++)
+    if (fy_cidr_contains(&cl->proxy_trusted[i], peer)) return true;
+  return false;
+}
+
 static char *fy_cfg_str(lua_State *L, int idx, const char *key) {
   lua_getfield(L, idx, key);
   char *s = fy_strdup(lua_isstring(L, -1) ? lua_tostring(L, -1) : "");

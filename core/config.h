@@ -34,6 +34,8 @@ typedef struct fy_cfg_listener {
 
 bool fy_cidr_parse(const char *text, fy_cidr *out);
 bool fy_cidr_contains(const fy_cidr *net, const struct sockaddr *sa);
+/* Whether peer is in one of the listener's proxy_protocol.trusted networks. */
+bool fy_cfg_listener_trusts(const fy_cfg_listener *cl, const struct sockaddr *peer);
 
 typedef struct fy_cfg_server {
   char *name; /* "host:port" as written */

@@ -238,16 +238,6 @@ static bool fy_conn_can_parse(fy_conn *c) {
   return c->rq == FY_RQ_BODY && fy_proxy_can_read_body(c);
 }
 
-static void fy_conn_sockaddr_text(const struct sockaddr_storage *ss, char *ip, size_t iplen, int *port) {
-  if (ss->ss_family == AF_INET6) {
-    uv_ip6_name((const struct sockaddr_in6 *)ss, ip, iplen);
-    *port = ntohs(((const struct sockaddr_in6 *)ss)->sin6_port);
-  } else {
-    uv_ip4_name((const struct sockaddr_in *)ss, ip, iplen);
-    *port = ntohs(((const struct sockaddr_in *)ss)->sin_port);
-  }
-}
-
 /*
  * The PROXY protocol header that a trusted load balancer sends before the
  * client's bytes. Until it is complete nothing is parsed as HTTP; a bad one
@@ -267,7 +257,7 @@ static bool fy_conn_read_proxy_header(fy_conn *c) {
   c->rpos += (size_t)n;
   c->pp_pending = false;
   if (!c->pp->local && (c->pp->family == AF_INET || c->pp->family == AF_INET6))
-    fy_conn_sockaddr_text(&c->pp->src, c->client_ip, sizeof c->client_ip, &c->client_port);
+    fy_addr_name(&c->pp->src, c->client_ip, sizeof c->client_ip, &c->client_port);
   return true;
 }
 
@@ -669,10 +659,7 @@ static void fy_conn_request_begin(fy_conn *c) {
 static bool fy_conn_expect_proxy_header(fy_conn *c, const struct sockaddr_storage *peer) {
   const fy_cfg_listener *cl = &c->gen->cfg->listeners[c->listener->index];
   if (cl->nproxy_trusted == 0) return false;
-  bool trusted = false;
-  for (size_t i = 0; i < cl->nproxy_trusted && !trusted; i++)
-    trusted = fy_cidr_contains(&cl->proxy_trusted[i], (const struct sockaddr *)peer);
-  if (!trusted) {
+  if (!fy_cfg_listener_trusts(cl, (const struct sockaddr *)peer)) {
     fy_log_warn("listener %s: %s:%d is not in proxy_protocol.trusted; closing", cl->name, c->client_ip,
                 c->client_port);
     fy_conn_close(c);
@@ -753,7 +740,7 @@ void fy_conn_accept(fy_listener *l) {
   int sslen = sizeof ss;
   memset(&ss, 0, sizeof ss);
   if (uv_tcp_getpeername(&c->tcp, (struct sockaddr *)&ss, &sslen) == 0)
-    fy_conn_sockaddr_text(&ss, c->client_ip, sizeof c->client_ip, &c->client_port);
+    fy_addr_name(&ss, c->client_ip, sizeof c->client_ip, &c->client_port);
   llhttp_init(&c->parser, HTTP_REQUEST, &fy_request_settings);
   c->parser.data = c;
   fy_headers_init(&c->req.headers);

@@ -57,16 +57,6 @@ typedef struct fy_ffi_proxy {
   const char *vpce_id, *authority, *alpn;
 } fy_ffi_proxy;
 
-static void fy_ffi_addr(const struct sockaddr_storage *ss, char *ip, int *port) {
-  if (ss->ss_family == AF_INET6) {
-    uv_ip6_name((const struct sockaddr_in6 *)ss, ip, INET6_ADDRSTRLEN);
-    *port = ntohs(((const struct sockaddr_in6 *)ss)->sin6_port);
-  } else if (ss->ss_family == AF_INET) {
-    uv_ip4_name((const struct sockaddr_in *)ss, ip, INET6_ADDRSTRLEN);
-    *port = ntohs(((const struct sockaddr_in *)ss)->sin_port);
-  }
-}
-
 FY_API int fy_ffi_req_proxy(double id, fy_ffi_proxy *out);
 int fy_ffi_req_proxy(double id, fy_ffi_proxy *out) {
   fy_req *r = fy_ffi_req(id);
@@ -77,8 +67,8 @@ int fy_ffi_req_proxy(double id, fy_ffi_proxy *out) {
   out->version = pp->version;
   out->local = pp->local;
   if (!pp->local && pp->family != AF_UNSPEC) {
-    fy_ffi_addr(&pp->src, out->source, &out->source_port);
-    fy_ffi_addr(&pp->dst, out->destination, &out->destination_port);
+    fy_addr_name(&pp->src, out->source, sizeof out->source, &out->source_port);
+    fy_addr_name(&pp->dst, out->destination, sizeof out->destination, &out->destination_port);
   }
   out->vpce_id = pp->vpce_id;
   out->authority = pp->authority;

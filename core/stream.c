@@ -281,17 +281,8 @@ static void fy_stream_inspect(fy_stream *s) {
     }
     s->peek_off = (size_t)n;
     s->pp_pending = false;
-    if (!s->pp->local && (s->pp->family == AF_INET || s->pp->family == AF_INET6)) {
-      int port = 0;
-      if (s->pp->src.ss_family == AF_INET6) {
-        uv_ip6_name((struct sockaddr_in6 *)&s->pp->src, s->client_ip, sizeof s->client_ip);
-        port = ntohs(((struct sockaddr_in6 *)&s->pp->src)->sin6_port);
-      } else {
-        uv_ip4_name((struct sockaddr_in *)&s->pp->src, s->client_ip, sizeof s->client_ip);
-        port = ntohs(((struct sockaddr_in *)&s->pp->src)->sin_port);
-      }
-      s->client_port = port;
-    }
+    if (!s->pp->local && (s->pp->family == AF_INET || s->pp->family == AF_INET6))
+      fy_addr_name(&s->pp->src, s->client_ip, sizeof s->client_ip, &s->client_port);
   }
   if (s->peek_len == s->peek_off) return;
   int rc = fy_sni_peek((const uint8_t *)s->peek + s->peek_off, s->peek_len - s->peek_off, &s->sni);
@@ -371,12 +362,6 @@ void fy_stream_close_all(fy_worker *w) {
     fy_stream_close(FY_CONTAINER_OF(w->streams.next, fy_stream, link), "ferry is stopping");
 }
 
-static bool fy_stream_trusted(const fy_cfg_listener *cl, const struct sockaddr_storage *peer) {
-  for (size_t i = 0; i < cl->nproxy_trusted; i++)
-    if (fy_cidr_contains(&cl->proxy_trusted[i], (const struct sockaddr *)peer)) return true;
-  return false;
-}
-
 void fy_stream_accept(fy_listener *l) {
   fy_worker *w = l->w;
   fy_stream *s = fy_calloc(1, sizeof *s);
@@ -399,20 +384,14 @@ void fy_stream_accept(fy_listener *l) {
   int len = sizeof ss;
   memset(&ss, 0, sizeof ss);
   uv_tcp_getpeername(&s->client, (struct sockaddr *)&ss, &len);
-  if (ss.ss_family == AF_INET6) {
-    uv_ip6_name((struct sockaddr_in6 *)&ss, s->client_ip, sizeof s->client_ip);
-    s->client_port = ntohs(((struct sockaddr_in6 *)&ss)->sin6_port);
-  } else {
-    uv_ip4_name((struct sockaddr_in *)&ss, s->client_ip, sizeof s->client_ip);
-    s->client_port = ntohs(((struct sockaddr_in *)&ss)->sin_port);
-  }
+  fy_addr_name(&ss, s->client_ip, sizeof s->client_ip, &s->client_port);
   struct sockaddr_storage local;
   len = sizeof local;
   if (uv_tcp_getsockname(&s->client, (struct sockaddr *)&local, &len) == 0)
     s->local_port = ntohs(((struct sockaddr_in *)&local)->sin_port);
   const fy_cfg_listener *cl = &s->gen->cfg->listeners[l->index];
   if (cl->nproxy_trusted) {
-    if (!fy_stream_trusted(cl, &ss)) {
+    if (!fy_cfg_listener_trusts(cl, (const struct sockaddr *)&ss)) {
       fy_stream_close(s, "not in proxy_protocol.trusted");
       return;
     }

@@ -18,16 +18,9 @@ static void fy_server_init(fy_server *s, fy_group *g, const fy_cfg_server *cs, c
   memcpy(&s->addr, sa, salen);
   fy_list_init(&s->idle);
   char ip[INET6_ADDRSTRLEN] = "?";
-  int port;
-  if (sa->sa_family == AF_INET6) {
-    uv_ip6_name((const struct sockaddr_in6 *)sa, ip, sizeof ip);
-    port = ntohs(((const struct sockaddr_in6 *)sa)->sin6_port);
-    snprintf(s->addr_text, sizeof s->addr_text, "[%s]:%d", ip, port);
-  } else {
-    uv_ip4_name((const struct sockaddr_in *)sa, ip, sizeof ip);
-    port = ntohs(((const struct sockaddr_in *)sa)->sin_port);
-    snprintf(s->addr_text, sizeof s->addr_text, "%s:%d", ip, port);
-  }
+  int port = 0;
+  fy_addr_name(&s->addr, ip, sizeof ip, &port);
+  snprintf(s->addr_text, sizeof s->addr_text, sa->sa_family == AF_INET6 ? "[%s]:%d" : "%s:%d", ip, port);
 }
 
 static fy_server *fy_group_add_server(fy_group *g, fy_entry *e, const struct sockaddr_storage *ss) {
