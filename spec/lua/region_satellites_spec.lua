@@ -1,11 +1,15 @@
--- The ap-southeast-1 satellite's policy (scripts/regions/ap-southeast-1.lua).
+-- The satellite regions' policies (scripts/regions/us-east-1.lua and
+-- ap-southeast-1.lua): the same behaviour, each with its own region name.
 local t = require "ferry.testing"
 
-describe("ap-southeast-1 policy", function()
+for _, region in ipairs { "us-east-1", "ap-southeast-1" } do
+local other = region == "us-east-1" and "ap-southeast-1" or "us-east-1"
+
+describe(region .. " policy", function()
   local groups = { "logs", "metrics", "traces" }
   local policy
 
-  before_each(function() policy = t.load_policy("scripts/regions/ap-southeast-1.lua") end)
+  before_each(function() policy = t.load_policy("scripts/regions/" .. region .. ".lua") end)
 
   local function route(opts) return t.route(policy, t.request(opts), groups) end
 
@@ -15,11 +19,11 @@ describe("ap-southeast-1 policy", function()
     assert.same({ group = "traces" }, route { method = "POST", host = "traces.observability.internal:4318" })
   end)
 
-  it("tags what it forwards with X-Ferry-Region: ap-southeast-1, replacing an agent's value", function()
+  it("tags what it forwards with X-Ferry-Region: " .. region .. ", replacing an agent's value", function()
     for _, host in ipairs { "metrics.observability.internal", "logs.observability.internal", "traces.observability.internal" } do
-      local req = t.request { method = "POST", host = host, headers = { ["X-Ferry-Region"] = { "eu-west-1", "us-east-1" } } }
+      local req = t.request { method = "POST", host = host, headers = { ["X-Ferry-Region"] = { "eu-west-1", other } } }
       assert.is_string(t.route(policy, req, groups).group)
-      assert.same({ "ap-southeast-1" }, req.headers:get_all("x-ferry-region"))
+      assert.same({ region }, req.headers:get_all("x-ferry-region"))
     end
   end)
 
@@ -40,7 +44,7 @@ describe("ap-southeast-1 policy", function()
     local d = route { method = "POST", host = "traces.observability.internal", path = "/v1/traces" }
     assert.equal(503, d.status)
     assert.equal("60", d.headers["Retry-After"])
-    assert.matches("traces from ap-southeast-1 is paused", d.body, 1, true)
+    assert.matches("traces from " .. region .. " is paused", d.body, 1, true)
     -- the other kinds still flow
     assert.same({ group = "metrics" }, route { method = "POST", host = "metrics.observability.internal" })
     assert.same({ group = "logs" }, route { method = "POST", host = "logs.observability.internal" })
@@ -50,3 +54,4 @@ describe("ap-southeast-1 policy", function()
     for kind, on in pairs(policy.shed) do assert.is_false(on, kind) end
   end)
 end)
+end
