@@ -150,3 +150,47 @@ class StreamTest(E2ECase):
 
 if __name__ == "__main__":
     unittest.main()
+
+
+PP_CONFIG = """
+return {
+  listeners = { { name = "pass", type = "tcp", address = "$listen",
+                  proxy_protocol = { trusted = { "127.0.0.0/8" } } } },
+  upstreams = { sink = { servers = { "$sink" } } },
+  policy = "$policy",
+}
+"""
+
+PP_POLICY = r"""
+local ferry = require "ferry"
+return {
+  route_stream = function(conn)
+    ferry.log.info("route_stream client", conn.client_addr, conn.client_port, "vpce",
+                   tostring(conn.proxy and conn.proxy.vpce_id))
+    return "sink"
+  end,
+}
+"""
+
+
+class StreamProxyProtocolTest(E2ECase):
+    def test_proxy_header_is_read_and_not_forwarded(self):
+        sink = Sink()
+        self.addCleanup(sink.stop)
+        ferry = self.start_ferry(PP_CONFIG, PP_POLICY, sink=sink.addr)
+        payload = b"plain bytes, not TLS\n" * 1000
+        sock = connect(ferry.port, timeout=10)
+        try:
+            sock.sendall(b"PROXY TCP4 10.7.7.7 10.0.0.1 41000 443\r\n" + payload)
+            sock.shutdown(socket.SHUT_WR)
+            reply = b""
+            while not reply.endswith(b"\n"):
+                data = sock.recv(4096)
+                if not data:
+                    break
+                reply += data
+        finally:
+            sock.close()
+        # the sink got exactly the payload: the PROXY header stopped at ferry
+        self.assertEqual(reply, b"%d %s\n" % (len(payload), hashlib.sha256(payload).hexdigest().encode()))
+        self.assertIsNotNone(ferry.wait_log(r"route_stream client 10\.7\.7\.7 41000 vpce nil"))
