@@ -506,23 +506,27 @@ bool fy_conn_will_close(fy_conn *c) {
          c->rq != FY_RQ_DONE || c->w->stopping || c->nreq + 1 >= fy_conn_limits(c)->keepalive_requests;
 }
 
-void fy_conn_respond(fy_conn *c, int status, const char *ctype, const char *body, size_t blen) {
+void fy_conn_respond_with(fy_conn *c, int status, const char *headers, size_t hlen, const char *body,
+                          size_t blen) {
   if (c->closing) return;
   if (c->rs == FY_RS_BODY || c->rs == FY_RS_DONE) {
     fy_conn_close(c); /* a response is already under way: all we can do is cut it */
     return;
   }
   if (c->rq != FY_RQ_DONE) c->close_after = true;
-  char extra[128];
-  int elen = snprintf(extra, sizeof extra, "Content-Type: %s\r\n", ctype);
   fy_buf_reset(&c->chead);
   fy_bodyout_reset(&c->cbody);
-  fy_http_write_simple(&c->chead, status, extra, (size_t)elen, body, blen, c->req.head,
-                       fy_conn_will_close(c));
+  fy_http_write_simple(&c->chead, status, headers, hlen, body, blen, c->req.head, fy_conn_will_close(c));
   c->req.status = status;
   c->rs = FY_RS_DONE;
   fy_conn_flush_client(c);
   fy_conn_update_reading(c);
+}
+
+void fy_conn_respond(fy_conn *c, int status, const char *ctype, const char *body, size_t blen) {
+  char extra[128];
+  int elen = snprintf(extra, sizeof extra, "Content-Type: %s\r\n", ctype);
+  fy_conn_respond_with(c, status, extra, (size_t)elen, body, blen);
 }
 
 void fy_conn_respond_simple(fy_conn *c, int status, const char *body) {

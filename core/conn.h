@@ -146,6 +146,9 @@ void fy_conn_accept(fy_listener *l);
 void fy_conn_close(fy_conn *c);
 /* Answers the current request with a ferry-made response. */
 void fy_conn_respond(fy_conn *c, int status, const char *ctype, const char *body, size_t blen);
+/* The same with a ready block of header lines ("Name: value\r\n"...). */
+void fy_conn_respond_with(fy_conn *c, int status, const char *headers, size_t hlen, const char *body,
+                          size_t blen);
 void fy_conn_respond_simple(fy_conn *c, int status, const char *body);
 
 /* admin.c: answers a request on the admin listener. */

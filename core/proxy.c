@@ -513,17 +513,6 @@ static void fy_proxy_first_attempt(fy_conn *c) {
 
 /* ---- routing ------------------------------------------------------------ */
 
-static void fy_proxy_respond_from_lua(fy_conn *c) {
-  fy_req *r = &c->req;
-  if (c->rq != FY_RQ_DONE) c->close_after = true;
-  fy_buf_reset(&c->chead);
-  fy_http_write_simple(&c->chead, r->respond_status, r->respond_headers.data, r->respond_headers.len,
-                       r->respond_body.data, r->respond_body.len, r->head, fy_conn_will_close(c));
-  r->status = r->respond_status;
-  c->rs = FY_RS_DONE;
-  fy_conn_flush_client(c);
-}
-
 void fy_proxy_start(fy_conn *c) {
   fy_req *r = &c->req;
   if (c->listener->admin) {
@@ -550,7 +539,8 @@ void fy_proxy_start(fy_conn *c) {
   }
   fy_buf_free(&err);
   if (group < 0 || r->respond_status) { /* req:respond() wins over a group returned after it */
-    fy_proxy_respond_from_lua(c);
+    fy_conn_respond_with(c, r->respond_status, r->respond_headers.data, r->respond_headers.len,
+                         r->respond_body.data, r->respond_body.len);
     return;
   }
   r->group = group;
