@@ -3,6 +3,7 @@
 #include "common.h"
 
 #include <arpa/inet.h>
+#include <stdio.h>
 #include <string.h>
 
 static const uint8_t fy_pp_v2_sig[12] = {0x0d, 0x0a, 0x0d, 0x0a, 0x00, 0x0d,
@@ -393,4 +394,62 @@ const char *fy_proxy_protocol_strerror(int err) {
   case FY_PP_EVPCE: return "invalid AWS VPC endpoint id";
   default: return fy_strerror(err);
   }
+}
+
+/* ---- writing ---------------------------------------------------------------- */
+
+static size_t fy_pp_write_v1(const struct sockaddr_storage *src, const struct sockaddr_storage *dst, uint8_t *out) {
+  char sip[INET6_ADDRSTRLEN], dip[INET6_ADDRSTRLEN];
+  int sport = 0, dport = 0;
+  if (src == NULL || src->ss_family != dst->ss_family ||
+      (src->ss_family != AF_INET && src->ss_family != AF_INET6)) {
+    memcpy(out, "PROXY UNKNOWN\r\n", 15);
+    return 15;
+  }
+  fy_addr_name(src, sip, sizeof sip, &sport);
+  fy_addr_name(dst, dip, sizeof dip, &dport);
+  int n = snprintf((char *)out, FY_PP_WRITE_MAX, "PROXY %s %s %s %d %d\r\n",
+                   src->ss_family == AF_INET ? "TCP4" : "TCP6", sip, dip, sport, dport);
+  return n > 0 ? (size_t)n : 0;
+}
+
+size_t fy_proxy_protocol_write(int version, const struct sockaddr_storage *src,
+                               const struct sockaddr_storage *dst, const char *vpce_id, uint8_t *out) {
+  if (version == 1) return fy_pp_write_v1(src, dst, out);
+  static const uint8_t sig[12] = {0x0D, 0x0A, 0x0D, 0x0A, 0x00, 0x0D, 0x0A, 0x51, 0x55, 0x49, 0x54, 0x0A};
+  memcpy(out, sig, sizeof sig);
+  size_t n = 16;
+  bool proxied = src && dst && src->ss_family == dst->ss_family &&
+                 (src->ss_family == AF_INET || src->ss_family == AF_INET6);
+  out[12] = proxied ? 0x21 : 0x20; /* version 2, PROXY or LOCAL */
+  out[13] = 0x00;                  /* AF_UNSPEC */
+  if (proxied && src->ss_family == AF_INET) {
+    const struct sockaddr_in *s4 = (const void *)src, *d4 = (const void *)dst;
+    out[13] = 0x11; /* TCP over IPv4 */
+    memcpy(out + n, &s4->sin_addr, 4);
+    memcpy(out + n + 4, &d4->sin_addr, 4);
+    memcpy(out + n + 8, &s4->sin_port, 2);
+    memcpy(out + n + 10, &d4->sin_port, 2);
+    n += 12;
+  } else if (proxied) {
+    const struct sockaddr_in6 *s6 = (const void *)src, *d6 = (const void *)dst;
+    out[13] = 0x21; /* TCP over IPv6 */
+    memcpy(out + n, &s6->sin6_addr, 16);
+    memcpy(out + n + 16, &d6->sin6_addr, 16);
+    memcpy(out + n + 32, &s6->sin6_port, 2);
+    memcpy(out + n + 34, &d6->sin6_port, 2);
+    n += 36;
+  }
+  size_t vlen = vpce_id ? strlen(vpce_id) : 0;
+  if (proxied && vlen > 0 && vlen < FY_PP_VPCE_ID_SIZE) {
+    out[n] = 0xEA; /* PP2_TYPE_AWS */
+    out[n + 1] = (uint8_t)((vlen + 1) >> 8);
+    out[n + 2] = (uint8_t)(vlen + 1);
+    out[n + 3] = 0x01; /* PP2_SUBTYPE_AWS_VPCE_ID */
+    memcpy(out + n + 4, vpce_id, vlen);
+    n += 4 + vlen;
+  }
+  out[14] = (uint8_t)((n - 16) >> 8);
+  out[15] = (uint8_t)(n - 16);
+  return n;
 }

@@ -90,6 +90,18 @@ typedef struct fy_proxy_info {
  */
 int fy_proxy_protocol_parse(const uint8_t *buf, size_t len, fy_proxy_info *out);
 
+/*
+ * Writes a PROXY protocol header (version 1 or 2) that announces a
+ * connection from src to dst; a NULL src, or addresses of two families,
+ * give a v2 LOCAL header or a v1 "UNKNOWN" line (the receiver then uses the
+ * socket's own addresses). vpce_id (v2 only, may be NULL or "") is passed on
+ * as the AWS TLV. Returns the header's length; out needs
+ * FY_PP_WRITE_MAX bytes.
+ */
+#define FY_PP_WRITE_MAX (16 + 36 + 3 + 1 + FY_PP_VPCE_ID_SIZE)
+size_t fy_proxy_protocol_write(int version, const struct sockaddr_storage *src,
+                               const struct sockaddr_storage *dst, const char *vpce_id, uint8_t *out);
+
 const char *fy_proxy_protocol_strerror(int err);
 
 /*
