@@ -107,7 +107,7 @@ static void fy_admin_metrics(fy_conn *c) {
   fy_admin_metric(&o, "upstream_retries_total", "counter", "attempts after a failed one");
   fy_buf_printf(&o, "ferry_upstream_retries_total %llu\n", (unsigned long long)w->stats.retries);
   fy_admin_metric(&o, "upstream_failures_total", "counter", "failed attempts by kind");
-  for (int f = FY_FAIL_CONNECT; f <= FY_FAIL_STATUS; f++)
+  for (int f = FY_FAIL_CONNECT; f <= FY_FAIL_TLS; f++)
     fy_buf_printf(&o, "ferry_upstream_failures_total{kind=\"%s\"} %llu\n",
                   fy_failure_name((enum fy_failure)f), (unsigned long long)w->stats.failures[f]);
   fy_admin_servers(&o, w->gen, uv_now(w->loop));

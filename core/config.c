@@ -3,6 +3,7 @@
 #include "log.h"
 #include "lua_embed.h"
 
+#include <stdio.h>
 #include <uv.h>
 
 #include <lauxlib.h>
@@ -69,6 +70,72 @@ static uint64_t fy_cfg_ms(lua_State *L, int idx, const char *key) {
   return (uint64_t)(fy_cfg_num(L, idx, key) * 1000.0 + 0.5);
 }
 
+static char *fy_cfg_opt_str(lua_State *L, int idx, const char *key) {
+  lua_getfield(L, idx, key);
+  char *s = lua_isstring(L, -1) ? fy_strdup(lua_tostring(L, -1)) : NULL;
+  lua_pop(L, 1);
+  return s;
+}
+
+static bool fy_cfg_bool(lua_State *L, int idx, const char *key) {
+  lua_getfield(L, idx, key);
+  bool v = lua_toboolean(L, -1);
+  lua_pop(L, 1);
+  return v;
+}
+
+/* A list of strings at key (absent: none). */
+static char **fy_cfg_strings(lua_State *L, int idx, const char *key, size_t *n) {
+  char **v = NULL;
+  *n = 0;
+  lua_getfield(L, idx, key);
+  if (lua_istable(L, -1)) {
+    *n = lua_objlen(L, -1);
+    v = fy_calloc(*n ? *n : 1, sizeof *v);
+    for (size_t i = 0; i < *n; i++) {
+      lua_rawgeti(L, -1, (int)i + 1);
+      v[i] = fy_strdup(lua_tostring(L, -1));
+      lua_pop(L, 1);
+    }
+  }
+  lua_pop(L, 1);
+  return v;
+}
+
+static void fy_cfg_strings_free(char **v, size_t n) {
+  for (size_t i = 0; i < n; i++)
+    free(v[i]);
+  free(v);
+}
+
+static void fy_cfg_read_tls_server(lua_State *L, int t, fy_cfg_tls_server *tls) {
+  lua_getfield(L, t, "certs");
+  tls->ncerts = lua_objlen(L, -1);
+  tls->certs = fy_calloc(tls->ncerts, sizeof *tls->certs);
+  for (size_t i = 0; i < tls->ncerts; i++) {
+    lua_rawgeti(L, -1, (int)i + 1);
+    int c = lua_gettop(L);
+    tls->certs[i].cert = fy_cfg_str(L, c, "cert");
+    tls->certs[i].key = fy_cfg_str(L, c, "key");
+    tls->certs[i].names = fy_cfg_strings(L, c, "names", &tls->certs[i].nnames);
+    lua_pop(L, 1);
+  }
+  lua_pop(L, 1);
+  tls->client_ca = fy_cfg_opt_str(L, t, "client_ca");
+  tls->client_optional = fy_cfg_bool(L, t, "client_optional");
+  tls->session_tickets = fy_cfg_bool(L, t, "session_tickets");
+  tls->ciphers = fy_cfg_strings(L, t, "ciphers", &tls->nciphers);
+}
+
+static void fy_cfg_read_tls_client(lua_State *L, int t, fy_cfg_tls_client *tls) {
+  tls->verify = fy_cfg_bool(L, t, "verify");
+  tls->ca = fy_cfg_opt_str(L, t, "ca");
+  tls->server_name = fy_cfg_opt_str(L, t, "server_name");
+  tls->cert = fy_cfg_opt_str(L, t, "cert");
+  tls->key = fy_cfg_opt_str(L, t, "key");
+  tls->ciphers = fy_cfg_strings(L, t, "ciphers", &tls->nciphers);
+}
+
 static void fy_cfg_read_listeners(lua_State *L, int t, fy_config *cfg) {
   lua_getfield(L, t, "listeners");
   cfg->nlisteners = lua_objlen(L, -1);
@@ -82,7 +149,11 @@ static void fy_cfg_read_listeners(lua_State *L, int t, fy_config *cfg) {
     l->policy = (int)fy_cfg_num(L, -1, "policy") - 1;
     char *type = fy_cfg_str(L, -1, "type");
     l->tcp = strcmp(type, "tcp") == 0;
+    l->https = strcmp(type, "https") == 0;
     free(type);
+    lua_getfield(L, -1, "tls");
+    if (lua_istable(L, -1)) fy_cfg_read_tls_server(L, lua_gettop(L), &l->tls);
+    lua_pop(L, 1);
     lua_getfield(L, -1, "proxy_trusted");
     if (lua_istable(L, -1)) {
       l->nproxy_trusted = lua_objlen(L, -1);
@@ -125,6 +196,13 @@ static void fy_cfg_read_group(lua_State *L, int t, fy_cfg_group *g) {
   g->check_timeout = fy_cfg_ms(L, t, "check_timeout");
   g->check_rise = (unsigned)fy_cfg_num(L, t, "check_rise");
   g->check_fall = (unsigned)fy_cfg_num(L, t, "check_fall");
+  g->proxy_protocol = (int)fy_cfg_num(L, t, "proxy_protocol");
+  lua_getfield(L, t, "tls");
+  if (lua_istable(L, -1)) {
+    fy_cfg_read_tls_client(L, lua_gettop(L), &g->tls);
+    g->tls.enabled = true;
+  }
+  lua_pop(L, 1);
   lua_getfield(L, t, "check_path");
   if (lua_isstring(L, -1)) g->check_path = fy_strdup(lua_tostring(L, -1));
   lua_pop(L, 1);
@@ -244,6 +322,47 @@ static void fy_cfg_collect_errors(lua_State *L, fy_buf *errors) {
   }
 }
 
+/* Appends "file:line: where.message" for a config error found here in C. */
+static void fy_cfg_error_at(lua_State *L, const char *path, const char *where, const char *msg, fy_buf *errors) {
+  lua_getfield(L, 1, "locate_error"); /* ferry.config is at index 1 */
+  lua_pushstring(L, path);
+  lua_pushfstring(L, "%s.%s", where, msg);
+  if (lua_pcall(L, 2, 1, 0) == 0)
+    fy_buf_printf(errors, "%s\n", lua_tostring(L, -1));
+  else
+    fy_buf_printf(errors, "%s: %s.%s\n", path, where, msg);
+  lua_pop(L, 1);
+}
+
+/*
+ * Certificates and keys are read here, at load time, so that `ferry check`
+ * and a reload both refuse a file that will not do, with the line of the
+ * setting that names it.
+ */
+static int fy_cfg_load_tls(lua_State *L, fy_config *cfg, fy_buf *errors) {
+  int rc = 0;
+  char err[512], where[160];
+  for (size_t i = 0; i < cfg->nlisteners; i++) {
+    fy_cfg_listener *l = &cfg->listeners[i];
+    if (!l->https) continue;
+    if (fy_tls_server_ctx_new(&l->tls, &l->tls_ctx, err, sizeof err) != 0) {
+      snprintf(where, sizeof where, "listeners[%zu].tls", i + 1);
+      fy_cfg_error_at(L, cfg->path, where, err, errors);
+      rc = -1;
+    }
+  }
+  for (size_t i = 0; i < cfg->ngroups; i++) {
+    fy_cfg_group *g = &cfg->groups[i];
+    if (!g->tls.enabled) continue;
+    if (fy_tls_client_ctx_new(&g->tls, &g->tls_ctx, err, sizeof err) != 0) {
+      snprintf(where, sizeof where, "upstreams.%s.tls", g->name);
+      fy_cfg_error_at(L, cfg->path, where, err, errors);
+      rc = -1;
+    }
+  }
+  return rc;
+}
+
 int fy_config_load(const char *path, fy_config **out, fy_buf *errors) {
   int rc = FY_ECONFIG;
   lua_State *L = luaL_newstate();
@@ -264,6 +383,10 @@ int fy_config_load(const char *path, fy_config **out, fy_buf *errors) {
   fy_cfg_read_listeners(L, t, cfg);
   fy_cfg_read_groups(L, t, cfg);
   fy_cfg_read_rest(L, t, cfg);
+  if (fy_cfg_load_tls(L, cfg, errors) != 0) {
+    fy_config_free(cfg);
+    goto done;
+  }
   *out = cfg;
   rc = FY_OK;
   goto done;
@@ -277,6 +400,16 @@ done:
 void fy_config_free(fy_config *cfg) {
   if (cfg == NULL) return;
   for (size_t i = 0; i < cfg->nlisteners; i++) {
+    fy_cfg_listener *l = &cfg->listeners[i];
+    for (size_t j = 0; j < l->tls.ncerts; j++) {
+      free(l->tls.certs[j].cert);
+      free(l->tls.certs[j].key);
+      fy_cfg_strings_free(l->tls.certs[j].names, l->tls.certs[j].nnames);
+    }
+    free(l->tls.certs);
+    free(l->tls.client_ca);
+    fy_cfg_strings_free(l->tls.ciphers, l->tls.nciphers);
+    fy_tls_server_ctx_unref(l->tls_ctx);
     free(cfg->listeners[i].proxy_trusted);
     free(cfg->listeners[i].name);
     free(cfg->listeners[i].host);
@@ -289,6 +422,12 @@ void fy_config_free(fy_config *cfg) {
     }
     free(g->servers);
     free(g->check_path);
+    free(g->tls.ca);
+    free(g->tls.server_name);
+    free(g->tls.cert);
+    free(g->tls.key);
+    fy_cfg_strings_free(g->tls.ciphers, g->tls.nciphers);
+    fy_tls_client_ctx_unref(g->tls_ctx);
     free(g->name);
   }
   for (size_t i = 0; i < cfg->npolicies; i++)

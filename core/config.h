@@ -10,6 +10,7 @@
 #define FERRY_CONFIG_H
 
 #include "buf.h"
+#include "tls.h"
 
 #include <stdbool.h>
 #include <sys/socket.h>
@@ -27,6 +28,9 @@ typedef struct fy_cfg_listener {
   int port;
   int policy; /* index into fy_config.policies */
   bool tcp;   /* a tcp listener (stream.c) rather than http */
+  bool https; /* TLS terminated here (tls_ctx) */
+  fy_cfg_tls_server tls;
+  fy_tls_server_ctx *tls_ctx;
   /* PROXY protocol: expected first on every connection, only from these networks */
   fy_cidr *proxy_trusted;
   size_t nproxy_trusted;
@@ -69,6 +73,10 @@ typedef struct fy_cfg_group {
   char *check_path;
   uint64_t check_interval, check_timeout;
   unsigned check_rise, check_fall;
+  /* TLS to the servers (tls_ctx NULL: plain TCP) */
+  fy_cfg_tls_client tls;
+  fy_tls_client_ctx *tls_ctx;
+  int proxy_protocol; /* PROXY protocol version sent first on each connection, 0: none */
 } fy_cfg_group;
 
 typedef struct fy_limits {

@@ -238,6 +238,19 @@ static bool fy_conn_can_parse(fy_conn *c) {
   return c->rq == FY_RQ_BODY && fy_proxy_can_read_body(c);
 }
 
+static fy_tls_server_ctx *fy_conn_tls_ctx(fy_conn *c) {
+  return c->listener->admin ? NULL : c->gen->cfg->listeners[c->listener->index].tls_ctx;
+}
+
+/* TLS from here on: seed holds ciphertext already read (after a PROXY header). */
+static void fy_conn_start_tls(fy_conn *c, const char *seed, size_t len) {
+  if (c->reading) fy_sock_read_stop(&c->sock); /* the TLS session reads the socket now */
+  c->reading = false;
+  fy_tls_accept(&c->sock, fy_conn_tls_ctx(c), seed, len);
+  c->rpos = c->rlen = 0;
+  fy_conn_update_reading(c);
+}
+
 /*
  * The PROXY protocol header that a trusted load balancer sends before the
  * client's bytes. Until it is complete nothing is parsed as HTTP; a bad one
@@ -258,6 +271,10 @@ static bool fy_conn_read_proxy_header(fy_conn *c) {
   c->pp_pending = false;
   if (!c->pp->local && (c->pp->family == AF_INET || c->pp->family == AF_INET6))
     fy_addr_name(&c->pp->src, c->client_ip, sizeof c->client_ip, &c->client_port);
+  if (fy_conn_tls_ctx(c)) { /* what follows the header is the TLS handshake */
+    fy_conn_start_tls(c, c->rbuf + c->rpos, c->rlen - c->rpos);
+    return false;
+  }
   return true;
 }
 
@@ -322,7 +339,9 @@ static void fy_conn_alloc_cb(uv_handle_t *h, size_t suggested, uv_buf_t *buf) {
 }
 
 static void fy_conn_client_eof(fy_conn *c, ssize_t err) {
-  if (err != UV_EOF)
+  if (err == UV_EPROTO && c->sock.tls)
+    fy_log_info("client %s:%d: TLS: %s", c->client_ip, c->client_port, fy_tls_error(c->sock.tls));
+  else if (err != UV_EOF)
     fy_log_debug("client %s:%d: read: %s", c->client_ip, c->client_port, uv_strerror((int)err));
   if (c->rq == FY_RQ_HEAD && c->rpos == c->rlen && c->req.url.len == 0) {
     fy_conn_close(c); /* an idle client went away */
@@ -372,9 +391,9 @@ static void fy_conn_update_reading(fy_conn *c) {
   if (want == c->reading) return;
   c->reading = want;
   if (want)
-    uv_read_start((uv_stream_t *)&c->tcp, fy_conn_alloc_cb, fy_conn_read_cb);
+    fy_sock_read_start(&c->sock, fy_conn_alloc_cb, fy_conn_read_cb);
   else
-    uv_read_stop((uv_stream_t *)&c->tcp);
+    fy_sock_read_stop(&c->sock);
 }
 
 /* ---- timers ------------------------------------------------------------- */
@@ -492,7 +511,7 @@ void fy_conn_flush_client(fy_conn *c) {
   c->cbody.span = NULL;
   for (unsigned i = 0; i < n; i++)
     c->req.bytes_out += bufs[i].len;
-  int rc = fy_write(&c->cwrite, (uv_stream_t *)&c->tcp, bufs, n, fy_conn_write_cb);
+  int rc = fy_sock_write(&c->sock, &c->cwrite, bufs, n, fy_conn_write_cb);
   if (rc < 0) {
     fy_conn_close(c);
     return;
@@ -543,8 +562,8 @@ static void fy_conn_access_log(fy_conn *c) {
   if (!c->gen->cfg->access_log) return;
   /* The target fields are set once the head is parsed (method set with them). */
   fy_target t = r->method ? r->target : (fy_target){0};
-  fy_log_info("access %s \"%s http://%.*s%.*s%s%.*s\" %d %llu %s %s %llums id=%llu", c->client_ip,
-              r->method ? r->method : "-", (int)r->host_len, r->host, (int)FY_MIN(t.path_len, 512),
+  fy_log_info("access %s \"%s %s://%.*s%.*s%s%.*s\" %d %llu %s %s %llums id=%llu", c->client_ip,
+              r->method ? r->method : "-", c->sock.tls ? "https" : "http", (int)r->host_len, r->host, (int)FY_MIN(t.path_len, 512),
               t.path ? t.path : "", t.query ? "?" : "", (int)FY_MIN(t.query_len, 512), t.query ? t.query : "",
               r->status, (unsigned long long)r->bytes_out,
               r->group >= 0 && r->gen ? r->gen->cfg->groups[r->group].name : "-", r->server ? r->server : "-",
@@ -573,7 +592,7 @@ static void fy_conn_shutdown_cb(uv_shutdown_t *req, int status) {
     return;
   }
   c->reading = true;
-  uv_read_start((uv_stream_t *)&c->tcp, fy_conn_alloc_cb, fy_conn_read_cb);
+  fy_sock_read_start(&c->sock, fy_conn_alloc_cb, fy_conn_read_cb);
 }
 
 /*
@@ -583,12 +602,12 @@ static void fy_conn_shutdown_cb(uv_shutdown_t *req, int status) {
  * until the client closes (or a short linger time), then close.
  */
 static void fy_conn_close_gracefully(fy_conn *c) {
-  if (c->reading) uv_read_stop((uv_stream_t *)&c->tcp);
+  if (c->reading) fy_sock_read_stop(&c->sock);
   c->reading = false;
   c->lingering = true;
   fy_conn_retime(c, false);
   c->shutdown_req.data = c;
-  if (uv_shutdown(&c->shutdown_req, (uv_stream_t *)&c->tcp, fy_conn_shutdown_cb) < 0) fy_conn_close(c);
+  if (fy_sock_shutdown(&c->sock, &c->shutdown_req, fy_conn_shutdown_cb) < 0) fy_conn_close(c);
 }
 
 void fy_conn_exchange_maybe_done(fy_conn *c) {
@@ -691,6 +710,7 @@ static void fy_conn_free(fy_conn *c) {
   fy_gen_unref(c->gen);
   fy_pool_put(c->rbuf);
   free(c->pp);
+  fy_sock_free(&c->sock);
   free(c);
 }
 
@@ -713,7 +733,7 @@ void fy_conn_close(fy_conn *c) {
   fy_write_forget(&c->cwrite);
   fy_proxy_abort(c);
   fy_list_remove(&c->link);
-  uv_close((uv_handle_t *)&c->tcp, fy_conn_close_cb);
+  fy_sock_close(&c->sock, fy_conn_close_cb);
   uv_close((uv_handle_t *)&c->timer, fy_conn_close_cb);
   uv_close((uv_handle_t *)&c->retry_timer, fy_conn_close_cb);
 }
@@ -721,16 +741,16 @@ void fy_conn_close(fy_conn *c) {
 void fy_conn_accept(fy_listener *l) {
   fy_worker *w = l->w;
   fy_conn *c = fy_calloc(1, sizeof *c);
-  uv_tcp_init(w->loop, &c->tcp);
-  c->tcp.data = c;
+  uv_tcp_init(w->loop, &c->sock.tcp);
+  c->sock.tcp.data = c;
   c->handles_open = 1;
   c->w = w;
   c->listener = l;
   c->gen = fy_gen_ref(w->gen);
   fy_list_init(&c->link);
-  if (uv_accept((uv_stream_t *)&l->tcp, (uv_stream_t *)&c->tcp) < 0) {
+  if (uv_accept((uv_stream_t *)&l->tcp, (uv_stream_t *)&c->sock.tcp) < 0) {
     c->closing = true;
-    uv_close((uv_handle_t *)&c->tcp, fy_conn_close_cb);
+    uv_close((uv_handle_t *)&c->sock.tcp, fy_conn_close_cb);
     return;
   }
   uv_timer_init(w->loop, &c->timer);
@@ -738,12 +758,12 @@ void fy_conn_accept(fy_listener *l) {
   c->timer.data = c->retry_timer.data = c;
   c->handles_open = 3;
   fy_list_insert_head(&w->conns, &c->link);
-  uv_tcp_nodelay(&c->tcp, 1);
+  uv_tcp_nodelay(&c->sock.tcp, 1);
 
   struct sockaddr_storage ss;
   int sslen = sizeof ss;
   memset(&ss, 0, sizeof ss);
-  if (uv_tcp_getpeername(&c->tcp, (struct sockaddr *)&ss, &sslen) == 0)
+  if (uv_tcp_getpeername(&c->sock.tcp, (struct sockaddr *)&ss, &sslen) == 0)
     fy_addr_name(&ss, c->client_ip, sizeof c->client_ip, &c->client_port);
   llhttp_init(&c->parser, HTTP_REQUEST, &fy_request_settings);
   c->parser.data = c;
@@ -751,6 +771,7 @@ void fy_conn_accept(fy_listener *l) {
   fy_headers_init(&c->rheaders);
   fy_conn_request_begin(c);
   if (!l->admin && fy_conn_expect_proxy_header(c, &ss)) return;
+  if (!c->pp_pending && fy_conn_tls_ctx(c)) fy_tls_accept(&c->sock, fy_conn_tls_ctx(c), NULL, 0);
   c->accepted = true;
   if (++w->nconns > fy_conn_limits(c)->max_connections && !l->admin) {
     /* Shed load with an answer the client understands, rather than a reset

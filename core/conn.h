@@ -25,6 +25,7 @@
 #include "http.h"
 #include "pool.h"
 #include "proxy_protocol.h"
+#include "tls.h"
 #include "worker.h"
 
 #include <llhttp.h>
@@ -80,7 +81,7 @@ typedef struct fy_req {
 #define FY_CONN_RBUF_SIZE FY_POOL_BLOCK_SIZE
 
 typedef struct fy_conn {
-  uv_tcp_t tcp;
+  fy_sock sock; /* first: the uv handle's address is the connection's */
   uv_timer_t timer;
   fy_write_req cwrite; /* to the client */
   uv_shutdown_t shutdown_req;
@@ -174,6 +175,7 @@ enum fy_failure {
   FY_FAIL_TIMEOUT,         /* no response within timeouts.read */
   FY_FAIL_BAD_RESPONSE,    /* a response ferry could not parse */
   FY_FAIL_STATUS,          /* a response status listed in retry.statuses */
+  FY_FAIL_TLS,             /* the TLS handshake failed (certificate, name, protocol) */
 };
 const char *fy_failure_name(enum fy_failure f);
 /* Whether this failed attempt may be followed by another (limits, then the retry hook). */

@@ -4,7 +4,9 @@
  * configured, a GET of that path whose status must be 2xx or 3xx, all within
  * `health.check.timeout`. `fall` failures in a row take the server out of
  * service, `rise` successes in a row bring it back. Servers start in
- * service.
+ * service. A probe speaks the group's language: a PROXY protocol LOCAL
+ * header first when the group sends PROXY headers, then the TLS handshake
+ * (certificate and name checked) when the group uses TLS.
  *
  * A probe is a one-shot request: it owns its handles and frees itself in
  * its close callback. It keeps a pointer to its server only while the
@@ -14,16 +16,19 @@
 #include "upstream.h"
 
 #include "log.h"
+#include "proxy_protocol.h"
 
 #include <stdio.h>
 
 typedef struct fy_probe {
-  uv_tcp_t tcp;
+  fy_sock sock; /* first: the uv handle's address is the probe's */
   uv_connect_t connect;
-  uv_write_t write;
+  fy_write_req write;
   uv_timer_t timer;
   fy_server *server; /* NULL once the checks stopped */
   char request[512];
+  uint8_t preface[FY_PP_WRITE_MAX]; /* a PROXY protocol LOCAL header, for a group that sends PROXY */
+  size_t preface_len;
   char reply[64];
   size_t reply_len;
   unsigned closing;
@@ -32,7 +37,10 @@ typedef struct fy_probe {
 
 static void fy_probe_freed(uv_handle_t *h) {
   fy_probe *p = h->data;
-  if (--p->closing == 0) free(p);
+  if (--p->closing == 0) {
+    fy_sock_free(&p->sock);
+    free(p);
+  }
 }
 
 static void fy_health_record(fy_server *s, bool ok, const char *why) {
@@ -60,7 +68,8 @@ static void fy_probe_finish(fy_probe *p, bool ok, const char *why) {
     fy_health_record(p->server, ok, why);
   }
   p->closing = 2;
-  uv_close((uv_handle_t *)&p->tcp, fy_probe_freed);
+  fy_write_forget(&p->write);
+  fy_sock_close(&p->sock, fy_probe_freed);
   uv_close((uv_handle_t *)&p->timer, fy_probe_freed);
 }
 
@@ -86,9 +95,50 @@ static void fy_probe_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf) {
   if (n < 0 || p->reply_len >= sizeof p->reply - 1) fy_probe_finish(p, false, "no valid answer");
 }
 
-static void fy_probe_written(uv_write_t *w, int status) {
-  fy_probe *p = w->data;
-  if (status < 0) fy_probe_finish(p, false, uv_strerror(status));
+static void fy_probe_written(fy_write_req *w, int status) {
+  fy_probe *p = FY_CONTAINER_OF(w, fy_probe, write);
+  if (status < 0) fy_probe_finish(p, false, p->sock.tls ? fy_tls_error(p->sock.tls) : uv_strerror(status));
+}
+
+/* Connected (and, for a TLS group, handshook): a TCP check passed; an HTTP check asks. */
+static void fy_probe_ready(fy_probe *p) {
+  if (p->request[0] == '\0') { /* a TCP check: connecting is the test */
+    fy_probe_finish(p, true, NULL);
+    return;
+  }
+  uv_buf_t b = uv_buf_init(p->request, (unsigned)strlen(p->request));
+  if (fy_sock_write(&p->sock, &p->write, &b, 1, fy_probe_written) < 0 ||
+      fy_sock_read_start(&p->sock, fy_probe_alloc, fy_probe_read) < 0)
+    fy_probe_finish(p, false, "write failed");
+}
+
+static void fy_probe_tls_done(fy_tls *t, int status) {
+  fy_probe *p = fy_tls_data(t);
+  if (p->finished) return;
+  if (status < 0)
+    fy_probe_finish(p, false, fy_tls_error(t));
+  else
+    fy_probe_ready(p);
+}
+
+static void fy_probe_preface_written(fy_write_req *w, int status) {
+  fy_probe *p = FY_CONTAINER_OF(w, fy_probe, write);
+  if (p->finished) return;
+  if (status < 0) {
+    fy_probe_finish(p, false, uv_strerror(status));
+    return;
+  }
+  p->preface_len = 0;
+  fy_server *s = p->server;
+  if (s == NULL) { /* the checks stopped meanwhile */
+    fy_probe_finish(p, false, "stopped");
+    return;
+  }
+  fy_tls_client_ctx *ctx = s->group->cfg->tls_ctx;
+  if (ctx)
+    fy_tls_connect(&p->sock, ctx, s->tls_name, NULL, fy_probe_tls_done, p);
+  else
+    fy_probe_ready(p);
 }
 
 static void fy_probe_connected(uv_connect_t *c, int status) {
@@ -98,14 +148,10 @@ static void fy_probe_connected(uv_connect_t *c, int status) {
     fy_probe_finish(p, false, uv_strerror(status));
     return;
   }
-  if (p->request[0] == '\0') { /* a TCP check: connecting is the test */
-    fy_probe_finish(p, true, NULL);
-    return;
-  }
-  uv_buf_t b = uv_buf_init(p->request, (unsigned)strlen(p->request));
-  p->write.data = p;
-  if (uv_write(&p->write, (uv_stream_t *)&p->tcp, &b, 1, fy_probe_written) < 0 ||
-      uv_read_start((uv_stream_t *)&p->tcp, fy_probe_alloc, fy_probe_read) < 0)
+  uv_buf_t b = uv_buf_init((char *)p->preface, (unsigned)p->preface_len);
+  if (p->preface_len == 0)
+    fy_probe_preface_written(&p->write, 0);
+  else if (fy_write(&p->write, (uv_stream_t *)&p->sock.tcp, &b, 1, fy_probe_preface_written) < 0)
     fy_probe_finish(p, false, "write failed");
 }
 
@@ -119,11 +165,13 @@ static void fy_probe_start(fy_server *s) {
     snprintf(p->request, sizeof p->request,
              "GET %s HTTP/1.1\r\nHost: %s\r\nUser-Agent: ferry-health-check\r\nConnection: close\r\n\r\n",
              cfg->check_path, s->name);
-  uv_tcp_init(loop, &p->tcp);
+  if (cfg->proxy_protocol) /* the server expects a PROXY header: LOCAL says the probe is ferry's own */
+    p->preface_len = fy_proxy_protocol_write(cfg->proxy_protocol == 1 ? 1 : 2, NULL, &s->addr, NULL, p->preface);
+  uv_tcp_init(loop, &p->sock.tcp);
   uv_timer_init(loop, &p->timer);
-  p->tcp.data = p->timer.data = p->connect.data = p;
+  p->sock.tcp.data = p->timer.data = p->connect.data = p;
   uv_timer_start(&p->timer, fy_probe_timeout, cfg->check_timeout, 0);
-  if (uv_tcp_connect(&p->connect, &p->tcp, (struct sockaddr *)&s->addr, fy_probe_connected) < 0)
+  if (uv_tcp_connect(&p->connect, &p->sock.tcp, (struct sockaddr *)&s->addr, fy_probe_connected) < 0)
     fy_probe_finish(p, false, "connect failed");
 }
 

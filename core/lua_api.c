@@ -76,6 +76,28 @@ int fy_ffi_req_proxy(double id, fy_ffi_proxy *out) {
   return 1;
 }
 
+/* The TLS session of an https listener's connection: 1 filled, 0 for plain HTTP. */
+typedef struct fy_ffi_tls {
+  const char *sni, *version, *cipher, *alpn, *client_subject;
+  int client_verified, resumed;
+} fy_ffi_tls;
+
+FY_API int fy_ffi_req_tls(double id, fy_ffi_tls *out);
+int fy_ffi_req_tls(double id, fy_ffi_tls *out) {
+  fy_req *r = fy_ffi_req(id);
+  if (r == NULL) return FY_FFI_EGONE;
+  fy_tls_info info;
+  if (!fy_tls_get_info(fy_ffi_conn(r)->sock.tls, &info)) return 0;
+  out->sni = info.sni;
+  out->version = info.version;
+  out->cipher = info.cipher;
+  out->alpn = info.alpn;
+  out->client_subject = info.client_subject;
+  out->client_verified = info.client_verified;
+  out->resumed = info.resumed;
+  return 1;
+}
+
 /* Lua made req.ctx for this request: release it when the request ends. */
 FY_API int fy_ffi_req_ctx(double id);
 int fy_ffi_req_ctx(double id) {

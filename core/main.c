@@ -75,6 +75,7 @@ static int fy_cmd_version(void) {
   printf("%s\n", LUAJIT_VERSION); /* "LuaJIT 2.1.0-beta3" */
   printf("llhttp %d.%d.%d (strict mode)\n", LLHTTP_VERSION_MAJOR, LLHTTP_VERSION_MINOR, LLHTTP_VERSION_PATCH);
   printf("c-ares %s\n", ares_version(NULL));
+  printf("%s (TLS 1.2)\n", fy_tls_version()); /* "mbed TLS 2.28.3" */
   return 0;
 }
 

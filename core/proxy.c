@@ -61,6 +61,7 @@ static void fy_proxy_retry(fy_conn *c) {
 }
 
 static enum fy_failure fy_proxy_classify(fy_uconn *uc, int err) {
+  if (uc && uc->state == FY_UC_CONNECTING && uc->sock.tls && err == UV_EPROTO) return FY_FAIL_TLS;
   if (uc == NULL || uc->state == FY_UC_CONNECTING)
     return err == FY_ETIMEDOUT ? FY_FAIL_CONNECT_TIMEOUT : FY_FAIL_CONNECT;
   if (err == FY_ETIMEDOUT) return FY_FAIL_TIMEOUT;
@@ -340,7 +341,7 @@ static void fy_proxy_write_xff(fy_conn *c, fy_buf *o) {
     fy_buf_append(o, ", ", 2);
   }
   fy_buf_puts(o, c->client_ip);
-  fy_buf_puts(o, "\r\nX-Forwarded-Proto: http\r\n");
+  fy_buf_puts(o, c->sock.tls ? "\r\nX-Forwarded-Proto: https\r\n" : "\r\nX-Forwarded-Proto: http\r\n");
 }
 
 static void fy_proxy_write_request_head(fy_conn *c, fy_server *s) {
@@ -417,7 +418,7 @@ void fy_proxy_flush_upstream(fy_conn *c) {
   if (c->req.has_body) fy_replay_add(c, bufs + n, nbody);
   n += nbody;
   if (n == 0) return;
-  int rc = fy_write(&uc->write_req, (uv_stream_t *)&uc->tcp, bufs, n, fy_proxy_upstream_write_cb);
+  int rc = fy_sock_write(&uc->sock, &uc->write_req, bufs, n, fy_proxy_upstream_write_cb);
   if (rc < 0) {
     fy_proxy_fail(c, rc);
     return;
@@ -474,6 +475,31 @@ static fy_server *fy_proxy_pick(fy_conn *c) {
   return fy_group_pick(g, c->key, c->has_key, c->tried, c->ntried, fy_now_ms(c));
 }
 
+/*
+ * The PROXY protocol header for a new connection of a group that sends one:
+ * the client as ferry knows it (from the PROXY header ferry received, if
+ * any, else the socket) and the AWS endpoint id passed on.
+ */
+static void fy_proxy_write_preface(fy_conn *c, fy_uconn *uc) {
+  struct sockaddr_storage src, dst;
+  const fy_proxy_info *pp = c->pp;
+  if (pp && !pp->local && pp->family != AF_UNSPEC) {
+    src = pp->src;
+    dst = pp->dst;
+  } else {
+    int len = sizeof src;
+    memset(&src, 0, sizeof src);
+    memset(&dst, 0, sizeof dst);
+    uv_tcp_getpeername(&c->sock.tcp, (struct sockaddr *)&src, &len);
+    len = sizeof dst;
+    uv_tcp_getsockname(&c->sock.tcp, (struct sockaddr *)&dst, &len);
+  }
+  uint8_t header[FY_PP_WRITE_MAX];
+  size_t n = fy_proxy_protocol_write(fy_proxy_group(c)->proxy_protocol, &src, &dst, pp ? pp->vpce_id : NULL, header);
+  fy_buf_reset(fy_uconn_preface(uc));
+  fy_buf_append(fy_uconn_preface(uc), header, n);
+}
+
 static void fy_proxy_connect(fy_conn *c) {
   fy_server *s = fy_proxy_pick(c);
   if (s == NULL) {
@@ -494,6 +520,7 @@ static void fy_proxy_connect(fy_conn *c) {
     return;
   }
   c->up = uc;
+  if (rc == 0 && fy_proxy_group(c)->proxy_protocol) fy_proxy_write_preface(c, uc);
   if (rc == 1) fy_proxy_upstream_ready(c);
 }
 

@@ -26,6 +26,7 @@ const char *fy_failure_name(enum fy_failure f) {
   case FY_FAIL_TIMEOUT: return "timeout";
   case FY_FAIL_BAD_RESPONSE: return "bad_response";
   case FY_FAIL_STATUS: return "status";
+  case FY_FAIL_TLS: return "tls_handshake";
   }
   return "?";
 }
@@ -43,7 +44,7 @@ static bool fy_retry_within_limits(fy_conn *c, enum fy_failure f) {
   if (c->attempt >= cfg->tries || c->ntried >= FY_ARRAY_SIZE(c->tried)) return false;
   if (cfg->deadline && fy_now_ms(c) + fy_retry_backoff_ms(c) - c->req.started_ms >= cfg->deadline)
     return false;
-  bool nothing_sent = f == FY_FAIL_CONNECT || f == FY_FAIL_CONNECT_TIMEOUT;
+  bool nothing_sent = f == FY_FAIL_CONNECT || f == FY_FAIL_CONNECT_TIMEOUT || f == FY_FAIL_TLS;
   if (!nothing_sent && c->req.has_body && !c->replayable) return false;
   double allowed = FY_MAX((double)cfg->min_retries, cfg->budget * (double)g->requests);
   unsigned others = g->retries - (c->retrying ? 1 : 0); /* this exchange already holds its place */
@@ -76,7 +77,7 @@ bool fy_retry_decide(fy_conn *c, enum fy_failure f, int status, bool stale) {
   if (fy_lua_has_hook(&c->req.gen->lua, c->req.policy, FY_HOOK_HAS_RETRY)) {
     fy_retry_ask_policy(c, f, status, &again);
   } else {
-    bool nothing_sent = f == FY_FAIL_CONNECT || f == FY_FAIL_CONNECT_TIMEOUT;
+    bool nothing_sent = f == FY_FAIL_CONNECT || f == FY_FAIL_CONNECT_TIMEOUT || f == FY_FAIL_TLS;
     again = nothing_sent || fy_method_idempotent(c->req.method);
   }
   if (again)

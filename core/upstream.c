@@ -8,6 +8,7 @@
 /* ---- groups ------------------------------------------------------------- */
 
 static bool fy_addr_equal(const struct sockaddr_storage *a, const struct sockaddr_storage *b);
+static void fy_server_free(fy_server *s);
 
 static void fy_server_init(fy_server *s, fy_group *g, const fy_cfg_server *cs, const struct sockaddr *sa,
                            size_t salen) {
@@ -23,11 +24,27 @@ static void fy_server_init(fy_server *s, fy_group *g, const fy_cfg_server *cs, c
   snprintf(s->addr_text, sizeof s->addr_text, sa->sa_family == AF_INET6 ? "[%s]:%d" : "%s:%d", ip, port);
 }
 
+/* The TLS name of an entry's servers: the group's server_name, else the entry's host. */
+static const char *fy_entry_tls_name(const fy_group *g, const fy_entry *e) {
+  return g->cfg->tls_ctx ? fy_tls_client_name(g->cfg->tls_ctx, e->cfg->host) : NULL;
+}
+
+static bool fy_str_same(const char *a, const char *b) { return a == b || (a && b && strcmp(a, b) == 0); }
+
+/* Whether e already has a server for this address: an address is one server per TLS name. */
+static bool fy_group_has(const fy_group *g, const fy_entry *e, const struct sockaddr_storage *ss) {
+  for (size_t j = 0; j < g->nservers; j++)
+    if (fy_addr_equal(&g->servers[j]->addr, ss) && fy_str_same(g->servers[j]->tls_name, fy_entry_tls_name(g, e)))
+      return true;
+  return false;
+}
+
 static fy_server *fy_group_add_server(fy_group *g, fy_entry *e, const struct sockaddr_storage *ss) {
   fy_server *s = fy_calloc(1, sizeof *s);
   fy_server_init(s, g, e->cfg, (const struct sockaddr *)ss,
                  ss->ss_family == AF_INET6 ? sizeof(struct sockaddr_in6) : sizeof(struct sockaddr_in));
   s->entry = e;
+  s->tls_name = fy_entry_tls_name(g, e);
   g->servers = fy_realloc(g->servers, (g->nservers + 1) * sizeof *g->servers);
   g->servers[g->nservers++] = s;
   if (g->loop) fy_health_start(s, g->loop); /* the group serves already: check the newcomer too */
@@ -82,12 +99,8 @@ static int fy_entry_init(fy_group *g, fy_entry *e, const fy_cfg_server *cs, size
     }
     e->ttl = answer.ttl;
   }
-  for (size_t k = 0; k < answer.n; k++) {
-    bool seen = false;
-    for (size_t j = 0; j < g->nservers && !seen; j++)
-      seen = fy_addr_equal(&g->servers[j]->addr, &answer.addrs[k]);
-    if (!seen) fy_group_add_server(g, e, &answer.addrs[k]);
-  }
+  for (size_t k = 0; k < answer.n; k++)
+    if (!fy_group_has(g, e, &answer.addrs[k])) fy_group_add_server(g, e, &answer.addrs[k]);
   return 0;
 }
 
@@ -152,10 +165,7 @@ static void fy_entry_apply(fy_entry *e, const fy_dns_answer *answer) {
     }
   }
   for (size_t k = 0; k < answer->n; k++) {
-    bool seen = false;
-    for (size_t i = 0; i < g->nservers && !seen; i++)
-      seen = fy_addr_equal(&g->servers[i]->addr, &answer->addrs[k]);
-    if (seen) continue;
+    if (fy_group_has(g, e, &answer->addrs[k])) continue;
     fy_server *s = fy_group_add_server(g, e, &answer->addrs[k]);
     fy_log_info("upstream %s: %s now also resolves to %s", g->cfg->name, e->cfg->name, s->addr_text);
     changed = true;
@@ -229,10 +239,15 @@ static bool fy_addr_equal(const struct sockaddr_storage *a, const struct sockadd
   return x->sin6_port == y->sin6_port && memcmp(&x->sin6_addr, &y->sin6_addr, sizeof x->sin6_addr) == 0;
 }
 
-static fy_server *fy_groups_find_server(fy_group *groups, size_t n, const struct sockaddr_storage *addr) {
+/* A server of groups that a connection to old may serve: same address, same TLS identity. */
+static fy_server *fy_groups_find_server(fy_group *groups, size_t n, const fy_server *old) {
   for (size_t i = 0; i < n; i++)
-    for (size_t j = 0; j < groups[i].nservers; j++)
-      if (fy_addr_equal(&groups[i].servers[j]->addr, addr)) return groups[i].servers[j];
+    for (size_t j = 0; j < groups[i].nservers; j++) {
+      const fy_server *s = groups[i].servers[j];
+      if (fy_addr_equal(&s->addr, &old->addr) && fy_str_same(s->tls_name, old->tls_name) &&
+          fy_tls_client_ctx_same(s->group->cfg->tls_ctx, old->group->cfg->tls_ctx))
+        return groups[i].servers[j];
+    }
   return NULL;
 }
 
@@ -240,7 +255,7 @@ void fy_groups_adopt_idle(fy_group *to, size_t nto, fy_group *from, size_t nfrom
   for (size_t i = 0; i < nfrom; i++) {
     for (size_t j = 0; j < from[i].nservers; j++) {
       fy_server *old = from[i].servers[j];
-      fy_server *s = fy_groups_find_server(to, nto, &old->addr);
+      fy_server *s = fy_groups_find_server(to, nto, old);
       while (s && !fy_list_empty(&old->idle) && s->nidle < s->group->cfg->max_idle) {
         fy_uconn *uc = FY_CONTAINER_OF(old->idle.next, fy_uconn, pool_link);
         fy_list_remove(&uc->pool_link);
@@ -270,15 +285,20 @@ void fy_groups_drop_idle(fy_group *groups, size_t n) {
   }
 }
 
+static void fy_server_free(fy_server *s) {
+  fy_tls_session_free(s->tls_session);
+  free(s);
+}
+
 void fy_groups_close(fy_group *groups, size_t n) {
   fy_groups_drop_idle(groups, n);
   for (size_t i = 0; i < n; i++) {
     fy_group *g = &groups[i];
     fy_groups_stop_entries(g);
     for (size_t j = 0; j < g->nservers; j++)
-      free(g->servers[j]);
+      fy_server_free(g->servers[j]);
     for (size_t j = 0; j < g->ngone; j++)
-      free(g->gone[j]);
+      fy_server_free(g->gone[j]);
     free(g->servers);
     free(g->gone);
     free(g->entries);
@@ -293,6 +313,8 @@ static void fy_uconn_close_cb(uv_handle_t *h) {
   fy_uconn *uc = h->data;
   if (--uc->closing == 0) {
     fy_pool_put(uc->rbuf);
+    fy_buf_free(&uc->preface);
+    fy_sock_free(&uc->sock);
     free(uc);
   }
 }
@@ -309,7 +331,7 @@ static void fy_uconn_close(fy_uconn *uc) {
   uc->owner = NULL;
   fy_write_forget(&uc->write_req);
   uc->closing = 2;
-  uv_close((uv_handle_t *)&uc->tcp, fy_uconn_close_cb);
+  fy_sock_close(&uc->sock, fy_uconn_close_cb);
   uv_close((uv_handle_t *)&uc->timer, fy_uconn_close_cb);
 }
 
@@ -369,21 +391,66 @@ void fy_uconn_update_reading(fy_uconn *uc) {
   if (want == uc->reading) return;
   uc->reading = want;
   if (want)
-    uv_read_start((uv_stream_t *)&uc->tcp, fy_uconn_alloc_cb, fy_uconn_on_read);
+    fy_sock_read_start(&uc->sock, fy_uconn_alloc_cb, fy_uconn_on_read);
   else
-    uv_read_stop((uv_stream_t *)&uc->tcp);
+    fy_sock_read_stop(&uc->sock);
+}
+
+/* Connected, PROXY header sent, TLS (if any) established: the owner may use it. */
+static void fy_uconn_ready(fy_uconn *uc, int status) {
+  if (status == 0) {
+    uc->state = FY_UC_ACTIVE;
+    fy_uconn_timer(uc, 0);
+    fy_uconn_update_reading(uc);
+  }
+  uc->on_ready(uc, status);
+}
+
+static void fy_uconn_tls_done(fy_tls *t, int status) {
+  fy_uconn *uc = fy_tls_data(t);
+  if (uc->state != FY_UC_CONNECTING) return;
+  if (status < 0)
+    fy_log_warn("upstream %s: TLS with %s (%s) failed: %s", uc->server->group->cfg->name, uc->server->addr_text,
+                uc->server->tls_name ? uc->server->tls_name : "no name", fy_tls_error(t));
+  fy_uconn_ready(uc, status);
+}
+
+/* After the TCP connect and the PROXY header: the TLS handshake, for a TLS group. */
+static void fy_uconn_secure(fy_uconn *uc) {
+  fy_server *s = uc->server;
+  fy_tls_client_ctx *ctx = s->group->cfg->tls_ctx;
+  if (ctx == NULL) {
+    fy_uconn_ready(uc, 0);
+    return;
+  }
+  fy_tls_connect(&uc->sock, ctx, s->tls_name, &s->tls_session, fy_uconn_tls_done, uc);
+}
+
+static void fy_uconn_preface_written(fy_write_req *wr, int status) {
+  fy_uconn *uc = FY_CONTAINER_OF(wr, fy_uconn, write_req);
+  if (uc->state != FY_UC_CONNECTING) return;
+  fy_buf_free(&uc->preface);
+  if (status < 0)
+    fy_uconn_ready(uc, status);
+  else
+    fy_uconn_secure(uc);
 }
 
 static void fy_uconn_connect_cb(uv_connect_t *req, int status) {
   fy_uconn *uc = req->data;
   if (uc->state != FY_UC_CONNECTING) return; /* closed while connecting */
-  if (status == 0) {
-    uc->state = FY_UC_ACTIVE;
-    uv_tcp_nodelay(&uc->tcp, 1);
-    fy_uconn_timer(uc, 0);
-    fy_uconn_update_reading(uc);
+  if (status < 0) {
+    uc->on_ready(uc, status);
+    return;
   }
-  uc->on_ready(uc, status);
+  uv_tcp_nodelay(&uc->sock.tcp, 1);
+  if (uc->preface.len == 0) {
+    fy_uconn_secure(uc);
+    return;
+  }
+  uv_buf_t b = uv_buf_init(uc->preface.data, (unsigned)uc->preface.len);
+  int rc = fy_write(&uc->write_req, (uv_stream_t *)&uc->sock.tcp, &b, 1, fy_uconn_preface_written);
+  if (rc < 0) uc->on_ready(uc, rc);
 }
 
 static fy_uconn *fy_pool_take(fy_server *s) {
@@ -404,14 +471,14 @@ int fy_upstream_acquire(uv_loop_t *loop, fy_server *s, struct fy_conn *owner, bo
   int rc = uc ? 1 : 0;
   if (uc == NULL) {
     uc = fy_calloc(1, sizeof *uc);
-    uv_tcp_init(loop, &uc->tcp);
+    uv_tcp_init(loop, &uc->sock.tcp);
     uv_timer_init(loop, &uc->timer);
-    uc->tcp.data = uc->timer.data = uc->connect_req.data = uc;
+    uc->sock.tcp.data = uc->timer.data = uc->connect_req.data = uc;
     uc->server = s;
     fy_list_init(&uc->pool_link);
     uc->state = FY_UC_CONNECTING;
     s->active++;
-    int err = uv_tcp_connect(&uc->connect_req, &uc->tcp, (struct sockaddr *)&s->addr, fy_uconn_connect_cb);
+    int err = uv_tcp_connect(&uc->connect_req, &uc->sock.tcp, (struct sockaddr *)&s->addr, fy_uconn_connect_cb);
     if (err < 0) {
       fy_uconn_close(uc);
       return err;
@@ -429,7 +496,7 @@ int fy_upstream_acquire(uv_loop_t *loop, fy_server *s, struct fy_conn *owner, bo
 void fy_upstream_release(fy_uconn *uc, bool reusable) {
   fy_server *s = uc->server;
   if (!reusable || uc->eof || uc->state != FY_UC_ACTIVE || s->group->retired || s->gone ||
-      s->nidle >= s->group->cfg->max_idle) {
+      s->nidle >= s->group->cfg->max_idle || s->group->cfg->proxy_protocol) {
     fy_uconn_close(uc);
     return;
   }

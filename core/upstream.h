@@ -18,6 +18,7 @@
 #include "config.h"
 #include "pool.h"
 #include "dns.h"
+#include "tls.h"
 #include "write.h"
 
 #include <llhttp.h>
@@ -52,6 +53,8 @@ typedef struct fy_server {
   unsigned fails;         /* consecutive failures */
   unsigned ejections;     /* times ejected in a row; doubles the ejection time */
   uint64_t ejected_until; /* loop time (ms); 0 = in service */
+  const char *tls_name;        /* SNI and certificate name (TLS groups), else NULL */
+  fy_tls_session *tls_session; /* the last session, offered for resumption */
   /* active health checks (health.c) */
   bool down; /* failed `fall` checks in a row */
   unsigned check_passes, check_fails;
@@ -106,7 +109,7 @@ typedef void (*fy_uconn_read_cb)(struct fy_uconn *uc, ssize_t n);
 typedef void (*fy_uconn_timeout_cb)(struct fy_uconn *uc);
 
 typedef struct fy_uconn {
-  uv_tcp_t tcp;
+  fy_sock sock; /* first: the uv handle's address is the connection's */
   uv_timer_t timer;
   uv_connect_t connect_req;
   fy_write_req write_req;
@@ -125,6 +128,7 @@ typedef struct fy_uconn {
   bool reading;
   bool pinned; /* a client write points into rbuf: append, never rewind */
   bool eof;    /* the server closed its side */
+  fy_buf preface; /* PROXY protocol header to send before anything else */
 } fy_uconn;
 
 #define FY_UCONN_RBUF_SIZE FY_POOL_BLOCK_SIZE
@@ -166,6 +170,12 @@ void fy_health_stop(fy_server *s);
 int fy_upstream_acquire(uv_loop_t *loop, fy_server *s, struct fy_conn *owner, bool fresh,
                         fy_uconn_ready_cb ready, fy_uconn_read_cb on_read, fy_uconn_timeout_cb on_timeout,
                         fy_uconn **out);
+/*
+ * The PROXY protocol header a new connection of a group with proxy_protocol
+ * sends first (before TLS); proxy.c fills it in before the connect ends.
+ * Such connections carry one client's address, so they are never pooled.
+ */
+static inline fy_buf *fy_uconn_preface(fy_uconn *uc) { return &uc->preface; }
 /* Returns uc to its pool when reusable, otherwise closes it. */
 void fy_upstream_release(fy_uconn *uc, bool reusable);
 /* Reads unless the buffer is full; call after rpos, rlen or pinned change. */

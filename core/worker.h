@@ -58,7 +58,7 @@ typedef struct fy_worker {
   /* Counters for GET /metrics (admin.c); monotonic over the worker's life. */
   struct {
     uint64_t responses[6];                   /* by status class: [1] 1xx ... [5] 5xx, [0] none (cut) */
-    uint64_t attempts, retries, failures[6]; /* failures by enum fy_failure */
+    uint64_t attempts, retries, failures[7]; /* failures by enum fy_failure */
     uint64_t streams, shed;
   } stats;
   /* The request whose hook is running, for the fy_ffi_* calls. */

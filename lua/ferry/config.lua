@@ -60,6 +60,18 @@ local function check_server(v)
   return true
 end
 
+-- A DNS name a certificate is for: "a.b.c", or "*.b.c" (one label).
+local function check_tls_name(v)
+  local rest = v:match("^%*%.(.+)$") or v
+  if #v <= 253 and rest:match("^[%w%-]+[%w%-%.]*$") and not rest:find("..", 1, true) and rest:sub(-1) ~= "." then
+    return true
+  end
+  return false, "expected a DNS name like 'metrics.example.internal' or '*.example.internal', got '" .. v .. "'"
+end
+
+-- Debian's bundle of the system's trusted CAs (package ca-certificates).
+local SYSTEM_CA = "/etc/ssl/certs/ca-certificates.crt"
+
 local seconds = function(default) return { type = "number", min = 0.001, max = 86400, default = default } end
 local bytes = function(default, min) return { type = "integer", min = min or 1, max = 1073741824, default = default } end
 
@@ -72,12 +84,23 @@ local schema = {
         type = "table",
         fields = {
           name = { type = "string" },
-          type = { type = "string", enum = { "http", "tcp" }, default = "http" },
+          type = { type = "string", enum = { "http", "https", "tcp" }, default = "http" },
           address = { type = "string", required = true, check = check_hostport },
           policy = { type = "string" },
           proxy_protocol = { type = "table", fields = {
             trusted = { type = "list", required = true, nonempty = true,
                         item = { type = "string", check = check_cidr } },
+          } },
+          tls = { type = "table", fields = {
+            certificates = { type = "list", required = true, nonempty = true, item = { type = "table", fields = {
+              cert = { type = "string", required = true },
+              key = { type = "string", required = true },
+              names = { type = "list", item = { type = "string", check = check_tls_name } },
+            } } },
+            client_ca = { type = "string" },
+            client_verify = { type = "string", enum = { "required", "optional" } },
+            session_tickets = { type = "boolean", default = true },
+            ciphers = { type = "list", nonempty = true, item = { type = "string" } },
           } },
         },
       },
@@ -119,6 +142,15 @@ local schema = {
           timeouts = { type = "table", default = {}, fields = {
             connect = seconds(5), read = seconds(60), write = seconds(60),
           } },
+          tls = { type = "table", fields = {
+            verify = { type = "boolean", default = true },
+            ca = { type = "string", default = SYSTEM_CA },
+            server_name = { type = "string", check = check_tls_name },
+            cert = { type = "string" },
+            key = { type = "string" },
+            ciphers = { type = "list", nonempty = true, item = { type = "string" } },
+          } },
+          proxy_protocol = { type = "string", enum = { "v1", "v2" } },
           keepalive = { type = "table", default = {}, fields = {
             max_idle = { type = "integer", min = 0, max = 100000, default = 32 },
             idle_timeout = seconds(50),
@@ -283,6 +315,52 @@ local function warn_timeouts(cfg, warnings)
   end
 end
 
+-- An https listener's tls table, with paths resolved; nil for other listeners.
+local function listener_tls(l, base, where, errs)
+  if l.type ~= "https" then
+    if l.tls then
+      errs[#errs + 1] = where .. ".tls: only an https listener has a tls table"
+        .. (l.type == "tcp" and " (a tcp listener passes TLS through untouched)" or "")
+    end
+    return nil
+  end
+  local t = l.tls
+  if not t then
+    errs[#errs + 1] = where .. ".tls: required for an https listener (tls.certificates)"
+    return nil
+  end
+  if t.client_verify and not t.client_ca then
+    errs[#errs + 1] = where .. ".tls.client_verify: needs tls.client_ca, the CA that signs client certificates"
+  end
+  local certs = {}
+  for i, c in ipairs(t.certificates or {}) do
+    certs[i] = { cert = resolve(base, c.cert), key = resolve(base, c.key), names = c.names }
+  end
+  return { certs = certs, client_ca = t.client_ca and resolve(base, t.client_ca),
+           client_optional = t.client_verify == "optional", session_tickets = t.session_tickets,
+           ciphers = t.ciphers }
+end
+
+-- An upstream group's tls table, with paths resolved; nil without TLS.
+local function group_tls(g, servers, base, where, errs)
+  local t = g.tls
+  if not t then return nil end
+  if (t.cert == nil) ~= (t.key == nil) then
+    errs[#errs + 1] = where .. ".tls." .. (t.cert and "key" or "cert") .. ": cert and key go together (a client certificate)"
+  end
+  if t.verify and not t.server_name then
+    for i, s in ipairs(servers) do
+      if s.host:match("^%d+%.%d+%.%d+%.%d+$") or s.host:find(":", 1, true) then
+        errs[#errs + 1] = where .. ".tls.server_name: required when tls.verify is on and a server is an IP address"
+          .. " (servers[" .. i .. "] = '" .. s.name .. "'): the name to send as SNI and to check the certificate against"
+        break
+      end
+    end
+  end
+  return { verify = t.verify, ca = resolve(base, t.ca), server_name = t.server_name,
+           cert = t.cert and resolve(base, t.cert), key = t.key and resolve(base, t.key), ciphers = t.ciphers }
+end
+
 -- Cross-field rules and normalisation into the shape config.c reads.
 local function normalise(cfg, base, errs)
   local out = { limits = cfg.limits, log = cfg.log, reload = cfg.reload, drain = cfg.drain, listeners = {}, upstreams = {},
@@ -312,9 +390,11 @@ local function normalise(cfg, base, errs)
     if names[name] then errs[#errs + 1] = path_join(path_join("listeners", i), "name") .. ": duplicate name '" .. name .. "'" end
     names[name] = true
     local host, port = split_hostport(l.address or "")
+    local where = path_join("listeners", i)
     out.listeners[i] = { name = name, type = l.type, host = host or "", port = port or 0,
-                         policy = policy(l.policy or cfg.policy, path_join("listeners", i)),
-                         proxy_trusted = l.proxy_protocol and l.proxy_protocol.trusted or nil }
+                         policy = policy(l.policy or cfg.policy, where),
+                         proxy_trusted = l.proxy_protocol and l.proxy_protocol.trusted or nil,
+                         tls = listener_tls(l, base, where, errs) }
   end
   local gnames = {}
   for name in pairs(cfg.upstreams or {}) do gnames[#gnames + 1] = name end
@@ -329,7 +409,9 @@ local function normalise(cfg, base, errs)
                      weight = type(s) == "table" and s.weight or 1 }
     end
     local r, h = g.retry, g.health
+    local tls = group_tls(g, servers, base, path_join("upstreams", name), errs)
     out.upstreams[#out.upstreams + 1] = {
+      tls = tls, proxy_protocol = g.proxy_protocol == "v1" and 1 or g.proxy_protocol == "v2" and 2 or 0,
       name = name, servers = servers, balance = g.balance,
       connect_timeout = g.timeouts.connect, read_timeout = g.timeouts.read,
       write_timeout = g.timeouts.write,
@@ -393,6 +475,7 @@ function M.load(file)
   end
   local errs = {}
   local checked = check_value(schema, cfg, "", errs)
+
   local out = checked and normalise(checked, dirname(file), errs)
   if out then
     out.warnings = {}
@@ -403,13 +486,16 @@ function M.load(file)
     end
   end
   if #errs > 0 then
-    for i, e in ipairs(errs) do
-      local line = locate(file, e:match("^([^:]*):") or "")
-      errs[i] = file .. ":" .. (line and (line .. ":") or "") .. " " .. e
-    end
+    for i, e in ipairs(errs) do errs[i] = M.locate_error(file, e) end
     return nil, errs
   end
   return out
+end
+
+-- "key.path: message" -> "file:line: key.path: message" (the line where the key is written).
+function M.locate_error(file, e)
+  local line = locate(file, e:match("^([^:]*):") or "")
+  return file .. ":" .. (line and (line .. ":") or "") .. " " .. e
 end
 
 M.split_hostport = split_hostport

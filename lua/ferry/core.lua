@@ -35,6 +35,11 @@ typedef struct fy_ffi_proxy {
   const char *vpce_id, *authority, *alpn;
 } fy_ffi_proxy;
 int fy_ffi_req_proxy(double id, fy_ffi_proxy *out);
+typedef struct fy_ffi_tls {
+  const char *sni, *version, *cipher, *alpn, *client_subject;
+  int client_verified, resumed;
+} fy_ffi_tls;
+int fy_ffi_req_tls(double id, fy_ffi_tls *out);
 typedef struct fy_ffi_stream {
   const char *sni, *alpn, *listener, *client_addr;
   int client_port, local_port, has_proxy;
@@ -146,6 +151,7 @@ function req_methods:respond(status, body, headers)
 end
 
 local proxy_info = ffi.new("fy_ffi_proxy")
+local tls_info = ffi.new("fy_ffi_tls")
 local req_mt = {}
 local ctxs = {} -- request id -> its ctx table, shared by every hook of the request
 
@@ -204,6 +210,20 @@ function req_mt.__index(self, k)
       }
     end
     if v then rawset(self, k, v) end
+    return v or nil
+  end
+  if k == "tls" then
+    local v = false
+    if check(C.fy_ffi_req_tls(self._id, tls_info), "req.tls") == 1 then
+      local i = tls_info
+      local function text(ptr) return ptr ~= nil and ffi.string(ptr) or nil end
+      v = {
+        sni = text(i.sni), version = text(i.version), cipher = text(i.cipher), alpn = text(i.alpn),
+        client_subject = text(i.client_subject), client_verified = i.client_verified == 1,
+        resumed = i.resumed == 1,
+      }
+    end
+    rawset(self, k, v)
     return v or nil
   end
   if k == "id" then return self._id end
