@@ -29,6 +29,13 @@ local M = {}
 local traceback = debug.traceback
 local pack = function(...) return { n = select("#", ...), ... } end
 
+local function copy(t)
+  if t == nil then return nil end
+  local out = {}
+  for k, v in pairs(t) do out[k] = v end
+  return out
+end
+
 -- The rules of core/http.c, in Lua -----------------------------------------
 
 local HOP_BY_HOP = {
@@ -364,6 +371,13 @@ local function lua_backend()
       rawset(self, k, t)
       return t
     end
+    if k == "proxy" or k == "tls" then -- a fresh table per handle, as ferry.core builds one
+      local r = ffi_req(self._id)
+      check(r and 0 or EGONE, "req." .. k)
+      local v = copy(r[k])
+      if v ~= nil then rawset(self, k, v) end
+      return v
+    end
     if k == "id" then return self._id end
     return req_methods[k]
   end
@@ -388,7 +402,31 @@ local function ferry_backend(testbed)
   function B.leave() testbed.leave() end
   function B.headers(st) return testbed.headers(st.ud) end
   function B.response(st) return testbed.response(st.ud) end
-  function B.handle(st) return setmetatable({ _id = st.id, ctx = st.ctx }, core.req_mt) end
+  -- The testbed's request has no connection behind it, so the PROXY and TLS
+  -- information a spec gives (t.request's proxy and tls) is handed out here,
+  -- in the shape ferry.core gives it; every other field is ferry.core's own,
+  -- and so are req.proxy and req.tls of a request made without them.
+  local ffi = require "ffi"
+  local core_index = core.req_mt.__index
+  local handle_state = setmetatable({}, { __mode = "k" })
+  local handle_mt = { __tostring = core.req_mt.__tostring }
+  function handle_mt.__index(self, k)
+    local st = handle_state[self]
+    if (k == "proxy" or k == "tls") and st and st[k] ~= nil then
+      if ffi.C.fy_ffi_req_client_port(self._id) < 0 then -- gone: ferry.core's check and message
+        error("req." .. k .. ": request is gone (a req handle is only valid during its hook)", 2)
+      end
+      local v = copy(st[k])
+      rawset(self, k, v)
+      return v
+    end
+    return core_index(self, k)
+  end
+  function B.handle(st)
+    local h = setmetatable({ _id = st.id, ctx = st.ctx }, handle_mt)
+    handle_state[h] = st
+    return h
+  end
   return B
 end
 
@@ -464,13 +502,130 @@ local view_mt = {
 
 local next_id = 0
 
+-- PROXY protocol information (t.request's proxy) --------------------------
+
+-- What core/proxy_protocol.c keeps of a TLV: 1 to size-1 printable ASCII
+-- bytes without spaces.
+local function tlv_text(s, size)
+  return type(s) == "string" and #s >= 1 and #s < size and not s:find("[^\33-\126]")
+end
+
+local function is_v6(addr) return addr:find(":", 1, true) ~= nil end
+
+local PROXY_KEYS = { "version", "local", "source", "source_port", "destination", "destination_port",
+                     "vpce_id", "authority", "alpn" }
+local PROXY_KNOWN = {}
+for _, k in ipairs(PROXY_KEYS) do PROXY_KNOWN[k] = true end
+
+local function proxy_port(v, what)
+  if v ~= nil and (type(v) ~= "number" or v % 1 ~= 0 or v < 1 or v > 65535) then
+    error("t.request: " .. what .. " must be an integer from 1 to 65535", 4)
+  end
+  return v
+end
+
+-- The proxy table as ferry.core gives it for opts.proxy, and the client
+-- address and port ferry then uses (a PROXY header's source replaces the
+-- socket's, except in a LOCAL header). Errors name the line of t.request's caller.
+local function make_proxy(opts)
+  local p = opts.proxy
+  if p == nil then return nil, opts.client_addr, opts.client_port end
+  if type(p) ~= "table" then error("t.request: proxy must be a table, e.g. { vpce_id = 'vpce-...' }", 3) end
+  for k in pairs(p) do
+    if not PROXY_KNOWN[k] then
+      error("t.request: proxy." .. tostring(k) .. ": unknown key (" .. table.concat(PROXY_KEYS, ", ") .. ")", 3)
+    end
+  end
+  local version = p.version or 2
+  if version ~= 1 and version ~= 2 then error("t.request: proxy.version must be 1 or 2", 3) end
+  if p["local"] ~= nil and type(p["local"]) ~= "boolean" then error("t.request: proxy.local must be a boolean", 3) end
+  if p["local"] then
+    if version ~= 2 then error("t.request: proxy.local: LOCAL is a PROXY protocol v2 command", 3) end
+    for _, k in ipairs(PROXY_KEYS) do
+      if k ~= "version" and k ~= "local" and p[k] ~= nil then
+        error("t.request: proxy." .. k .. ": ferry reads nothing but the command of a LOCAL header "
+              .. "(a load balancer's health check): req.proxy is { version = 2, local = true }", 3)
+      end
+    end
+    return { version = 2, ["local"] = true }, opts.client_addr, opts.client_port
+  end
+  if version == 1 then
+    for _, k in ipairs { "vpce_id", "authority", "alpn" } do
+      if p[k] ~= nil then error("t.request: proxy." .. k .. ": a v1 header has no TLVs", 3) end
+    end
+  end
+  -- ferry takes the client's address from the header: client_addr is proxy.source.
+  for _, pair in ipairs { { "source", "client_addr" }, { "source_port", "client_port" } } do
+    local a, b = p[pair[1]], opts[pair[2]]
+    if a ~= nil and b ~= nil and a ~= b then
+      error("t.request: proxy." .. pair[1] .. " and " .. pair[2] .. " differ, but ferry takes the client's "
+            .. "address from the PROXY header: give one of them", 3)
+    end
+  end
+  local source = p.source or opts.client_addr or "127.0.0.1"
+  local source_port = proxy_port(p.source_port or opts.client_port or 40000, "proxy.source_port")
+  local destination = p.destination or (is_v6(source) and "::1" or "127.0.0.1")
+  for what, addr in pairs { source = source, destination = destination } do
+    if type(addr) ~= "string" or not ip_ok(addr) then
+      error("t.request: proxy." .. what .. " '" .. tostring(addr) .. "' is not an IP address", 3)
+    end
+  end
+  if is_v6(source) ~= is_v6(destination) then
+    error("t.request: proxy.source and proxy.destination: one header's addresses are of one family", 3)
+  end
+  if p.vpce_id ~= nil and not tlv_text(p.vpce_id, 64) then
+    error("t.request: proxy.vpce_id: ferry closes a connection whose PROXY header has this endpoint id "
+          .. "(1 to 63 printable characters, no spaces)", 3)
+  end
+  return {
+    version = version, ["local"] = false, source = source, source_port = source_port,
+    destination = destination, destination_port = proxy_port(p.destination_port or 80, "proxy.destination_port"),
+    vpce_id = p.vpce_id,
+    -- as ferry, drops an authority or ALPN that is not short printable text
+    authority = tlv_text(p.authority, 256) and p.authority or nil,
+    alpn = tlv_text(p.alpn, 64) and p.alpn or nil,
+  }, source, source_port
+end
+
+-- TLS information (t.request's tls), as an https listener gives it --------
+
+local TLS_STRINGS = { sni = true, version = true, cipher = true, alpn = true, client_subject = true }
+local TLS_BOOLEANS = { client_verified = true, resumed = true }
+
+local function make_tls(x)
+  if x == nil then return nil end
+  if type(x) ~= "table" then error("t.request: tls must be a table, e.g. { sni = 'metrics.observability.internal' }", 3) end
+  for k, v in pairs(x) do
+    if TLS_STRINGS[k] then
+      if type(v) ~= "string" then error("t.request: tls." .. k .. " must be a string", 3) end
+    elseif TLS_BOOLEANS[k] then
+      if type(v) ~= "boolean" then error("t.request: tls." .. k .. " must be a boolean", 3) end
+    else
+      error("t.request: tls." .. tostring(k) .. ": unknown key (sni, version, cipher, alpn, client_subject, "
+            .. "client_verified, resumed)", 3)
+    end
+  end
+  if x.client_verified and not x.client_subject then
+    error("t.request: tls.client_verified without tls.client_subject: a verified client certificate has a subject", 3)
+  end
+  return {
+    -- as core/tls.c: lower-cased, and none unless 1 to 255 bytes
+    sni = x.sni and #x.sni >= 1 and #x.sni < 256 and x.sni:lower() or nil, version = x.version or "TLSv1.2", cipher = x.cipher or "TLS-ECDHE-RSA-WITH-AES-128-GCM-SHA256",
+    alpn = x.alpn, client_subject = x.client_subject, client_verified = x.client_verified or false,
+    resumed = x.resumed or false,
+  }
+end
+
 --[[ t.request{...} -> a request. Every field is optional:
   method = "GET", path = "/" (may carry "?query"), query = "a=b" (appended to path),
   target = "http://host/path" (the request target as sent; instead of path/query),
   host = "metrics.observability.internal" (sent as the Host header),
   no_host_header = true (no Host header: req.host is "" unless target is absolute-form),
   headers = { ["X-Name"] = "v", ["X-Many"] = { "a", "b" } } or { { "X-Name", "v" }, ... },
-  client_addr = "127.0.0.1", client_port = 40000, listener = "edge", id = <a new number>
+  client_addr = "127.0.0.1", client_port = 40000, listener = "edge", id = <a new number>,
+  proxy = { vpce_id = "vpce-...", source = "10.1.2.3", ... } or { ["local"] = true }
+    (req.proxy: the PROXY protocol header of a listener with proxy_protocol),
+  tls = { sni = "metrics.observability.internal", ... } (req.tls: an https listener's TLS)
 A request ferry would refuse before any hook (bad header, malformed Host, two
 Host headers...) raises "ferry answers 400 before any hook runs: ...". ]]
 function M.request(opts)
@@ -501,13 +656,15 @@ function M.request(opts)
     target = opts.path or "/"
     if opts.query then target = target .. "?" .. opts.query end
   end
+  local proxy, client_addr, client_port = make_proxy(opts)
+  local tls = make_tls(opts.tls)
   if opts.id == nil then next_id = next_id + 1 end
   local st, err = B.new {
-    method = opts.method, target = target, headers = list, client_addr = opts.client_addr,
-    client_port = opts.client_port, listener = opts.listener, id = opts.id or next_id,
+    method = opts.method, target = target, headers = list, client_addr = client_addr,
+    client_port = client_port, listener = opts.listener, id = opts.id or next_id,
   }
   if not st then error("t.request: " .. err, 2) end
-  st.ctx = {}
+  st.ctx, st.proxy, st.tls = {}, proxy, tls
   local view = setmetatable({}, view_mt)
   states[view] = st
   return view
@@ -565,13 +722,13 @@ end
 
 -- t.failure(kind [, fields]) -> the failure table a retry hook gets:
 -- { kind = kind, status = n or nil, server = name or nil }.
---   "connect_refused", "connect_timeout", "reset", "timeout", "bad_response"
+--   "connect_refused", "connect_timeout", "tls_handshake", "reset", "timeout", "bad_response"
 --                                            kind as given, no status
 --   { status = 503 }                         kind = "status", status = 503
 -- fields (or the other keys of the table form) add or override keys, e.g.
 -- t.failure("timeout", { server = "10.0.0.1:80" }).
 local KINDS = { connect_refused = true, connect_timeout = true, reset = true, timeout = true,
-                bad_response = true }
+                bad_response = true, tls_handshake = true }
 
 function M.failure(kind, fields)
   local out
@@ -584,7 +741,7 @@ function M.failure(kind, fields)
   elseif KINDS[kind] then
     out = { kind = kind }
   else
-    error("t.failure: unknown kind '" .. tostring(kind) .. "' (connect_refused, connect_timeout, reset, timeout, bad_response or { status = n })", 2)
+    error("t.failure: unknown kind '" .. tostring(kind) .. "' (connect_refused, connect_timeout, tls_handshake, reset, timeout, bad_response or { status = n })", 2)
   end
   for k, v in pairs(fields or {}) do out[k] = v end
   return out

@@ -95,6 +95,100 @@ describe("ferry.testing (" .. t.backend .. " backend)", function()
       assert.same({ { "Host", "a" }, { "X-Kept", "yes" } }, t.headers(req))
     end)
 
+    it("gives req.proxy as ferry does, the header's source being the client address", function()
+      local req = t.request { listener = "nlb", proxy = { vpce_id = "vpce-0123456789abcdef0", source = "10.1.2.3",
+                                                          source_port = 5555, destination = "10.0.0.1",
+                                                          destination_port = 443, authority = "a.example" } }
+      local seen
+      t.route(policy(function(r) seen = { proxy = r.proxy, client = r.client_addr .. ":" .. r.client_port } return "g" end), req)
+      assert.same({ proxy = { version = 2, ["local"] = false, source = "10.1.2.3", source_port = 5555,
+                              destination = "10.0.0.1", destination_port = 443, vpce_id = "vpce-0123456789abcdef0",
+                              authority = "a.example" },
+                    client = "10.1.2.3:5555" }, seen)
+      -- defaults: the source is client_addr, and the reverse
+      local p = t.request { client_addr = "10.9.9.9", proxy = { version = 1 } }.proxy
+      assert.same({ version = 1, ["local"] = false, source = "10.9.9.9", source_port = 40000,
+                    destination = "127.0.0.1", destination_port = 80 }, p)
+      assert.equal("10.4.4.4", t.request { proxy = { source = "10.4.4.4" } }.client_addr)
+      assert.equal("::1", t.request { proxy = { source = "2001:db8::1" } }.proxy.destination)
+      -- an ALPN or authority that is not short printable text is left out, as ferry does
+      assert.is_nil(t.request { proxy = { alpn = "h2 x" } }.proxy.alpn)
+      assert.is_nil(t.request {}.proxy)
+    end)
+
+    it("gives a LOCAL header (a health check) as ferry does: no addresses, the socket's client address", function()
+      local req = t.request { client_addr = "10.0.0.7", proxy = { ["local"] = true } }
+      assert.same({ version = 2, ["local"] = true }, req.proxy)
+      assert.equal("10.0.0.7", req.client_addr)
+    end)
+
+    it("refuses PROXY information that ferry cannot produce", function()
+      local bad = {
+        { { ["local"] = true, vpce_id = "vpce-1" }, "ferry reads nothing but the command of a LOCAL header" },
+        { { ["local"] = true, version = 1 }, "LOCAL is a PROXY protocol v2 command" },
+        { { version = 1, vpce_id = "vpce-1" }, "a v1 header has no TLVs" },
+        { { vpce_id = "" }, "proxy.vpce_id: ferry closes a connection" },
+        { { vpce_id = "vpce 1" }, "proxy.vpce_id: ferry closes a connection" },
+        { { vpce = "vpce-1" }, "proxy.vpce: unknown key" },
+        { { source = "nowhere" }, "proxy.source 'nowhere' is not an IP address" },
+        { { source = "10.0.0.1", destination = "::1" }, "of one family" },
+        { { destination_port = 0 }, "proxy.destination_port must be an integer from 1 to 65535" },
+        { { version = 3 }, "proxy.version must be 1 or 2" },
+      }
+      for _, c in ipairs(bad) do
+        local ok, err = pcall(t.request, { proxy = c[1] })
+        assert.is_false(ok)
+        assert.matches(c[2], err, 1, true)
+      end
+      local ok, err = pcall(t.request, { client_addr = "10.0.0.1", proxy = { source = "10.0.0.2" } })
+      assert.is_false(ok)
+      assert.matches("proxy.source and client_addr differ", err, 1, true)
+    end)
+
+    it("gives req.tls as an https listener does, nil without tls", function()
+      local req = t.request { host = "metrics.observability.internal", tls = { sni = "metrics.observability.internal" } }
+      local seen
+      t.route(policy(function(r) seen = r.tls return "g" end), req)
+      assert.same({ sni = "metrics.observability.internal", version = "TLSv1.2",
+                    cipher = "TLS-ECDHE-RSA-WITH-AES-128-GCM-SHA256", client_verified = false, resumed = false }, seen)
+      assert.same({ version = "TLSv1.2", cipher = "TLS-ECDHE-RSA-WITH-AES-128-GCM-SHA256", client_verified = false,
+                    resumed = false, alpn = "http/1.1", client_subject = "CN=agent-1, O=Acme" },
+                  t.request { tls = { alpn = "http/1.1", client_subject = "CN=agent-1, O=Acme" } }.tls)
+      assert.is_true(t.request { tls = { client_subject = "CN=a", client_verified = true, resumed = true } }.tls.client_verified)
+      assert.is_nil(t.request {}.tls)
+      -- the server name as ferry keeps it: lower-case; none if empty
+      assert.equal("logs.observability.internal", t.request { tls = { sni = "Logs.Observability.Internal" } }.tls.sni)
+      assert.is_nil(t.request { tls = { sni = "" } }.tls.sni)
+      for _, c in ipairs {
+        { { snii = "a" }, "tls.snii: unknown key" },
+        { { sni = 1 }, "tls.sni must be a string" },
+        { { resumed = "yes" }, "tls.resumed must be a boolean" },
+        { { client_verified = true }, "tls.client_verified without tls.client_subject" },
+        { "a", "tls must be a table" },
+      } do
+        local ok, err = pcall(t.request, { tls = c[1] })
+        assert.is_false(ok)
+        assert.matches(c[2], err, 1, true)
+      end
+    end)
+
+    it("gives each hook its own req.proxy and req.tls, gone with the hook", function()
+      local req = t.request { proxy = { vpce_id = "vpce-1" }, tls = { sni = "a" } }
+      local kept
+      local p = policy(function(r)
+        r.proxy.vpce_id, r.tls.sni = "changed", "changed"
+        return "g"
+      end, { retry = function(r) kept = r return r.proxy.vpce_id == "vpce-1" and r.tls.sni == "a" end })
+      t.route(p, req)
+      assert.is_true(t.retry(p, req, 1, t.failure("reset")))
+      t.retry(policy(nil, { retry = function(r) kept = r end }), req, 1, t.failure("reset"))
+      for _, k in ipairs { "proxy", "tls" } do
+        local ok, err = pcall(function() return kept[k] end)
+        assert.is_false(ok)
+        assert.matches("req." .. k .. ": request is gone", err, 1, true)
+      end
+    end)
+
     it("accepts several values of one header, in order", function()
       local req = t.request { headers = { { "X-Forwarded-For", "1.1.1.1" }, { "x-forwarded-for", "2.2.2.2" },
                                           ["X-Tag"] = { "a", "b" } } }
