@@ -13,7 +13,15 @@
 #include <stddef.h>
 
 #define FY_POOL_BLOCK_SIZE (64 * 1024)
-#define FY_POOL_MAX_FREE 64
+/*
+ * One turn of a busy loop can take a block for every ready socket (both
+ * sides of 50 exchanges: 100 blocks) and give them all back later in the
+ * turn, so the free list must absorb such a swing: a smaller cap frees and
+ * re-mallocs blocks every turn, and glibc trims and regrows its heap with
+ * brk() each time (measured: one brk per 12 requests at 64). 256 blocks
+ * (16 MiB) is the most an idle worker keeps.
+ */
+#define FY_POOL_MAX_FREE 256
 
 void *fy_pool_get(void);
 void fy_pool_put(void *block);
