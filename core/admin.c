@@ -120,6 +120,13 @@ static void fy_admin_metrics(fy_conn *c) {
   fy_buf_printf(&o, "ferry_connections_shed_total %llu\n", (unsigned long long)w->stats.shed);
   fy_admin_metric(&o, "streams_total", "counter", "connections accepted on tcp listeners");
   fy_buf_printf(&o, "ferry_streams_total %llu\n", (unsigned long long)w->stats.streams);
+  fy_admin_metric(&o, "tls_handshakes_total", "counter",
+                  "TLS handshakes by side (client: https listeners, upstream: TLS groups) and result");
+  static const char *const sides[] = {"client", "upstream"}, *const results[] = {"new", "resumed", "failed"};
+  for (int s = 0; s < 2; s++)
+    for (int r = 0; r < 3; r++)
+      fy_buf_printf(&o, "ferry_tls_handshakes_total{side=\"%s\",result=\"%s\"} %llu\n", sides[s], results[r],
+                    (unsigned long long)w->stats.tls[s][r]);
   fy_admin_metric(&o, "generation", "gauge", "number of the live generation");
   fy_buf_printf(&o, "ferry_generation %u\n", w->gen->number);
   fy_admin_metric(&o, "reloads_total", "counter", "reloads by result");

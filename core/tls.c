@@ -575,8 +575,13 @@ static void fy_tls_report_failure(fy_tls *t) {
   }
 }
 
+static void fy_tls_count(fy_tls *t, enum fy_tls_outcome outcome) {
+  if (fy_worker_current) fy_worker_current->stats.tls[t->cctx ? 1 : 0][outcome]++;
+}
+
 static void fy_tls_handshake_done(fy_tls *t) {
   t->state = FY_TLS_OPEN;
+  fy_tls_count(t, t->resumed ? FY_TLS_RESUMED : FY_TLS_NEW);
   if (t->session) {
     fy_tls_session *s = *t->session;
     if (s == NULL) {
@@ -629,6 +634,7 @@ static void fy_tls_handshake(fy_tls *t) {
   fy_tls_fail_text(t, rc);
   if (rc == MBEDTLS_ERR_SSL_CONN_EOF) snprintf(t->errtext, sizeof t->errtext, "peer closed during the handshake");
   t->state = FY_TLS_FAILED;
+  fy_tls_count(t, FY_TLS_FAILED_HANDSHAKE);
   fy_tls_report_failure(t);
 }
 

@@ -123,6 +123,9 @@ int fy_sock_shutdown(fy_sock *s, uv_shutdown_t *req, uv_shutdown_cb cb);
 void fy_sock_close(fy_sock *s, uv_close_cb cb);
 void fy_sock_free(fy_sock *s);
 
+/* Handshake outcomes, counted per worker for GET /metrics. */
+enum fy_tls_outcome { FY_TLS_NEW, FY_TLS_RESUMED, FY_TLS_FAILED_HANDSHAKE };
+
 /* "mbed TLS 2.28.3", for ferry version. */
 const char *fy_tls_version(void);
 
