@@ -412,6 +412,11 @@ static void fy_conn_timeout_cb(uv_timer_t *t) {
   fy_conn *c = t->data;
   switch (c->wait) {
   case FY_WAIT_HEADER:
+    if (c->sock.tls && !fy_tls_is_open(c->sock.tls)) { /* no handshake within the header deadline: no one to answer */
+      fy_log_info("client %s:%d: TLS handshake timeout", c->client_ip, c->client_port);
+      fy_conn_close(c);
+      break;
+    }
     c->close_after = true;
     fy_conn_respond_simple(c, 408, "request header timeout\n");
     break;

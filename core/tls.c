@@ -750,6 +750,7 @@ void fy_tls_connect(fy_sock *s, fy_tls_client_ctx *ctx, const char *name, fy_tls
 }
 
 void *fy_tls_data(fy_tls *t) { return t->data; }
+bool fy_tls_is_open(const fy_tls *t) { return t->state == FY_TLS_OPEN; }
 const char *fy_tls_error(const fy_tls *t) { return t ? t->errtext : ""; }
 
 bool fy_tls_get_info(fy_tls *t, fy_tls_info *o) {

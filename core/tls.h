@@ -104,6 +104,8 @@ void fy_tls_accept(fy_sock *s, fy_tls_server_ctx *ctx, const char *seed, size_t 
 void fy_tls_connect(fy_sock *s, fy_tls_client_ctx *ctx, const char *name, fy_tls_session **session,
                     fy_tls_handshake_cb done, void *data);
 void *fy_tls_data(fy_tls *t);
+/* Whether the handshake is done (and has not failed). */
+bool fy_tls_is_open(const fy_tls *t);
 /* Why the last handshake or record failed, for logs ("" if none). */
 const char *fy_tls_error(const fy_tls *t);
 
