@@ -78,6 +78,16 @@ static const int fy_tls_default_ciphers[] = {
 
 static const char *fy_tls_alpn[] = {"http/1.1", NULL};
 
+/*
+ * Key exchange groups, preferred first. mbedTLS's own default prefers the
+ * largest curve a client offers (P-521): measured, a handshake then costs
+ * 7.5 ms of CPU against 2.3 ms with X25519 (2.5 ms with P-256), for no
+ * practical gain. X25519 first is also what nginx and HAProxy pick.
+ */
+static const mbedtls_ecp_group_id fy_tls_curves[] = {MBEDTLS_ECP_DP_CURVE25519, MBEDTLS_ECP_DP_SECP256R1,
+                                                     MBEDTLS_ECP_DP_SECP384R1, MBEDTLS_ECP_DP_SECP521R1,
+                                                     MBEDTLS_ECP_DP_NONE};
+
 static void fy_tls_why(int rc, char *buf, size_t len) {
   mbedtls_strerror(rc, buf, len);
   if (buf[0] == '\0') snprintf(buf, len, "mbedTLS error -0x%04x", (unsigned)-rc);
@@ -108,6 +118,7 @@ static int fy_tls_conf_common(mbedtls_ssl_config *conf, int endpoint, const int 
   mbedtls_ssl_conf_min_version(conf, MBEDTLS_SSL_MAJOR_VERSION_3, MBEDTLS_SSL_MINOR_VERSION_3); /* TLS 1.2 */
   mbedtls_ssl_conf_ciphersuites(conf, ciphers ? ciphers : fy_tls_default_ciphers);
   mbedtls_ssl_conf_renegotiation(conf, MBEDTLS_SSL_RENEGOTIATION_DISABLED);
+  mbedtls_ssl_conf_curves(conf, fy_tls_curves);
   return mbedtls_ssl_conf_alpn_protocols(conf, fy_tls_alpn);
 }
 
