@@ -408,8 +408,8 @@ static enum fy_conn_wait fy_conn_waiting_for(fy_conn *c) {
   return FY_WAIT_NONE; /* waiting on the upstream, whose own timers run */
 }
 
-static void fy_conn_timeout_cb(uv_timer_t *t) {
-  fy_conn *c = t->data;
+static void fy_conn_timeout_cb(fy_deadline *d) {
+  fy_conn *c = d->timer.data;
   switch (c->wait) {
   case FY_WAIT_HEADER:
     if (c->sock.tls && !fy_tls_is_open(c->sock.tls)) { /* no handshake within the header deadline: no one to answer */
@@ -432,7 +432,7 @@ static void fy_conn_timeout_cb(uv_timer_t *t) {
       fy_conn_release_memory(c);
       c->trimmed = true;
       uint64_t ka = fy_conn_limits(c)->keepalive_timeout;
-      uv_timer_start(&c->timer, fy_conn_timeout_cb, ka > FY_IDLE_TRIM_MS ? ka - FY_IDLE_TRIM_MS : 1, 0);
+      fy_deadline_set(&c->timer, ka > FY_IDLE_TRIM_MS ? ka - FY_IDLE_TRIM_MS : 1);
       break;
     }
     fy_conn_close(c);
@@ -462,10 +462,7 @@ static void fy_conn_retime(fy_conn *c, bool activity) {
   case FY_WAIT_NONE: break;
   }
   c->wait = w;
-  if (ms)
-    uv_timer_start(&c->timer, fy_conn_timeout_cb, ms, 0);
-  else
-    uv_timer_stop(&c->timer);
+  fy_deadline_set(&c->timer, ms);
 }
 
 /* ---- writing ------------------------------------------------------------ */
@@ -758,9 +755,9 @@ void fy_conn_accept(fy_listener *l) {
     uv_close((uv_handle_t *)&c->sock.tcp, fy_conn_close_cb);
     return;
   }
-  uv_timer_init(w->loop, &c->timer);
+  fy_deadline_init(w->loop, &c->timer, fy_conn_timeout_cb, c);
   uv_timer_init(w->loop, &c->retry_timer);
-  c->timer.data = c->retry_timer.data = c;
+  c->retry_timer.data = c;
   c->handles_open = 3;
   fy_list_insert_head(&w->conns, &c->link);
   uv_tcp_nodelay(&c->sock.tcp, 1);

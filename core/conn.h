@@ -22,6 +22,7 @@
 #ifndef FERRY_CONN_H
 #define FERRY_CONN_H
 
+#include "deadline.h"
 #include "http.h"
 #include "pool.h"
 #include "proxy_protocol.h"
@@ -82,7 +83,7 @@ typedef struct fy_req {
 
 typedef struct fy_conn {
   fy_sock sock; /* first: the uv handle's address is the connection's */
-  uv_timer_t timer;
+  fy_deadline timer;   /* what the connection waits for from the client (enum fy_conn_wait) */
   fy_write_req cwrite; /* to the client */
   uv_shutdown_t shutdown_req;
   fy_worker *w;

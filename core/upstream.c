@@ -335,8 +335,8 @@ static void fy_uconn_close(fy_uconn *uc) {
   uv_close((uv_handle_t *)&uc->timer, fy_uconn_close_cb);
 }
 
-static void fy_uconn_timer_cb(uv_timer_t *t) {
-  fy_uconn *uc = t->data;
+static void fy_uconn_timer_cb(fy_deadline *d) {
+  fy_uconn *uc = d->timer.data;
   if (uc->state == FY_UC_IDLE || uc->owner == NULL) {
     fy_uconn_close(uc);
   } else if (uc->state == FY_UC_CONNECTING) {
@@ -347,12 +347,7 @@ static void fy_uconn_timer_cb(uv_timer_t *t) {
   }
 }
 
-void fy_uconn_timer(fy_uconn *uc, uint64_t ms) {
-  if (ms)
-    uv_timer_start(&uc->timer, fy_uconn_timer_cb, ms, 0);
-  else
-    uv_timer_stop(&uc->timer);
-}
+void fy_uconn_timer(fy_uconn *uc, uint64_t ms) { fy_deadline_set(&uc->timer, ms); }
 
 static void fy_uconn_alloc_cb(uv_handle_t *h, size_t suggested, uv_buf_t *buf) {
   fy_uconn *uc = h->data;
@@ -472,8 +467,8 @@ int fy_upstream_acquire(uv_loop_t *loop, fy_server *s, struct fy_conn *owner, bo
   if (uc == NULL) {
     uc = fy_calloc(1, sizeof *uc);
     uv_tcp_init(loop, &uc->sock.tcp);
-    uv_timer_init(loop, &uc->timer);
-    uc->sock.tcp.data = uc->timer.data = uc->connect_req.data = uc;
+    fy_deadline_init(loop, &uc->timer, fy_uconn_timer_cb, uc);
+    uc->sock.tcp.data = uc->connect_req.data = uc;
     uc->server = s;
     fy_list_init(&uc->pool_link);
     uc->state = FY_UC_CONNECTING;

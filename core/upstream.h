@@ -17,6 +17,7 @@
 #include "common.h"
 #include "config.h"
 #include "pool.h"
+#include "deadline.h"
 #include "dns.h"
 #include "tls.h"
 #include "write.h"
@@ -110,7 +111,7 @@ typedef void (*fy_uconn_timeout_cb)(struct fy_uconn *uc);
 
 typedef struct fy_uconn {
   fy_sock sock; /* first: the uv handle's address is the connection's */
-  uv_timer_t timer;
+  fy_deadline timer;
   uv_connect_t connect_req;
   fy_write_req write_req;
   fy_server *server;
