@@ -292,6 +292,15 @@ struct fy_tls_client_ctx {
   int *ciphers;
 };
 
+/* FNV-1a over the DER of every certificate in a chain (0 for none). */
+static uint64_t fy_tls_crt_hash(const mbedtls_x509_crt *crt) {
+  uint64_t h = 0xcbf29ce484222325ULL;
+  for (; crt && crt->raw.p; crt = crt->next)
+    for (size_t i = 0; i < crt->raw.len; i++)
+      h = (h ^ crt->raw.p[i]) * 0x100000001b3ULL;
+  return h;
+}
+
 void fy_tls_client_ctx_unref(fy_tls_client_ctx *ctx) {
   if (ctx == NULL || --ctx->refs > 0) return;
   mbedtls_ssl_config_free(&ctx->conf);
@@ -314,18 +323,20 @@ int fy_tls_client_ctx_new(const fy_cfg_tls_client *cfg, fy_tls_client_ctx **out,
   mbedtls_x509_crt_init(&ctx->crt);
   mbedtls_pk_init(&ctx->key);
   ctx->server_name = cfg->server_name ? fy_strdup(cfg->server_name) : NULL;
-  fy_buf id;
-  fy_buf_init(&id);
-  fy_buf_printf(&id, "verify=%d ca=%s name=%s cert=%s key=%s", cfg->verify, cfg->verify ? cfg->ca : "-",
-                cfg->server_name ? cfg->server_name : "-", cfg->cert ? cfg->cert : "-", cfg->key ? cfg->key : "-");
-  for (size_t i = 0; i < cfg->nciphers; i++)
-    fy_buf_printf(&id, " %s", cfg->ciphers[i]);
-  fy_buf_append(&id, "", 1);
-  ctx->identity = id.data;
   int rc = 0;
   if (cfg->verify) rc = fy_tls_load_crt(&ctx->ca, cfg->ca, "ca", err, errlen);
   if (rc == 0 && cfg->cert) rc = fy_tls_load_crt(&ctx->crt, cfg->cert, "cert", err, errlen);
   if (rc == 0 && cfg->cert) rc = fy_tls_load_key(&ctx->key, &ctx->crt, cfg->key, "key", err, errlen);
+  /* The identity names the settings and what the files held: a CA file rewritten in place is a new identity. */
+  fy_buf id;
+  fy_buf_init(&id);
+  fy_buf_printf(&id, "verify=%d ca=%s#%016llx name=%s cert=%s#%016llx", cfg->verify, cfg->verify ? cfg->ca : "-",
+                (unsigned long long)fy_tls_crt_hash(&ctx->ca), cfg->server_name ? cfg->server_name : "-",
+                cfg->cert ? cfg->cert : "-", (unsigned long long)fy_tls_crt_hash(&ctx->crt));
+  for (size_t i = 0; i < cfg->nciphers; i++)
+    fy_buf_printf(&id, " %s", cfg->ciphers[i]);
+  fy_buf_append(&id, "", 1);
+  ctx->identity = id.data;
   if (rc == 0) rc = fy_tls_ciphers(cfg->ciphers, cfg->nciphers, &ctx->ciphers, err, errlen);
   if (rc == 0) {
     mbedtls_ssl_config *conf = &ctx->conf;
