@@ -15,20 +15,20 @@ days=3650
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 
-openssl genpkey -quiet -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out "$tmp/ca.key"
+openssl genpkey -quiet -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$tmp/ca.key"
 openssl req -x509 -key "$tmp/ca.key" -sha256 -days "$days" \
   -subj "/O=ferry demo/CN=ferry demo CA (not for production)" \
   -addext "basicConstraints=critical,CA:TRUE" \
   -addext "keyUsage=critical,keyCertSign,cRLSign" \
   -out ca.pem
 
-openssl genpkey -quiet -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out observability.internal.key
+openssl genpkey -quiet -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out observability.internal.key
 openssl req -new -key observability.internal.key -sha256 \
   -subj "/O=ferry demo/CN=*.observability.internal" -out "$tmp/server.csr"
 
 cat > "$tmp/server.ext" <<'EXT'
 basicConstraints = critical, CA:FALSE
-keyUsage = critical, digitalSignature, keyEncipherment
+keyUsage = critical, digitalSignature
 extendedKeyUsage = serverAuth
 subjectAltName = DNS:*.observability.internal
 EXT
