@@ -214,8 +214,15 @@ static bool fy_proxy_status_listed(const fy_cfg_group *cfg, int status) {
 static int fy_on_resp_headers_complete(llhttp_t *p) {
   fy_conn *c = fy_proxy_conn_of(p);
   int status = p->status_code;
-  if (status == 101) return -1; /* ferry never asks for an upgrade */
-  if (status < 200) return 0;   /* interim responses are dropped */
+  /*
+   * 1xx, 204 and 304 never have a body, whatever their headers say; llhttp
+   * would read one from Content-Length or Transfer-Encoding, and relaying
+   * it would put the upstream's bytes into the client's stream (an extra
+   * response the client takes for the answer to its next request). Return
+   * 1 tells llhttp there is no body.
+   */
+  if (status < 100 || status == 101) return -1; /* not HTTP; ferry never asks for an upgrade */
+  if (status < 200) return 1;                   /* interim responses are dropped */
   uint64_t now = fy_now_ms(c);
   if (status >= 500)
     fy_server_failed(c->server, now);
@@ -234,11 +241,13 @@ static int fy_on_resp_headers_complete(llhttp_t *p) {
   }
   fy_proxy_write_response_head(c, p);
   c->rs = FY_RS_BODY;
-  return c->req.head ? 1 : 0;
+  return c->req.head || status == 204 || status == 304 ? 1 : 0;
 }
 
 static int fy_on_resp_body(llhttp_t *p, const char *at, size_t len) {
-  fy_bodyout_add(&fy_proxy_conn_of(p)->cbody, at, len);
+  fy_conn *c = fy_proxy_conn_of(p);
+  if (c->rs != FY_RS_BODY) return -1; /* a body with no head relayed before it: never pass it on */
+  fy_bodyout_add(&c->cbody, at, len);
   return 0;
 }
 

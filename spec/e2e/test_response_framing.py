@@ -1,0 +1,140 @@
+"""Upstream answers whose framing lies (found by fuzz_response, kept here as
+regressions): 1xx, 204 and 304 never carry a body whatever their headers
+say, so bytes after them can never reach the client as an extra response
+(they are junk where the next status line must be: 502); a status below
+100 is not HTTP and gets 502."""
+
+import socket
+import threading
+import time
+import unittest
+
+from .harness import E2ECase, HttpReader, connect, free_port, request_bytes
+
+CONFIG = """
+return {
+  listeners = { { name = "edge", type = "http", address = "$listen" } },
+  upstreams = { raw = { servers = { "127.0.0.1:$raw" }, retry = { tries = 1 }, timeouts = { read = 5 } } },
+  policy = "$policy",
+}
+"""
+
+POLICY = 'return { route = function(req) return "raw" end }'
+
+# path -> the exact bytes the upstream answers with
+ANSWERS = {
+    "/204-with-length": b"HTTP/1.1 204 No Content\r\nContent-Length: 42\r\n\r\n"
+                        b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nevil",
+    "/204-chunked": b"HTTP/1.1 204 No Content\r\nTransfer-Encoding: chunked\r\n\r\n"
+                    b"2f\r\nHTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nevil\r\n0\r\n\r\n",
+    "/304-with-length": b"HTTP/1.1 304 Not Modified\r\nContent-Length: 100\r\nETag: \"x\"\r\n\r\n",
+    "/1xx-with-body": b"HTTP/1.1 103 Early Hints\r\nContent-Length: 4\r\n\r\nevil"
+                      b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
+    "/status-99": b"HTTP/1.1 099 Odd\r\nContent-Length: 4\r\n\r\nevil",
+    "/plain": b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nplain",
+}
+
+
+class RawUpstream:
+    """Answers each request with ANSWERS[path], then waits for the next."""
+
+    def __init__(self):
+        self.port = free_port()
+        self.sock = socket.socket()
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind(("127.0.0.1", self.port))
+        self.sock.listen(16)
+        self.sock.settimeout(0.2)
+        self.stopping = False
+        self.thread = threading.Thread(target=self.serve, daemon=True)
+        self.thread.start()
+
+    def stop(self):
+        self.stopping = True
+        self.thread.join(5)
+        self.sock.close()
+
+    def serve(self):
+        while not self.stopping:
+            try:
+                conn, _ = self.sock.accept()
+            except socket.timeout:
+                continue
+            threading.Thread(target=self.handle, args=(conn,), daemon=True).start()
+
+    def handle(self, conn):
+        conn.settimeout(10)
+        buf = b""
+        try:
+            while True:
+                while b"\r\n\r\n" not in buf:
+                    chunk = conn.recv(4096)
+                    if not chunk:
+                        return
+                    buf += chunk
+                head, buf = buf.split(b"\r\n\r\n", 1)
+                path = head.split(b" ")[1].decode()
+                conn.sendall(ANSWERS[path])
+        except OSError:
+            pass
+        finally:
+            conn.close()
+
+
+class ResponseFramingTest(E2ECase):
+    @classmethod
+    def setUpClass(cls):
+        cls.raw = RawUpstream()
+        cls.ferry = cls.start_ferry_cls(CONFIG, POLICY, raw=cls.raw.port)
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.raw.stop()
+        super().tearDownClass()
+
+    def two_requests(self, first, second="/plain"):
+        """Both on one client connection: the second answer must be the second upstream's."""
+        sock = connect(self.ferry.port, timeout=10)
+        try:
+            reader = HttpReader(sock, timeout=10)
+            sock.sendall(request_bytes("GET", first, host="a.test"))
+            r1 = reader.read_response()
+            sock.sendall(request_bytes("GET", second, host="a.test"))
+            r2 = reader.read_response()
+            return r1, r2
+        finally:
+            sock.close()
+
+    def test_204_with_content_length_injects_nothing(self):
+        r1, r2 = self.two_requests("/204-with-length")
+        self.assertEqual((r1.status, r1.body), (204, b""))
+        self.assertEqual((r2.status, r2.body), (200, b"plain"), "the upstream's extra bytes reached the client")
+
+    def test_204_chunked_injects_nothing(self):
+        r1, r2 = self.two_requests("/204-chunked")
+        self.assertEqual((r1.status, r1.body), (204, b""))
+        self.assertEqual((r2.status, r2.body), (200, b"plain"))
+
+    def test_304_with_content_length_is_answered_at_once(self):
+        start = time.monotonic()
+        r1, r2 = self.two_requests("/304-with-length")
+        self.assertLess(time.monotonic() - start, 3, "ferry waited for a body a 304 never has")
+        self.assertEqual((r1.status, r1.body, r1.header("etag")), (304, b"", '"x"'))
+        self.assertEqual((r2.status, r2.body), (200, b"plain"))
+
+    def test_interim_response_body_is_not_relayed(self):
+        # A 1xx ends at its blank line: "evil" is then where a status line must be, so the answer is 502.
+        r1, r2 = self.two_requests("/1xx-with-body")
+        self.assertEqual(r1.status, 502)
+        self.assertNotIn(b"evil", r1.body)
+        self.assertEqual((r2.status, r2.body), (200, b"plain"))
+
+    def test_status_below_100_is_502(self):
+        r1, r2 = self.two_requests("/status-99")
+        self.assertEqual(r1.status, 502)
+        self.assertNotIn(b"evil", r1.body)
+        self.assertEqual((r2.status, r2.body), (200, b"plain"))
+
+
+if __name__ == "__main__":
+    unittest.main()
