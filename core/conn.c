@@ -308,6 +308,10 @@ void fy_conn_client_pump(fy_conn *c) {
     fy_conn_client_eof(c, UV_EOF); /* no complete request is left to answer */
     return;
   }
+  if (c->client_eof && c->rq == FY_RQ_BODY && c->rpos == c->rlen && fy_proxy_can_read_body(c)) {
+    fy_conn_close(c); /* every byte the client sent is taken, and its body is not complete */
+    return;
+  }
   fy_proxy_flush_upstream(c);
   fy_conn_update_reading(c);
   fy_conn_retime(c, false);
@@ -352,8 +356,10 @@ static void fy_conn_client_eof(fy_conn *c, ssize_t err) {
     fy_conn_respond_simple(c, 400, "incomplete request\n");
     return;
   }
-  if (c->rq == FY_RQ_DONE && err == UV_EOF) {
-    /* The client half-closed after its request(s): answer what it sent, then close. */
+  if (err == UV_EOF && (c->rq == FY_RQ_DONE || c->rpos < c->rlen)) {
+    /* The client half-closed after its request(s), or after body bytes not
+     * forwarded yet (the upstream is still connecting): answer what it sent,
+     * then close. */
     c->client_eof = true;
     fy_conn_update_reading(c);
     return;

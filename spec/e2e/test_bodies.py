@@ -40,6 +40,32 @@ class BodiesTest(E2ECase):
         self.assertEqual(info["body_len"], len(body))
         self.assertEqual(info["body_sha256"], sha256(body))
 
+    def test_post_then_half_close_is_answered(self):
+        # The whole request and the client's FIN arrive before the upstream
+        # connection is ready (fuzz_request found this dropped).
+        for size in (5, 100_000):
+            body = pattern_bytes(size)
+            sock = connect(self.ferry.port, timeout=10)
+            try:
+                sock.sendall(request_bytes("POST", "/echo", host=HOST, body=body))
+                sock.shutdown(socket.SHUT_WR)
+                r = HttpReader(sock, timeout=10).read_response()
+            finally:
+                sock.close()
+            self.assertEqual(r.status, 200, "size %d" % size)
+            self.assertEqual((r.json()["body_len"], r.json()["body_sha256"]), (size, sha256(body)))
+
+    def test_half_close_in_the_middle_of_a_body_is_not_forwarded(self):
+        sock = connect(self.ferry.port, timeout=10)
+        try:
+            sock.sendall(request_bytes("POST", "/echo", host=HOST, headers=[("Content-Length", "10")]) + b"half")
+            sock.shutdown(socket.SHUT_WR)
+            sock.settimeout(10)
+            data = sock.recv(4096)
+        finally:
+            sock.close()
+        self.assertNotIn(b"200 OK", data)
+
     def test_post_empty_body(self):
         r = curl(self.url("/echo"), host=HOST, data=b"")
         self.assertEqual((r.rc, r.status), (0, 200), r)
