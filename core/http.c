@@ -97,14 +97,9 @@ static void fy_http_strip_connection_tokens(fy_headers *h) {
       const char *tok = p;
       while (p < end && *p != ',' && *p != ' ' && *p != '\t')
         p++;
-      if (p > tok) {
-        /* Copy first: removal does not move data, but the token lives in buf. */
-        char name[128];
-        size_t n = FY_MIN((size_t)(p - tok), sizeof name);
-        memcpy(name, tok, n);
-        fy_headers_remove(h, name, n);
-        e = &h->v[i];
-      }
+      /* Removal only flags entries, so the token can stay where it is in h->buf,
+       * whatever its length (a copy into a fixed buffer once cut long names). */
+      if (p > tok) fy_headers_remove(h, tok, (size_t)(p - tok));
     }
   }
 }
