@@ -72,6 +72,7 @@ static int fy_on_message_begin(llhttp_t *p) {
 
 static int fy_on_url(llhttp_t *p, const char *at, size_t len) {
   fy_conn *c = fy_conn_of(p);
+  c->req.head = p->method == HTTP_HEAD; /* known from here on: a refusal of a HEAD has no body */
   if (c->req.url.len + len > fy_conn_limits(c)->max_request_line) return fy_conn_refuse(c, 414);
   fy_buf_append(&c->req.url, at, len);
   return 0;

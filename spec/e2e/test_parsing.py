@@ -94,6 +94,11 @@ class ParsingTest(E2ECase):
         self.assertRejected(head("POST /echo HTTP/1.1", "Host: p.test",
                                  "Content-Length: 5, 44") + b"hello" + SMUGGLED, 400)
 
+    def test_a_refused_head_request_gets_no_body(self):
+        # Refused in the middle of its head (an obs-fold): the 400 answers a HEAD, so no body follows.
+        reply = self.assertRejected(head("HEAD /echo HTTP/1.1", "Host: p.test", "X-A: 1", " folded"), 400)
+        self.assertTrue(bytes(reply).endswith(b"\r\n\r\n"), bytes(reply))
+
     def test_invalid_content_length_value(self):
         self.assertRejected(head("POST /echo HTTP/1.1", "Host: p.test",
                                  "Content-Length: +5") + b"hello" + SMUGGLED, 400)
