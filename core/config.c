@@ -7,6 +7,7 @@
 #include <uv.h>
 
 #include <lauxlib.h>
+#include <luajit.h>
 #include <lua.h>
 #include <lualib.h>
 
@@ -308,10 +309,53 @@ static void fy_cfg_read_rest(lua_State *L, int t, fy_config *cfg) {
   lua_pop(L, 2);
 }
 
-/* Appends every string of the error list at the top of the stack. */
-static void fy_cfg_collect_errors(lua_State *L, fy_buf *errors) {
-  if (lua_isstring(L, -1)) {
-    fy_buf_printf(errors, "%s\n", lua_tostring(L, -1));
+/* ---- bounding the config program ------------------------------------------ */
+
+/*
+ * A config file is a program: it runs with the JIT off (compiled code never
+ * calls hooks), under a count hook that stops it after FY_CFG_TIME_MS, and
+ * with an allocator that refuses memory past FY_CFG_MEMORY. A `while true
+ * do end` is then an error with its line, not a hung `ferry check` or a
+ * worker stuck in a reload.
+ */
+#define FY_CFG_TIME_MS 2000
+#define FY_CFG_MEMORY (256u << 20)
+
+typedef struct fy_cfg_budget {
+  size_t used;
+  uint64_t deadline_ns;
+} fy_cfg_budget;
+
+static void *fy_cfg_alloc(void *ud, void *ptr, size_t osize, size_t nsize) {
+  fy_cfg_budget *b = ud;
+  if (nsize == 0) {
+    free(ptr);
+    b->used -= osize;
+    return NULL;
+  }
+  if (nsize > osize && b->used + (nsize - osize) > FY_CFG_MEMORY) return NULL;
+  void *p = realloc(ptr, nsize);
+  if (p) b->used = b->used - osize + nsize;
+  return p;
+}
+
+static __thread fy_cfg_budget *fy_cfg_running;
+
+static void fy_cfg_hook(lua_State *L, lua_Debug *ar) {
+  if (fy_cfg_running == NULL || uv_hrtime() < fy_cfg_running->deadline_ns) return;
+  lua_sethook(L, NULL, 0, 0); /* once: the error is reported by the code that catches it */
+  int line = lua_getinfo(L, "l", ar) ? ar->currentline : -1;
+  luaL_error(L, "the config ran for more than %d s, stopped at line %d (a loop that never ends?)",
+             FY_CFG_TIME_MS / 1000, line);
+}
+
+/* Appends every string of the error list at the top of the stack, each naming path. */
+static void fy_cfg_collect_errors(lua_State *L, const char *path, fy_buf *errors) {
+  if (lua_isstring(L, -1) || !lua_istable(L, -1)) {
+    const char *msg = lua_isstring(L, -1) ? lua_tostring(L, -1) : "the config loader failed";
+    size_t plen = strlen(path);
+    bool named = strncmp(msg, path, plen) == 0 && msg[plen] == ':';
+    fy_buf_printf(errors, "%s%s%s\n", named ? "" : path, named ? "" : ": ", msg);
     return;
   }
   size_t n = lua_istable(L, -1) ? lua_objlen(L, -1) : 0;
@@ -365,8 +409,17 @@ static int fy_cfg_load_tls(lua_State *L, fy_config *cfg, fy_buf *errors) {
 
 int fy_config_load(const char *path, fy_config **out, fy_buf *errors) {
   int rc = FY_ECONFIG;
-  lua_State *L = luaL_newstate();
+  fy_cfg_budget budget = {.used = 0, .deadline_ns = uv_hrtime() + (uint64_t)FY_CFG_TIME_MS * 1000000};
+  lua_State *L = lua_newstate(fy_cfg_alloc, &budget);
+  if (L == NULL) {
+    fy_buf_printf(errors, "%s: cannot create a Lua state to read it\n", path);
+    return FY_ECONFIG;
+  }
+  fy_cfg_budget *outer = fy_cfg_running;
+  fy_cfg_running = &budget;
   luaL_openlibs(L);
+  luaJIT_setmode(L, 0, LUAJIT_MODE_ENGINE | LUAJIT_MODE_OFF);
+  lua_sethook(L, fy_cfg_hook, LUA_MASKCOUNT, 10000);
   fy_lua_embed_preload(L);
   lua_getglobal(L, "require");
   lua_pushliteral(L, "ferry.config");
@@ -391,9 +444,10 @@ int fy_config_load(const char *path, fy_config **out, fy_buf *errors) {
   rc = FY_OK;
   goto done;
 fail:
-  fy_cfg_collect_errors(L, errors);
+  fy_cfg_collect_errors(L, path, errors);
 done:
   lua_close(L);
+  fy_cfg_running = outer;
   return rc;
 }
 

@@ -32,12 +32,47 @@ local function check_hostport(v)
   return false, "expected 'host:port' (IPv6 as '[addr]:port'), got '" .. v .. "'"
 end
 
+local function is_ipv4(s)
+  local a, b, c, d = s:match("^(%d+)%.(%d+)%.(%d+)%.(%d+)$")
+  if not a then return false end
+  for _, o in ipairs({ a, b, c, d }) do
+    if #o > 3 or tonumber(o) > 255 then return false end
+  end
+  return true
+end
+
+-- RFC 4291 text: eight groups of 1-4 hex digits, one "::" for a run of
+-- zero groups, the last two groups possibly written as an IPv4 address.
+local function is_ipv6(s)
+  local groups = 8
+  local v4 = s:match(":(%d+%.%d+%.%d+%.%d+)$")
+  if v4 then
+    if not is_ipv4(v4) then return false end
+    s = s:sub(1, #s - #v4) .. "0"
+    groups = 7
+  end
+  local head, tail = s:match("^(.-)::(.*)$")
+  local parts = {}
+  local function split(x)
+    if x == "" then return true end
+    for g in (x .. ":"):gmatch("(.-):") do
+      if not g:match("^%x%x?%x?%x?$") then return false end
+      parts[#parts + 1] = g
+    end
+    return true
+  end
+  if head then
+    if tail:find("::", 1, true) or not split(head) or not split(tail) then return false end
+    return #parts < groups
+  end
+  return split(s) and #parts == groups
+end
+
 -- A network: "10.0.0.0/8", "::1/128", or a bare address (all its bits).
 local function check_cidr(v)
   local addr, bits = v:match("^([%x:.]+)/(%d+)$")
   addr = addr or v
-  local v4 = addr:match("^%d+%.%d+%.%d+%.%d+$")
-  local max = v4 and 32 or (addr:find(":") and 128)
+  local max = is_ipv4(addr) and 32 or (is_ipv6(addr) and 128)
   if not max or (bits and tonumber(bits) > max) then
     return false, "expected an IPv4 or IPv6 network like '10.0.0.0/8', got '" .. v .. "'"
   end
@@ -248,6 +283,10 @@ local kind_names = {
 }
 
 check_value = function(spec, value, path, errs)
+  if value ~= value then -- NaN: every comparison with it is false, so no range would catch it
+    errs[#errs + 1] = path .. ": expected a number, got NaN"
+    return nil
+  end
   if value == nil then
     if spec.required then errs[#errs + 1] = path .. ": required" end
     value = spec.default
@@ -428,13 +467,33 @@ local function normalise(cfg, base, errs)
   return out
 end
 
+local function copy(t)
+  local c = {}
+  for k, v in pairs(t) do c[k] = v end
+  return c
+end
+
+-- Copies of the libraries: a config that rewrites string.format must not
+-- rewrite it for the schema code that checks that same config.
 local function sandbox()
   return {
     assert = assert, error = error, ipairs = ipairs, next = next, pairs = pairs,
     select = select, tonumber = tonumber, tostring = tostring, type = type, unpack = unpack,
-    math = math, string = string, table = table,
+    math = copy(math), string = copy(string), table = copy(table),
     os = { getenv = os.getenv },
   }
+end
+
+-- One line per error, always naming the file: control characters (a newline
+-- in a key or in a message the config raised itself) are escaped.
+local function one_line(s)
+  return (s:gsub("%c", function(c) return string.format("\\%d", c:byte()) end))
+end
+
+local function with_path(file, msg)
+  msg = one_line(msg)
+  if msg:sub(1, #file + 1) == file .. ":" then return msg end
+  return file .. ": " .. msg
 end
 
 -- Best effort at a line number for a key path: find each named component of
@@ -465,11 +524,16 @@ end
 
 -- Returns the normalised config, or nil and a list of error lines.
 function M.load(file)
-  local chunk, err = loadfile(file)
-  if not chunk then return nil, { err } end
+  -- Source only: LuaJIT does not verify bytecode, and crafted bytecode crashes it.
+  local chunk, err = loadfile(file, "t")
+  if not chunk then
+    return nil, { with_path(file, err:find("wrong mode", 1, true) and "precompiled bytecode is not accepted" or err) }
+  end
   setfenv(chunk, sandbox())
   local ok, cfg = pcall(chunk)
-  if not ok then return nil, { tostring(cfg) } end
+  if not ok then
+    return nil, { with_path(file, type(cfg) == "string" and cfg or ("the config raised a " .. type(cfg))) }
+  end
   if type(cfg) ~= "table" then
     return nil, { file .. ": the config must return a table, got " .. type(cfg) }
   end
@@ -494,6 +558,7 @@ end
 
 -- "key.path: message" -> "file:line: key.path: message" (the line where the key is written).
 function M.locate_error(file, e)
+  e = one_line(e)
   local line = locate(file, e:match("^([^:]*):") or "")
   return file .. ":" .. (line and (line .. ":") or "") .. " " .. e
 end

@@ -243,10 +243,14 @@ local HOOKS = { route = true, select = true, retry = true, response = true, log 
 -- Policy code runs interpreted: LuaJIT's compiled code never checks hooks,
 -- so a runaway loop in a compiled trace could not be stopped by the budget.
 -- The runtime's own modules (preloaded) keep the JIT.
-local lua_loader = package.loaders[2]
+-- Modules are loaded as source only: LuaJIT does not verify bytecode, and a
+-- crafted bytecode file can crash the process.
 package.loaders[2] = function(name)
-  local chunk = lua_loader(name)
-  if type(chunk) == "function" then jit.off(chunk, true) end
+  local path, why = package.searchpath(name, package.path)
+  if not path then return why end
+  local chunk, err = loadfile(path, "t")
+  if not chunk then error(err:find("wrong mode", 1, true) and (path .. ": precompiled bytecode is not accepted") or err, 0) end
+  jit.off(chunk, true)
   return chunk
 end
 
@@ -259,8 +263,10 @@ end
 -- Compiles and runs a policy file; returns its number or nil and "file:line: message".
 function M.load_policy(path)
   add_package_dir(path)
-  local chunk, err = loadfile(path)
-  if not chunk then return nil, err end
+  local chunk, err = loadfile(path, "t")
+  if not chunk then
+    return nil, err:find("wrong mode", 1, true) and (path .. ": precompiled bytecode is not accepted") or err
+  end
   jit.off(chunk, true)
   local ok, mod = pcall(chunk)
   if not ok then return nil, tostring(mod) end

@@ -130,6 +130,14 @@ return {
         d = self.make("\n".join(lines))
         self.assertCheckFails(d, re.compile(r"ferry\.lua:5:"))
 
+    def test_a_config_that_never_ends_is_stopped(self):
+        # The config is a program: a loop that never ends is an error, not a hung check or reload.
+        conf = config().replace("return {", "local n = 0\nwhile true do n = n + 1 end\nreturn {", 1)
+        d = self.make(conf)
+        start = time.monotonic()
+        self.assertCheckFails(d, re.compile(r"ferry\.lua: the config ran for more than 2 s, stopped at line \d+"))
+        self.assertLess(time.monotonic() - start, 10)
+
     def test_config_is_sandboxed(self):
         for code in ('io.open("$dir/pwned", "w"):write("x")',
                      'os.execute("touch $dir/pwned")',

@@ -82,6 +82,57 @@ describe("config", function()
     end)
   end)
 
+  -- Found by fuzz_config (spec/fuzz/regressions/).
+  it("refuses NaN where a number goes", function()
+    with_file(minimal:gsub('policy = "p.lua",', 'policy = "p.lua",\n  limits = { header_timeout = 0/0 },'), function(cfg, errs)
+      assert.is_nil(cfg)
+      assert.matches("limits.header_timeout: expected a number, got NaN", errs[1], 1, true)
+    end)
+  end)
+
+  it("refuses networks that only look like addresses", function()
+    for _, net in ipairs({ "999.1.1.1", ":::::", "1.2.3.4/33", "1::2::3", "12345::1", "1:2:3:4:5:6:7:8:9" }) do
+      local src = minimal:gsub('address = "127.0.0.1:8080"', 'address = "127.0.0.1:8080", proxy_protocol = { trusted = { "' .. net .. '" } }')
+      with_file(src, function(cfg, errs)
+        assert.is_nil(cfg, net)
+        assert.matches("expected an IPv4 or IPv6 network", errs[1], 1, true)
+      end)
+    end
+    for _, net in ipairs({ "10.0.0.0/8", "::1", "::/0", "fe80::1:2/64", "::ffff:10.1.2.3/128", "1:2:3:4:5:6:7:8" }) do
+      local src = minimal:gsub('address = "127.0.0.1:8080"', 'address = "127.0.0.1:8080", proxy_protocol = { trusted = { "' .. net .. '" } }')
+      with_file(src, function(cfg, errs) assert.is_nil(errs, net) end)
+    end
+  end)
+
+  it("names the file on every error line, one line each", function()
+    with_file('error("boom", 0)', function(cfg, errs, path)
+      assert.equal(path .. ": boom", errs[1])
+    end)
+    with_file('error({})', function(cfg, errs, path)
+      assert.equal(path .. ": the config raised a table", errs[1])
+    end)
+    with_file('return { ["a\nb"] = 1 }', function(cfg, errs, path)
+      for _, e in ipairs(errs) do
+        assert.equal(path, e:sub(1, #path))
+        assert.is_nil(e:find("\n"))
+      end
+    end)
+  end)
+
+  it("refuses precompiled bytecode", function()
+    with_file(string.dump(function() return {} end), function(cfg, errs, path)
+      assert.is_nil(cfg)
+      assert.equal(path .. ": precompiled bytecode is not accepted", errs[1])
+    end)
+  end)
+
+  it("does not let the config rewrite the libraries the schema uses", function()
+    with_file('string.format = nil; table.concat = nil\n' .. minimal, function(cfg, errs)
+      assert.is_nil(errs)
+      assert.equal("function", type(string.format))
+    end)
+  end)
+
   it("does not let the config reach the machine", function()
     with_file('os.execute("true")\nreturn {}', function(cfg, errs)
       assert.is_nil(cfg)
