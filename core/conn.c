@@ -517,6 +517,7 @@ void fy_conn_flush_client(fy_conn *c) {
   fy_buf_swap(&c->chead, &c->cw_head);
   fy_buf_swap(&c->cbody.copy, &c->cw_copy);
   if (c->cbody.span && c->up) c->up->pinned = true; /* the span lives in the upstream's rbuf */
+  if (c->rs == FY_RS_BODY || c->rs == FY_RS_DONE) c->resp_sent = true;
   c->cbody.span = NULL;
   for (unsigned i = 0; i < n; i++)
     c->req.bytes_out += bufs[i].len;
@@ -671,6 +672,7 @@ static void fy_conn_request_begin(fy_conn *c) {
   r->respond_status = 0;
   r->has_body = r->chunked = r->keepalive = r->expect_continue = r->head = r->has_content_length = false;
   c->error_status = 0;
+  c->resp_sent = false;
   c->value_open = false;
   c->rq = FY_RQ_HEAD;
   c->rs = FY_RS_NONE;

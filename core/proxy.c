@@ -83,6 +83,14 @@ static void fy_proxy_fail(fy_conn *c, int err) {
   bool stale = uc && uc->requests > 1 && f == FY_FAIL_RESET;
   const char *server = c->server ? c->server->addr_text : "-";
   fy_proxy_abort(c);
+  if (c->rs == FY_RS_BODY && !c->resp_sent) {
+    /* The head was parsed but not one byte went out (the failure came in the
+     * same read): the client can still get a clean 502, or another try. */
+    fy_buf_reset(&c->chead);
+    fy_bodyout_reset(&c->cbody);
+    c->req.status = 0;
+    c->rs = FY_RS_WAIT;
+  }
   if (c->rs == FY_RS_WAIT || c->rs == FY_RS_NONE) {
     if (c->server && !stale) fy_server_failed(c->server, fy_now_ms(c));
     if (fy_retry_decide(c, f, 0, stale)) {

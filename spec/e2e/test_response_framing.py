@@ -32,6 +32,7 @@ ANSWERS = {
                       b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
     "/status-99": b"HTTP/1.1 099 Odd\r\nContent-Length: 4\r\n\r\nevil",
     "/plain": b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nplain",
+    "/bad-chunk": b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nevil\r\n0\r\n\r\n",
 }
 
 
@@ -128,6 +129,17 @@ class ResponseFramingTest(E2ECase):
         self.assertEqual(r1.status, 502)
         self.assertNotIn(b"evil", r1.body)
         self.assertEqual((r2.status, r2.body), (200, b"plain"))
+
+    def test_a_head_and_broken_framing_in_one_read_get_502(self):
+        # Nothing had gone out to the client yet: it gets a clean 502, not a cut connection.
+        sock = connect(self.ferry.port, timeout=10)
+        try:
+            sock.sendall(request_bytes("GET", "/bad-chunk", host="a.test"))
+            r = HttpReader(sock, timeout=10).read_response()
+        finally:
+            sock.close()
+        self.assertEqual(r.status, 502)
+        self.assertNotIn(b"evil", r.body)
 
     def test_status_below_100_is_502(self):
         r1, r2 = self.two_requests("/status-99")
