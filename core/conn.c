@@ -70,9 +70,13 @@ static int fy_on_message_begin(llhttp_t *p) {
   return 0;
 }
 
+static int fy_on_method_complete(llhttp_t *p) {
+  fy_conn_of(p)->req.head = p->method == HTTP_HEAD; /* from here on, a refusal of a HEAD has no body */
+  return 0;
+}
+
 static int fy_on_url(llhttp_t *p, const char *at, size_t len) {
   fy_conn *c = fy_conn_of(p);
-  c->req.head = p->method == HTTP_HEAD; /* known from here on: a refusal of a HEAD has no body */
   if (c->req.url.len + len > fy_conn_limits(c)->max_request_line) return fy_conn_refuse(c, 414);
   fy_buf_append(&c->req.url, at, len);
   return 0;
@@ -211,6 +215,7 @@ static int fy_on_message_complete(llhttp_t *p) {
 
 static const llhttp_settings_t fy_request_settings = {
     .on_message_begin = fy_on_message_begin,
+    .on_method_complete = fy_on_method_complete,
     .on_url = fy_on_url,
     .on_header_field = fy_on_header_field,
     .on_header_field_complete = fy_on_header_field_complete,

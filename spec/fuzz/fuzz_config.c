@@ -11,8 +11,8 @@
  *     name with at least one server each, retry and limit values inside the
  *     schema's ranges, warnings as "<path>:" lines;
  *   - no crash, sanitizer report or leak (fy_config_free is called).
- * With FUZZ_STRICT=1 three more, which ferry does not meet today (the KNOWN
- * notes below; README.md lists them):
+ * And three more, which ferry did not meet when this target was written
+ * (fixed since; FUZZ_STRICT=0 drops them):
  *   - every error line starts with "<path>:";
  *   - every proxy_protocol.trusted network the schema accepts parses in C;
  *   - no NaN reaches config.c (else UBSan stops on the float conversion).
@@ -234,7 +234,7 @@ static void cleanup(void) {
 int LLVMFuzzerInitialize(int *argc, char ***argv) {
   (void)argc;
   (void)argv;
-  strict = getenv("FUZZ_STRICT") != NULL && strcmp(getenv("FUZZ_STRICT"), "0") != 0;
+  strict = !(getenv("FUZZ_STRICT") && strcmp(getenv("FUZZ_STRICT"), "0") == 0); /* FUZZ_STRICT=0: lenient */
   REQUIRE(mkdtemp(dir) != NULL);
   snprintf(path, sizeof path, "%s/ferry.lua", dir);
   atexit(cleanup);

@@ -678,7 +678,7 @@ static void fz_cleanup(void) {
 
 static void fz_setup(void) {
   const char *s = getenv("FUZZ_STRICT");
-  fz_strict = s && strcmp(s, "0") != 0;
+  fz_strict = !(s && strcmp(s, "0") == 0); /* the known issues are fixed: strict unless FUZZ_STRICT=0 */
   uv_loop_init(&fz_loop);
   uv_timer_init(&fz_loop, &fz_watchdog);
   uv_unref((uv_handle_t *)&fz_watchdog);

@@ -41,7 +41,8 @@
  * its C complete requests (or a Connection: close, or garbage), so that a
  * cut request at the end still ends the exchange.
  *
- * KNOWN ferry bugs (README.md), tolerated unless FUZZ_STRICT=1:
+ * Ferry bugs this target found, all fixed (README.md "Findings"); tolerated
+ * again with FUZZ_STRICT=0:
  *   - a complete request with a body followed at once by the client's FIN is
  *     dropped without an answer when the upstream connection is new; strict
  *     mode sends the FIN right after the last byte, which shows it;

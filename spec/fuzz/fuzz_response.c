@@ -243,8 +243,9 @@ static void check(void) {
 }
 
 /*
- * KNOWN ferry bugs (README.md), each a class of answers this target skips
- * unless FUZZ_STRICT=1, so that fuzzing goes on past them:
+ * Ferry bugs this target found, all fixed (README.md "Findings"); with
+ * FUZZ_STRICT=0 it skips these classes of answers again, to fuzz an older
+ * ferry past them:
  *   - an interim (1xx) response with Content-Length or Transfer-Encoding:
  *     ferry lets llhttp read a body for it and relays that body to the
  *     client, with no head, before the real answer;
