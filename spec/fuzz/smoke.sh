@@ -25,11 +25,10 @@ for unit in $TARGETS; do
   runs=$(grep -ao 'stat::number_of_executed_units: *[0-9]*' "$scratch/$unit.log" | grep -o '[0-9]*$')
   echo "fuzz_$unit: ${runs:-?} executions in ${SECONDS_EACH} s, no failure"
 done
-# The reproducers of past findings (regressions/<target>-*, strict-<target>-*) must stay fixed.
+# The reproducers of past findings (regressions/<target>-*) must stay fixed.
 for f in spec/fuzz/regressions/*; do
   name=$(basename "$f")
-  unit=${name#strict-}
-  unit=${unit%%-*}
+  unit=${name%%-*}
   "$OUT/fuzz_$unit" -timeout=10 "$f" >"$scratch/regression.log" 2>&1 || {
     tail -40 "$scratch/regression.log"
     echo "fuzz_$unit: regression $name FAILED"
