@@ -1,5 +1,7 @@
 #include "worker.h"
 
+#include <malloc.h>
+
 #include "conn.h"
 #include "log.h"
 #include "stream.h"
@@ -196,9 +198,32 @@ int fy_worker_init(fy_worker *w, uv_loop_t *loop, fy_gen *gen) {
   fy_list_init(&w->deferred);
   uv_idle_init(loop, &w->idle);
   uv_check_init(loop, &w->check);
-  w->idle.data = w->check.data = w;
+  uv_timer_init(loop, &w->trim);
+  w->idle.data = w->check.data = w->trim.data = w;
   fy_worker_current = w;
   return 0;
+}
+
+/* ---- returning memory ---------------------------------------------------- */
+
+#define FY_TRIM_DELAY_MS 250
+
+static void fy_worker_trim_cb(uv_timer_t *t) {
+  (void)t;
+  malloc_trim(256 * 1024); /* keep a little slack for the next burst */
+}
+
+/*
+ * Connections that go idle free their head buffers, but glibc keeps freed
+ * memory between live allocations resident until malloc_trim() hands whole
+ * free pages back. One trim runs 250 ms after the first such release (not
+ * per connection): under steady churn at most four a second, each well
+ * under a millisecond for a heap of a few MiB.
+ */
+void fy_worker_memory_released(fy_worker *w) {
+  if (uv_is_active((uv_handle_t *)&w->trim) || uv_is_closing((uv_handle_t *)&w->trim)) return;
+  uv_timer_start(&w->trim, fy_worker_trim_cb, FY_TRIM_DELAY_MS, 0);
+  uv_unref((uv_handle_t *)&w->trim);
 }
 
 void fy_worker_close(fy_worker *w) {
@@ -210,6 +235,7 @@ void fy_worker_close(fy_worker *w) {
   w->config_path = NULL;
   if (!uv_is_closing((uv_handle_t *)&w->idle)) uv_close((uv_handle_t *)&w->idle, NULL);
   if (!uv_is_closing((uv_handle_t *)&w->check)) uv_close((uv_handle_t *)&w->check, NULL);
+  if (!uv_is_closing((uv_handle_t *)&w->trim)) uv_close((uv_handle_t *)&w->trim, NULL);
 }
 
 /* ---- deferred work -------------------------------------------------------- */

@@ -69,6 +69,7 @@ typedef struct fy_worker {
   uv_timer_t deadline; /* drain delay, then drain deadline */
   uv_check_t check;    /* runs the deferred queue */
   uv_idle_t idle;      /* keeps poll from blocking while work is queued */
+  uv_timer_t trim;     /* returns freed memory to the system (fy_worker_memory_released) */
   fy_list deferred;
   bool stopping; /* draining: health fails, answers close their connection */
   bool unbound;  /* the listeners are closed */
@@ -103,6 +104,9 @@ void fy_worker_stop(fy_worker *w, void (*on_stopped)(fy_worker *w));
  * the report. On success *number is the new generation's number.
  */
 int fy_worker_reload(fy_worker *w, const char *path, fy_buf *errors, unsigned *number);
+
+/* Connections freed buffers: memory goes back to the system shortly. */
+void fy_worker_memory_released(fy_worker *w);
 
 /* Called when a connection or handle of a stopping worker is gone. */
 void fy_worker_maybe_stopped(fy_worker *w);
