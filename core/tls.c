@@ -517,19 +517,53 @@ static void fy_tls_raw_written(fy_write_req *wr, int status) {
   fy_tls_maybe_shutdown(t);
 }
 
-static int fy_tls_encrypt(fy_tls *t, const uv_buf_t *bufs, unsigned n) {
-  for (unsigned i = 0; i < n; i++) {
-    size_t off = 0;
-    while (off < bufs[i].len) {
-      int rc = mbedtls_ssl_write(&t->ssl, (const unsigned char *)bufs[i].base + off, bufs[i].len - off);
-      if (rc < 0) {
-        fy_tls_fail_text(t, rc);
-        return UV_EPROTO;
-      }
-      off += (size_t)rc;
+static int fy_tls_write_all(fy_tls *t, const char *p, size_t len) {
+  size_t off = 0;
+  while (off < len) {
+    int rc = mbedtls_ssl_write(&t->ssl, (const unsigned char *)p + off, len - off);
+    if (rc < 0) {
+      fy_tls_fail_text(t, rc);
+      return UV_EPROTO;
     }
+    off += (size_t)rc;
   }
   return 0;
+}
+
+#define FY_TLS_RECORD 16384 /* the most plaintext one record carries */
+
+/*
+ * Encrypts bufs in as few records as possible: a response head and its body
+ * are two buffers, and one record each would make the peer decrypt and
+ * check two records per response. Small buffers are gathered into a full
+ * record; a buffer that fills records on its own is encrypted in place.
+ */
+static int fy_tls_encrypt(fy_tls *t, const uv_buf_t *bufs, unsigned n) {
+  char stage[FY_TLS_RECORD];
+  size_t staged = 0;
+  for (unsigned i = 0; i < n; i++) {
+    const char *p = bufs[i].base;
+    size_t len = bufs[i].len;
+    while (len > 0) {
+      if (staged == 0 && len >= FY_TLS_RECORD) {
+        size_t whole = len - len % FY_TLS_RECORD;
+        if (fy_tls_write_all(t, p, whole) < 0) return UV_EPROTO;
+        p += whole;
+        len -= whole;
+        continue;
+      }
+      size_t take = FY_MIN(len, FY_TLS_RECORD - staged);
+      memcpy(stage + staged, p, take);
+      staged += take;
+      p += take;
+      len -= take;
+      if (staged == FY_TLS_RECORD) {
+        if (fy_tls_write_all(t, stage, staged) < 0) return UV_EPROTO;
+        staged = 0;
+      }
+    }
+  }
+  return staged ? fy_tls_write_all(t, stage, staged) : 0;
 }
 
 static void fy_tls_schedule(fy_tls *t);
