@@ -707,7 +707,15 @@ static void fy_conn_request_begin(fy_conn *c) {
  */
 #define FY_CONN_SLAB 64
 
-#if defined(__SANITIZE_ADDRESS__)
+#if defined(__SANITIZE_ADDRESS__) /* gcc */
+#define FY_CONN_ON_HEAP 1
+#elif defined(__has_feature) /* clang */
+#if __has_feature(address_sanitizer)
+#define FY_CONN_ON_HEAP 1
+#endif
+#endif
+
+#ifdef FY_CONN_ON_HEAP
 static fy_conn *fy_conn_new(void) { return fy_calloc(1, sizeof(fy_conn)); }
 static void fy_conn_delete(fy_conn *c) { free(c); }
 #else
