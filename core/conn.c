@@ -98,8 +98,15 @@ static int fy_on_header_field(llhttp_t *p, const char *at, size_t len) {
   return 0;
 }
 
+/* True when the entry a name is being read into is open and has a name. */
+static bool fy_headers_name_open(const fy_headers *h) {
+  return h->n > 0 && h->v[h->n - 1].val_off == UINT32_MAX - 1 && h->v[h->n - 1].name_len > 0;
+}
+
 static int fy_on_header_field_complete(llhttp_t *p) {
-  fy_headers *h = &fy_conn_of(p)->req.headers;
+  fy_conn *c = fy_conn_of(p);
+  fy_headers *h = &c->req.headers;
+  if (!fy_headers_name_open(h)) return fy_conn_refuse(c, 400); /* an empty name (": x"): llhttp lets it by */
   h->v[h->n - 1].val_off = (uint32_t)h->buf.len;
   return 0;
 }

@@ -26,6 +26,7 @@ void fy_headers_add(fy_headers *h, const char *name, size_t nlen, const char *va
     h->cap = h->cap ? h->cap * 2 : 32;
     h->v = fy_realloc(h->v, h->cap * sizeof *h->v);
   }
+  if (h->buf.data == NULL) fy_buf_reserve(&h->buf, 256); /* names and values always point into memory */
   fy_hdr *e = &h->v[h->n++];
   e->name_off = (uint32_t)h->buf.len;
   e->name_len = (uint32_t)nlen;

@@ -133,6 +133,8 @@ static int fy_on_resp_field(llhttp_t *p, const char *at, size_t len) {
 
 static int fy_on_resp_field_complete(llhttp_t *p) {
   fy_headers *h = &fy_proxy_conn_of(p)->rheaders;
+  if (h->n == 0 || h->v[h->n - 1].val_off != UINT32_MAX - 1 || h->v[h->n - 1].name_len == 0)
+    return -1; /* an empty header name: not a response ferry relays */
   h->v[h->n - 1].val_off = (uint32_t)h->buf.len;
   return 0;
 }

@@ -32,6 +32,7 @@ ANSWERS = {
                       b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
     "/status-99": b"HTTP/1.1 099 Odd\r\nContent-Length: 4\r\n\r\nevil",
     "/plain": b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nplain",
+    "/empty-name": b"HTTP/1.1 200 OK\r\n: x\r\nContent-Length: 2\r\n\r\nok",
     "/bad-chunk": b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nevil\r\n0\r\n\r\n",
 }
 
@@ -140,6 +141,12 @@ class ResponseFramingTest(E2ECase):
             sock.close()
         self.assertEqual(r.status, 502)
         self.assertNotIn(b"evil", r.body)
+
+    def test_an_empty_header_name_is_502(self):
+        # Found by fuzz_response: ferry indexed the header list before its first entry.
+        r1, r2 = self.two_requests("/empty-name")
+        self.assertEqual(r1.status, 502)
+        self.assertEqual((r2.status, r2.body), (200, b"plain"))
 
     def test_status_below_100_is_502(self):
         r1, r2 = self.two_requests("/status-99")

@@ -80,6 +80,7 @@ typedef struct fz_msg {
   fy_buf url, body;
   fy_headers headers;
   bool headers_done, complete, chunked, has_cl, te, upgrade, skipped_body;
+  bool empty_name; /* a header line with no name (": x"), which llhttp lets by and ferry refuses */
   bool at_eof; /* completed by the end of the stream (a close-delimited body) */
   uint64_t content_length;
   size_t end; /* offset just past the message in its stream, once complete */
@@ -111,9 +112,11 @@ static size_t fz_count(const fz_msg *m, const char *name);
 
 static void fz_flush_header(fz_parse *ps) {
   fz_msg *m = fz_cur(ps);
-  if (m && !m->headers_done && (ps->field.len || ps->in_value)) /* trailers are not kept */
+  if (m && !m->headers_done && (ps->field.len || ps->in_value)) { /* trailers are not kept */
+    if (ps->field.len == 0) m->empty_name = true;
     fy_headers_add(&m->headers, ps->field.data ? ps->field.data : "", ps->field.len,
                    ps->value.data ? ps->value.data : "", ps->value.len);
+  }
   fy_buf_reset(&ps->field);
   fy_buf_reset(&ps->value);
   ps->in_value = false;

@@ -197,10 +197,10 @@ static void check(void) {
 
   /* The upstream's first final response. */
   const fz_msg *f = NULL;
-  bool refused = false; /* 101: ferry never asked for an upgrade */
+  bool refused = false; /* 101: ferry never asked for an upgrade; no status below 100, no empty names */
   for (size_t i = 0; i < ref.n && f == NULL; i++) {
     const fz_msg *m = ref.msgs[i];
-    if (m->headers_done && (m->status == 101 || m->status < 100)) refused = true;
+    if (m->headers_done && (m->status == 101 || m->status < 100 || m->empty_name)) refused = true;
     if (refused) break;
     if (!m->headers_done || m->status >= 200) f = m;
   }
