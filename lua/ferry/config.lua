@@ -118,7 +118,10 @@ local schema = {
       item = {
         type = "table",
         fields = {
-          name = { type = "string" },
+          name = { type = "string", check = function(v)
+            return #v >= 1 and #v <= 63 and v:match("^[%w_%-%.]+$") ~= nil,
+              "expected 1 to 63 letters, digits, '_', '-' or '.', got '" .. v .. "'"
+          end },
           type = { type = "string", enum = { "http", "https", "tcp" }, default = "http" },
           address = { type = "string", required = true, check = check_hostport },
           policy = { type = "string" },
@@ -294,6 +297,10 @@ check_value = function(spec, value, path, errs)
   end
   if not kinds[spec.type](value) then
     errs[#errs + 1] = path .. ": expected " .. kind_names[spec.type] .. ", got " .. type(value)
+    return nil
+  end
+  if type(value) == "string" and value:find("%z") then -- C would read a shorter string
+    errs[#errs + 1] = path .. ": must not contain a NUL byte"
     return nil
   end
   if spec.min and value < spec.min then
