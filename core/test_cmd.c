@@ -15,7 +15,10 @@
  * userdata, and makes one of them the worker's hook_req, so ferry.core's
  * request handle and the fy_ffi_* functions work on it exactly as during a
  * real hook. The worker is a zeroed fy_worker that only serves as that
- * context: no loop runs in `ferry test`.
+ * context: no loop runs in `ferry test`. For the response and log hooks,
+ * an upstream response is put where proxy.c keeps it (conn.rheaders,
+ * conn.ustatus) and the request entered in that hook's phase, so ferry.core's
+ * res handle and the fy_ffi_res_* functions work on it too.
  */
 #include "test_cmd.h"
 
@@ -89,6 +92,45 @@ static bool fy_tb_target_ok(const char *t, size_t len) {
   return true;
 }
 
+enum { FY_TB_HEADERS_OK, FY_TB_HEADERS_BAD_NAME, FY_TB_HEADERS_BAD_VALUE };
+static const char *const fy_tb_headers_why[] = {NULL, "header name '%s' is not a token",
+                                                "the value of header '%s' has a control character"};
+
+/*
+ * Adds the list {{name, value}, ...} at stack index idx (nil: none) to h,
+ * with the checks conn.c makes of headers from the wire. Returns
+ * FY_TB_HEADERS_OK, or which check failed, *bad then being the header's
+ * name (a string of the list, so it stays valid). The stack is as it was.
+ */
+static int fy_tb_add_headers(lua_State *L, int idx, fy_headers *h, const char *who, const char **bad) {
+  if (lua_isnil(L, idx)) return FY_TB_HEADERS_OK;
+  luaL_checktype(L, idx, LUA_TTABLE);
+  for (int i = 1;; i++) {
+    lua_rawgeti(L, idx, i);
+    if (lua_isnil(L, -1)) {
+      lua_pop(L, 1);
+      return FY_TB_HEADERS_OK;
+    }
+    if (!lua_istable(L, -1)) luaL_error(L, "%s: headers[%d] must be {name, value}", who, i);
+    lua_rawgeti(L, -1, 1);
+    lua_rawgeti(L, -2, 2);
+    size_t nlen, vlen;
+    const char *name = lua_tolstring(L, -2, &nlen);
+    const char *val = lua_tolstring(L, -1, &vlen);
+    if (name == NULL || val == NULL) luaL_error(L, "%s: headers[%d] must be {name, value}", who, i);
+    int rc = !fy_http_name_ok(name, nlen)   ? FY_TB_HEADERS_BAD_NAME
+             : !fy_http_value_ok(val, vlen) ? FY_TB_HEADERS_BAD_VALUE
+                                            : FY_TB_HEADERS_OK;
+    if (rc != FY_TB_HEADERS_OK) {
+      *bad = name;
+      lua_pop(L, 3);
+      return rc;
+    }
+    fy_headers_add(h, name, nlen, val, vlen);
+    lua_pop(L, 3);
+  }
+}
+
 /*
  * testbed.new{ method=, target=, headers={{name, value}, ...}, client_addr=,
  *              client_port=, listener=, id= }
@@ -104,6 +146,7 @@ static int fy_tb_new(lua_State *L) {
   fy_headers_init(&r->headers);
   fy_buf_init(&r->respond_headers);
   fy_buf_init(&r->respond_body);
+  fy_headers_init(&c->rheaders);
   luaL_getmetatable(L, FY_TESTBED_MT);
   lua_setmetatable(L, -2); /* from here __gc frees the buffers */
 
@@ -128,29 +171,9 @@ static int fy_tb_new(lua_State *L) {
     return fy_tb_refused(L, "request target '%s' is not origin-form, absolute-form or '*'", target);
 
   lua_getfield(L, 1, "headers");
-  if (!lua_isnil(L, -1)) {
-    luaL_checktype(L, -1, LUA_TTABLE);
-    for (int i = 1;; i++) {
-      lua_rawgeti(L, -1, i);
-      if (lua_isnil(L, -1)) {
-        lua_pop(L, 1);
-        break;
-      }
-      luaL_checktype(L, -1, LUA_TTABLE);
-      lua_rawgeti(L, -1, 1);
-      lua_rawgeti(L, -2, 2);
-      size_t nlen, vlen;
-      const char *name = lua_tolstring(L, -2, &nlen);
-      const char *val = lua_tolstring(L, -1, &vlen);
-      if (name == NULL || val == NULL)
-        return luaL_error(L, "testbed.new: headers[%d] must be {name, value}", i);
-      if (!fy_http_name_ok(name, nlen)) return fy_tb_refused(L, "header name '%s' is not a token", name);
-      if (!fy_http_value_ok(val, vlen))
-        return fy_tb_refused(L, "the value of header '%s' has a control character", name);
-      fy_headers_add(&r->headers, name, nlen, val, vlen);
-      lua_pop(L, 3);
-    }
-  }
+  const char *bad = NULL;
+  int hrc = fy_tb_add_headers(L, lua_gettop(L), &r->headers, "testbed.new", &bad);
+  if (hrc != FY_TB_HEADERS_OK) return fy_tb_refused(L, fy_tb_headers_why[hrc], bad);
   lua_pop(L, 1);
 
   /* Host: as conn.c's fy_conn_find_host, except that a request without one
@@ -220,15 +243,25 @@ static int fy_tb_gc(lua_State *L) {
   fy_headers_free(&r->headers);
   fy_buf_free(&r->respond_headers);
   fy_buf_free(&r->respond_body);
+  fy_headers_free(&t->conn.rheaders);
   return 0;
 }
 
-/* testbed.enter(request): it becomes the request whose hook is running. */
+/*
+ * testbed.enter(request [, hook]): it becomes the request whose hook is
+ * running. hook is "route" (the default: specs may answer from any hook
+ * they drive), "response" or "log": the phase lua_api.c checks (res is
+ * readable in response and log, editable only in response; only route may
+ * call req:respond).
+ */
 static int fy_tb_enter(lua_State *L) {
   fy_testbed_req *t = fy_tb_check(L, 1);
+  static const char *const hooks[] = {"route", "response", "log", NULL};
+  static const int hook_ids[] = {FY_HOOK_ROUTE, FY_HOOK_RESPONSE, FY_HOOK_LOG};
+  int hook = hook_ids[luaL_checkoption(L, 2, "route", hooks)];
   fy_worker_current = &fy_testbed_worker;
   fy_testbed_worker.hook_req = &t->conn.req;
-  fy_testbed_worker.hook = FY_HOOK_ROUTE; /* specs may answer from any hook they drive */
+  fy_testbed_worker.hook = hook;
   return 0;
 }
 
@@ -244,9 +277,8 @@ static int fy_tb_id(lua_State *L) {
   return 1;
 }
 
-/* testbed.headers(request) -> {{name, value}, ...}: the live headers, in order. */
-static int fy_tb_headers(lua_State *L) {
-  const fy_headers *h = &fy_tb_check(L, 1)->conn.req.headers;
+/* Pushes {{name, value}, ...}: the live headers of h (not the removed ones), in order. */
+static void fy_tb_push_headers(lua_State *L, const fy_headers *h) {
   lua_newtable(L);
   int n = 0;
   for (size_t i = 0; i < h->n; i++) {
@@ -259,6 +291,11 @@ static int fy_tb_headers(lua_State *L) {
     lua_rawseti(L, -2, 2);
     lua_rawseti(L, -2, ++n);
   }
+}
+
+/* testbed.headers(request) -> {{name, value}, ...}: the live headers, in order. */
+static int fy_tb_headers(lua_State *L) {
+  fy_tb_push_headers(L, &fy_tb_check(L, 1)->conn.req.headers);
   return 1;
 }
 
@@ -286,6 +323,53 @@ static int fy_tb_response(lua_State *L) {
     p = eol + 2;
   }
   return 3;
+}
+
+/*
+ * testbed.set_response(request, status, {{name, value}, ...} [, bytes])
+ * -> true, or nil and why ferry would not take such a response from an
+ * upstream. Fills what proxy.c has when the response hook runs: the
+ * upstream's status (conn.ustatus) and headers (conn.rheaders), nothing sent
+ * yet. With bytes, what it has when the log hook runs: status is also what
+ * the client got (req.status) and bytes what was sent to it (req.bytes_out).
+ */
+static int fy_tb_set_response(lua_State *L) {
+  fy_testbed_req *t = fy_tb_check(L, 1);
+  lua_Integer status = luaL_checkinteger(L, 2);
+  luaL_argcheck(L, status >= 100 && status <= 999, 2, "a status is 100 to 999");
+  bool sent = !lua_isnoneornil(L, 4);
+  lua_Number bytes = sent ? luaL_checknumber(L, 4) : 0;
+  luaL_argcheck(L, bytes >= 0 && bytes < 9007199254740992.0 && bytes == (lua_Number)(uint64_t)bytes, 4,
+                "bytes is a whole number");
+  fy_conn *c = &t->conn;
+  fy_headers_reset(&c->rheaders);
+  const char *bad = NULL;
+  int rc = fy_tb_add_headers(L, 3, &c->rheaders, "testbed.set_response", &bad);
+  if (rc != FY_TB_HEADERS_OK) {
+    fy_headers_reset(&c->rheaders);
+    lua_pushnil(L);
+    lua_pushfstring(L, fy_tb_headers_why[rc], bad);
+    return 2;
+  }
+  c->ustatus = (int)status;
+  c->req.status = sent ? (int)status : 0;
+  c->req.bytes_out = (uint64_t)bytes;
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
+/* testbed.strip_response(request): what proxy.c does to the headers when it writes the head. */
+static int fy_tb_strip_response(lua_State *L) {
+  fy_http_strip_hop_by_hop(&fy_tb_check(L, 1)->conn.rheaders);
+  return 0;
+}
+
+/* testbed.response_head(request) -> status, {{name, value}, ...}: the response's live head. */
+static int fy_tb_response_head(lua_State *L) {
+  fy_conn *c = &fy_tb_check(L, 1)->conn;
+  lua_pushinteger(L, c->ustatus);
+  fy_tb_push_headers(L, &c->rheaders);
+  return 2;
 }
 
 /* The C checks themselves, so specs can compare ferry.testing's Lua copies with them. */
@@ -337,6 +421,9 @@ static int fy_tb_open(lua_State *L) {
       {"id", fy_tb_id},
       {"headers", fy_tb_headers},
       {"response", fy_tb_response},
+      {"set_response", fy_tb_set_response},
+      {"strip_response", fy_tb_strip_response},
+      {"response_head", fy_tb_response_head},
       {"host_normalize", fy_tb_host_normalize},
       {"name_ok", fy_tb_name_ok},
       {"value_ok", fy_tb_value_ok},

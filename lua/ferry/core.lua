@@ -350,6 +350,7 @@ end
 
 M.response = notify("response")
 M.log_hook = notify("log")
+M.res_mt = res_mt
 
 local group_names = {}
 local server_info = ffi.new("fy_ffi_server")

@@ -9,18 +9,28 @@
 --   t.headers(req)                    the request's headers now, {{name, value}, ...}
 --   t.failure(kind), t.retry(policy, req, attempt, failure)   for retry hooks
 --   t.select(policy, req, group, attempt), t.draw(policy, req, group, n)  for select hooks
+--   t.response(policy, req, res)      runs response(req, res) on the upstream's response
+--       res = { status = 200, headers = { { "Name", "value" }, ... } or { Name = "value" } };
+--       returns { status = 200, headers = { { name, value }, ... } } as ferry relays it
+--       (the hook's edits in, hop-by-hop headers out), or { error = "..." } (ferry: 500)
+--   t.log(policy, req, res)           runs log(req, res), res = { status =, bytes =, headers = }
+--       read-only as in ferry; returns true, or nil and the message
 -- (route may also return a balancing key: { group = "metrics", key = "..." }).
 --
 -- Two backends, one behaviour. Inside `ferry test` (the ferry.testbed module
 -- is there) a request is a real fy_req built by the C code that parses
 -- requests from the wire, and hooks get ferry.core's own request handle: the
--- same fy_ffi_* calls, checks and error messages as in production. Under a
+-- same fy_ffi_* calls, checks and error messages as in production; the
+-- response and log hooks get ferry.core's res handle over the response put
+-- where proxy.c keeps it, in that hook's phase. Under a
 -- plain `luajit /usr/bin/busted` the same rules run from Lua copies of that C
--- code (core/http.c, core/lua_api.c) and of ferry.core's handle; the spec
+-- code (core/http.c, core/lua_api.c) and of ferry.core's handles; the spec
 -- spec/lua/testing_spec.lua holds both to the same results.
 --
--- As at run time, a hook gets a fresh handle that is valid only while the
--- hook runs (a handle kept after it raises "request is gone"). What
+-- As at run time, a hook gets fresh handles (req, and res) that are valid
+-- only while the hook runs (a handle kept after it raises "request is
+-- gone"). res.headers can be edited in response only (in log, an edit raises
+-- "not allowed here"), and req:respond only in route. What
 -- t.request returns is the spec's own view of the request: it reads the same
 -- request at any time, so a spec can look at headers a hook edited.
 
@@ -130,6 +140,7 @@ local function lua_backend()
   local B = { name = "lua" }
   local EGONE, EPHASE, EINVAL = -1, -2, -3
   local current -- the request whose hook is running (w->hook_req)
+  local current_hook = "route" -- which hook it is (w->hook): "route", "response" or "log"
 
   local function refused(fmt, ...)
     return nil, "ferry answers 400 before any hook runs: " .. string.format(fmt, ...)
@@ -192,10 +203,34 @@ local function lua_backend()
     if st.chunked then st.content_length = nil end
     st.headers = strip_hop_by_hop(list)
     st.respond_headers = {}
+    -- the upstream's response (conn.rheaders, conn.ustatus) and what was sent (req.status, req.bytes_out)
+    st.rheaders, st.ustatus, st.status, st.bytes_out = {}, 0, 0, 0
     return st
   end
 
-  function B.enter(st) current = st end
+  -- As testbed.set_response: the response as proxy.c has it when the
+  -- response hook runs, or (with bytes) when the log hook runs.
+  function B.set_response(st, status, headers, bytes)
+    local list = {}
+    for _, h in ipairs(headers) do
+      if not name_ok(h[1]) then return nil, string.format("header name '%s' is not a token", h[1]) end
+      if not value_ok(h[2]) then
+        return nil, string.format("the value of header '%s' has a control character", h[1])
+      end
+      list[#list + 1] = { h[1], h[2] }
+    end
+    st.rheaders, st.ustatus = list, status
+    st.status, st.bytes_out = bytes and status or 0, bytes or 0
+    return true
+  end
+  function B.strip_response(st) st.rheaders = strip_hop_by_hop(st.rheaders) end
+  function B.response_head(st)
+    local out = {}
+    for i, h in ipairs(st.rheaders) do out[i] = { h[1], h[2] } end
+    return st.ustatus, out
+  end
+
+  function B.enter(st, hook) current, current_hook = st, hook or "route" end
   function B.leave() current = nil end
   function B.headers(st)
     local out = {}
@@ -227,12 +262,10 @@ local function lua_backend()
     local r = ffi_req(id)
     return r and r.client_port or EGONE
   end
-  local function header_get(id, name, nth)
-    local r = ffi_req(id)
-    if not r then return EGONE end
-    if not name_ok(name) then return EINVAL end
+  -- fy_headers_find, fy_headers_remove and fy_headers_add on a list of {name, value}
+  local function list_get(list, name, nth)
     local lname = name:lower()
-    for _, h in ipairs(r.headers) do
+    for _, h in ipairs(list) do
       if h[1]:lower() == lname then
         if nth == 0 then return 1, h[2] end
         nth = nth - 1
@@ -240,18 +273,53 @@ local function lua_backend()
     end
     return 0
   end
-  local function header_set(id, mode, name, val) -- mode 0 set, 1 add, 2 remove
+  local function list_set(list, mode, name, val) -- mode 0 set, 1 add, 2 remove; returns the new list
+    if mode ~= 1 then
+      local keep, lname = {}, name:lower()
+      for _, h in ipairs(list) do
+        if h[1]:lower() ~= lname then keep[#keep + 1] = h end
+      end
+      list = keep
+    end
+    if mode ~= 2 then list[#list + 1] = { name, val } end
+    return list
+  end
+  local function header_get(id, name, nth)
+    local r = ffi_req(id)
+    if not r then return EGONE end
+    if not name_ok(name) then return EINVAL end
+    return list_get(r.headers, name, nth)
+  end
+  local function header_set(id, mode, name, val)
     local r = ffi_req(id)
     if not r then return EGONE end
     if not name_ok(name) or (mode ~= 2 and not value_ok(val)) then return EINVAL end
-    if mode ~= 1 then
-      local keep, lname = {}, name:lower()
-      for _, h in ipairs(r.headers) do
-        if h[1]:lower() ~= lname then keep[#keep + 1] = h end
-      end
-      r.headers = keep
-    end
-    if mode ~= 2 then r.headers[#r.headers + 1] = { name, val } end
+    r.headers = list_set(r.headers, mode, name, val)
+    return 0
+  end
+
+  -- the response, for the response and log hooks (fy_ffi_res_*)
+  local function res_phase(edit) return current_hook == "response" or (not edit and current_hook == "log") end
+  local function res_info(id)
+    local r = ffi_req(id)
+    if not r then return EGONE end
+    if not res_phase(false) then return EPHASE end
+    return 0, r.status ~= 0 and r.status or r.ustatus, r.bytes_out
+  end
+  local function res_header_get(id, name, nth)
+    local r = ffi_req(id)
+    if not r then return EGONE end
+    if not res_phase(false) then return EPHASE end
+    if not name_ok(name) then return EINVAL end
+    return list_get(r.rheaders, name, nth)
+  end
+  local function res_header_set(id, mode, name, val)
+    local r = ffi_req(id)
+    if not r then return EGONE end
+    if not res_phase(true) then return EPHASE end
+    if not name_ok(name) or (mode ~= 2 and not value_ok(val)) then return EINVAL end
+    if is_hop_by_hop(name) then return EINVAL end -- framing is ferry's
+    r.rheaders = list_set(r.rheaders, mode, name, val)
     return 0
   end
   local function respond_header(id, name, val)
@@ -265,6 +333,7 @@ local function lua_backend()
   local function respond(id, status, body)
     local r = ffi_req(id)
     if not r then return EGONE end
+    if current_hook ~= "route" then return EINVAL - 1 end -- only route may answer
     if r.respond_status then return EPHASE end
     if status < 200 or status > 599 then return EINVAL end
     r.respond_status, r.respond_body = status, body
@@ -284,43 +353,68 @@ local function lua_backend()
   end
   local FIELD_NO = { method = 0, host = 1, path = 2, query = 3, uri = 4, client_addr = 5, listener = 6 }
 
-  local headers_methods = {}
-  local headers_mt = { __index = headers_methods }
   local function header_name(name, what)
     if type(name) ~= "string" then error(what .. ": header name must be a string", 3) end
     return name
   end
-  function headers_methods:get(name)
-    header_name(name, "headers:get")
-    local rc, v = header_get(self._id, name, 0)
-    check(rc, "headers:get")
-    if rc == 0 then return nil end
-    return v
-  end
-  function headers_methods:get_all(name)
-    header_name(name, "headers:get_all")
-    local out, n = {}, 0
-    while true do
-      local rc, v = header_get(self._id, name, n)
-      if check(rc, "headers:get_all") ~= 1 then break end
-      n = n + 1
-      out[n] = v
+  -- ferry.core's headers_class: a view over one header list, get and set
+  -- being its pair of functions above, prefix naming it in error messages.
+  local function headers_class(get, set, prefix)
+    local m = {}
+    local what = { get = prefix .. ":get", get_all = prefix .. ":get_all", set = prefix .. ":set",
+                   add = prefix .. ":add", remove = prefix .. ":remove" }
+    function m:get(name)
+      header_name(name, what.get)
+      local rc, v = get(self._id, name, 0)
+      check(rc, what.get)
+      if rc == 0 then return nil end
+      return v
     end
-    return out
-  end
-  local function header_edit(self, mode, name, value, what)
-    header_name(name, what)
-    if mode ~= 2 then
-      if type(value) == "number" then value = tostring(value) end
-      if type(value) ~= "string" then error(what .. ": header value must be a string", 3) end
-    else
-      value = ""
+    function m:get_all(name)
+      header_name(name, what.get_all)
+      local out, n = {}, 0
+      while true do
+        local rc, v = get(self._id, name, n)
+        if check(rc, what.get_all) ~= 1 then break end
+        n = n + 1
+        out[n] = v
+      end
+      return out
     end
-    check(header_set(self._id, mode, name, value), what, 4)
+    local function edit(self, mode, name, value, op)
+      header_name(name, op)
+      if mode ~= 2 then
+        if type(value) == "number" then value = tostring(value) end
+        if type(value) ~= "string" then error(op .. ": header value must be a string", 3) end
+      else
+        value = ""
+      end
+      check(set(self._id, mode, name, value), op, 4)
+    end
+    function m:set(name, value) edit(self, 0, name, value, what.set) end
+    function m:add(name, value) edit(self, 1, name, value, what.add) end
+    function m:remove(name) edit(self, 2, name, nil, what.remove) end
+    return { __index = m }
   end
-  function headers_methods:set(name, value) header_edit(self, 0, name, value, "headers:set") end
-  function headers_methods:add(name, value) header_edit(self, 1, name, value, "headers:add") end
-  function headers_methods:remove(name) header_edit(self, 2, name, nil, "headers:remove") end
+  local headers_mt = headers_class(header_get, header_set, "headers")
+  local res_headers_mt = headers_class(res_header_get, res_header_set, "res.headers")
+
+  -- ferry.core's res handle
+  local res_mt = {}
+  function res_mt.__index(self, k)
+    if k == "status" or k == "bytes" then
+      local rc, status, bytes = res_info(self._id)
+      check(rc, "res." .. k)
+      if k == "status" then return status end
+      return bytes
+    end
+    if k == "headers" then
+      local h = setmetatable({ _id = self._id }, res_headers_mt)
+      rawset(self, k, h)
+      return h
+    end
+    return nil
+  end
 
   local req_methods = {}
   function req_methods:respond(status, body, headers)
@@ -332,6 +426,7 @@ local function lua_backend()
     if headers ~= nil and type(headers) ~= "table" then error("req:respond: headers must be a table", 2) end
     local rc = respond(self._id, status, body)
     if rc == -2 then error("req:respond: the request was already answered", 2) end
+    if rc == -4 then error("req:respond: only route(req) may answer a request", 2) end
     check(rc, "req:respond")
     for k, v in pairs(headers or {}) do
       k, v = tostring(k), tostring(v)
@@ -385,6 +480,7 @@ local function lua_backend()
 
   B.RESPONDED = RESPONDED
   function B.handle(st) return setmetatable({ _id = st.id, ctx = st.ctx }, req_mt) end
+  function B.res_handle(st) return setmetatable({ _id = st.id }, res_mt) end
   return B
 end
 
@@ -398,10 +494,14 @@ local function ferry_backend(testbed)
     if not ud then return nil, err end
     return { ud = ud, id = testbed.id(ud) }
   end
-  function B.enter(st) testbed.enter(st.ud) end
+  function B.enter(st, hook) testbed.enter(st.ud, hook) end
   function B.leave() testbed.leave() end
   function B.headers(st) return testbed.headers(st.ud) end
   function B.response(st) return testbed.response(st.ud) end
+  function B.set_response(st, status, headers, bytes) return testbed.set_response(st.ud, status, headers, bytes) end
+  function B.strip_response(st) testbed.strip_response(st.ud) end
+  function B.response_head(st) return testbed.response_head(st.ud) end
+  function B.res_handle(st) return setmetatable({ _id = st.id }, core.res_mt) end -- as ferry.core's notify
   -- The testbed's request has no connection behind it, so the PROXY and TLS
   -- information a spec gives (t.request's proxy and tls) is handed out here,
   -- in the shape ferry.core gives it; every other field is ferry.core's own,
@@ -444,37 +544,40 @@ end
 
 local states = setmetatable({}, { __mode = "k" }) -- spec view -> request state
 
--- The request made current (w->hook_req); saved and put back around each
--- use, so a spec's view can be read even from inside a hook.
-local active
-local function enter(st)
-  local prev = active
-  active = st
-  B.enter(st)
-  return prev
+-- The request made current (w->hook_req) and its hook (w->hook); saved and
+-- put back around each use, so a spec's view can be read even from inside
+-- a hook.
+local active, active_hook
+local function enter(st, hook)
+  local prev, prev_hook = active, active_hook
+  active, active_hook = st, hook
+  B.enter(st, hook)
+  return prev, prev_hook
 end
-local function restore(prev)
-  active = prev
-  if prev then B.enter(prev) else B.leave() end
+local function restore(prev, prev_hook)
+  active, active_hook = prev, prev_hook
+  if prev then B.enter(prev, prev_hook) else B.leave() end
 end
 
 -- Runs fn(handle, ...) as ferry runs a hook: a fresh handle, valid only
 -- during the call, under xpcall with a traceback. Returns pack(xpcall(...)).
-local function run_hook(req, fn, ...)
+-- hook is the phase, "route" (the default), "response" or "log".
+local function run_hook_as(hook, req, fn, ...)
   local st = states[req]
   if not st then return pack(xpcall(fn, traceback, req, ...)) end -- a table the spec made itself
   local h = B.handle(st)
-  local prev = enter(st)
+  local prev, prev_hook = enter(st, hook)
   local r = pack(xpcall(fn, traceback, h, ...))
-  restore(prev)
+  restore(prev, prev_hook)
   return r
 end
+local function run_hook(req, fn, ...) return run_hook_as("route", req, fn, ...) end
 
 -- The spec's view: each access reads the request through a fresh handle.
 local function through(st, f, ...)
-  local prev = enter(st)
+  local prev, prev_hook = enter(st, "route")
   local r = pack(pcall(f, B.handle(st), ...))
-  restore(prev)
+  restore(prev, prev_hook)
   if not r[1] then error(r[2], 0) end
   return unpack(r, 2, r.n)
 end
@@ -616,6 +719,28 @@ local function make_tls(x)
   }
 end
 
+-- Appends the headers of a spec's table to list: a list { { name, value }, ... }
+-- (kept in order), then the name = value (or name = { values }) entries,
+-- sorted by name for a stable order. Returns list.
+local function header_list(hs, list)
+  hs = hs or {}
+  for _, h in ipairs(hs) do list[#list + 1] = { h[1], h[2] } end
+  local names = {}
+  for k in pairs(hs) do
+    if type(k) == "string" then names[#names + 1] = k end
+  end
+  table.sort(names) -- a stable order for tables keyed by name
+  for _, k in ipairs(names) do
+    local v = hs[k]
+    if type(v) == "table" then
+      for _, x in ipairs(v) do list[#list + 1] = { k, x } end
+    else
+      list[#list + 1] = { k, v }
+    end
+  end
+  return list
+end
+
 --[[ t.request{...} -> a request. Every field is optional:
   method = "GET", path = "/" (may carry "?query"), query = "a=b" (appended to path),
   target = "http://host/path" (the request target as sent; instead of path/query),
@@ -636,21 +761,7 @@ function M.request(opts)
     error("t.request: host and no_host_header: a request without a Host header gets its host from an "
           .. "absolute-form target, e.g. target = 'http://host/path'", 2)
   end
-  local hs = opts.headers or {}
-  for i, h in ipairs(hs) do list[#list + 1] = { h[1], h[2] } end
-  local names = {}
-  for k in pairs(hs) do
-    if type(k) == "string" then names[#names + 1] = k end
-  end
-  table.sort(names) -- a stable order for tables keyed by name
-  for _, k in ipairs(names) do
-    local v = hs[k]
-    if type(v) == "table" then
-      for _, x in ipairs(v) do list[#list + 1] = { k, x } end
-    else
-      list[#list + 1] = { k, v }
-    end
-  end
+  header_list(opts.headers, list)
   local target = opts.target
   if target == nil then
     target = opts.path or "/"
@@ -829,6 +940,98 @@ function M.draw(policy, req, group, n)
     counts[name] = (counts[name] or 0) + 1
   end
   return counts
+end
+
+-- The response and log hooks -----------------------------------------------
+
+local function state_of(req, who)
+  local st = states[req]
+  if not st then error(who .. ": req must be a request made by t.request", 3) end
+  return st
+end
+
+-- The response a spec gives (res of t.response and t.log) -> status, a list
+-- {{name, value}, ...}, and for t.log the bytes sent. Errors name the line of
+-- the caller of t.response / t.log.
+local function response_spec(res, who)
+  local log = who == "t.log"
+  if res == nil then res = {} end
+  if type(res) ~= "table" then
+    error(who .. ": res must be a table, e.g. { status = 200, headers = { { 'Content-Type', 'text/plain' } } }", 3)
+  end
+  for k in pairs(res) do
+    if k ~= "status" and k ~= "headers" and not (log and k == "bytes") then
+      error(who .. ": res." .. tostring(k) .. ": unknown key (" .. (log and "status, bytes, headers" or "status, headers")
+            .. ")", 3)
+    end
+  end
+  local status = res.status == nil and 200 or res.status
+  if type(status) ~= "number" or status % 1 ~= 0 or status < 200 or status > 999 then
+    error(who .. ": res.status must be an integer from 200 to 999 (no hook sees a 1xx response)", 3)
+  end
+  local bytes
+  if log then
+    bytes = res.bytes == nil and 0 or res.bytes
+    if type(bytes) ~= "number" or bytes % 1 ~= 0 or bytes < 0 or bytes >= 2 ^ 53 then
+      error(who .. ": res.bytes must be a whole number", 3)
+    end
+  end
+  if res.headers ~= nil and type(res.headers) ~= "table" then
+    error(who .. ": res.headers must be a table: { { name, value }, ... } or { [name] = value }", 3)
+  end
+  local list = header_list(res.headers, {})
+  for _, h in ipairs(list) do
+    if type(h[2]) == "number" then h[2] = tostring(h[2]) end
+    if type(h[1]) ~= "string" or type(h[2]) ~= "string" then
+      error(who .. ": res.headers: " .. tostring(h[1]) .. ": a header is a name and a value, both strings", 3)
+    end
+  end
+  return status, list, bytes
+end
+
+-- Puts the response where ferry keeps it for the hook; raises, naming the
+-- caller's line, when ferry would not take such a response from an upstream.
+local function set_response(st, who, status, list, bytes)
+  local ok, why = B.set_response(st, status, list, bytes)
+  if not ok then
+    error(who .. ": ferry refuses such an upstream response before any hook runs (a bad_response failure: "
+          .. "a retry, or 502): " .. why, 3)
+  end
+end
+
+-- t.response(policy, req, res) -> the response as ferry relays it after the
+-- response hook: { status = N, headers = { { name, value }, ... } }, without
+-- the hop-by-hop headers (ferry writes its own framing), or { error = message
+-- with traceback } when the hook raised (ferry answers 500 instead). res is
+-- the upstream's response: { status = 200, headers = { { name, value }, ... }
+-- or { [name] = value } }. Without a response hook, the response as given.
+function M.response(policy, req, res)
+  local st = state_of(req, "t.response")
+  local status, list = response_spec(res, "t.response")
+  set_response(st, "t.response", status, list)
+  if type(policy.response) == "function" then
+    local r = run_hook_as("response", req, policy.response, B.res_handle(st))
+    if not r[1] then return { error = tostring(r[2]) } end
+  end
+  B.strip_response(st) -- what ferry does as it writes the head
+  local s, hs = B.response_head(st)
+  return { status = s, headers = hs }
+end
+
+-- t.log(policy, req, res) -> true, or nil and the message (with traceback)
+-- when the log hook raised (ferry logs it). res is what the exchange was:
+-- { status = what the client got, bytes = bytes sent to it, headers = the
+-- upstream's }, read-only in the hook as in ferry; the hop-by-hop headers are
+-- gone, as ferry relayed the head before. true without a log hook.
+function M.log(policy, req, res)
+  local st = state_of(req, "t.log")
+  local status, list, bytes = response_spec(res, "t.log")
+  set_response(st, "t.log", status, list, bytes)
+  B.strip_response(st)
+  if type(policy.log) ~= "function" then return true end
+  local r = run_hook_as("log", req, policy.log, B.res_handle(st))
+  if not r[1] then return nil, tostring(r[2]) end
+  return true
 end
 
 -- Policies -------------------------------------------------------------------

@@ -417,6 +417,199 @@ describe("ferry.testing (" .. t.backend .. " backend)", function()
     end)
   end)
 
+  describe("t.response", function()
+    local route = function() return "g" end
+    local upstream = { status = 200, headers = { { "Content-Type", "text/plain" }, { "Server", "nginx" },
+                                                 { "X-Tag", "a" }, { "x-tag", "b" } } }
+
+    it("returns the response as ferry relays it, with the hook's edits", function()
+      local p = policy(route, { response = function(_, res)
+        res.headers:set("x-TAG", "c")     -- replaces every value
+        res.headers:add("Cache-Control", "no-store")
+        res.headers:add("cache-control", 60)
+        res.headers:remove("SERVER")
+      end })
+      assert.same({ status = 200, headers = { { "Content-Type", "text/plain" }, { "x-TAG", "c" },
+                                              { "Cache-Control", "no-store" }, { "cache-control", "60" } } },
+                  t.response(p, t.request { host = "a" }, upstream))
+    end)
+
+    it("gives the hook the upstream's status and headers, hop-by-hop ones included; relays without them", function()
+      local seen
+      local p = policy(route, { response = function(req, res)
+        seen = { status = res.status, cl = res.headers:get("content-length"), conn = res.headers:get("Connection"),
+                 private = res.headers:get("X-Private"), all = res.headers:get_all("X-Many"),
+                 none = res.headers:get("X-None"), host = req.host }
+        res.headers:set("X-Added", "1")
+      end })
+      local d = t.response(p, t.request { host = "a.example" }, {
+        status = 404, headers = { { "Connection", "close, X-Private" }, { "X-Private", "p" }, { "Content-Length", "9" },
+                                  { "Keep-Alive", "timeout=5" }, { "X-Many", "1" }, { "X-Many", "2" } } })
+      assert.same({ status = 404, cl = "9", conn = "close, X-Private", private = "p", all = { "1", "2" },
+                    host = "a.example" }, seen)
+      assert.same({ status = 404, headers = { { "X-Many", "1" }, { "X-Many", "2" }, { "X-Added", "1" } } }, d)
+    end)
+
+    it("takes headers as a map too, and returns the response as given without a response hook", function()
+      local d = t.response(policy(route), t.request {}, { headers = { ["X-B"] = "2", ["X-A"] = { "1", "3" } } })
+      assert.same({ status = 200, headers = { { "X-A", "1" }, { "X-A", "3" }, { "X-B", "2" } } }, d)
+      assert.same({ status = 200, headers = {} }, t.response(policy(route), t.request {}))
+      assert.same({ status = 503, headers = { { "Retry-After", "5" } } },
+                  t.response(policy(route), t.request {}, { status = 503, headers = { { "Retry-After", 5 } } }))
+    end)
+
+    it("returns the error, with a traceback, when the hook raises", function()
+      local d = t.response(policy(route, { response = function() error("boom") end }), t.request {}, upstream)
+      assert.is_nil(d.status)
+      assert.matches("boom", d.error)
+      assert.matches("stack traceback", d.error)
+    end)
+
+    it("raises ferry's messages on misuse of res", function()
+      local cases = {
+        { function(_, res) res.headers:set("Content-Length", "1") end, "res.headers:set: invalid argument" },
+        { function(_, res) res.headers:remove("Transfer-Encoding") end, "res.headers:remove: invalid argument" },
+        { function(_, res) res.headers:add("Bad Name", "x") end, "res.headers:add: invalid argument" },
+        { function(_, res) res.headers:set("X-A", "a\r\nb") end, "res.headers:set: invalid argument" },
+        { function(_, res) res.headers:set("X-A", {}) end, "res.headers:set: header value must be a string" },
+        { function(_, res) res.headers:get(1) end, "res.headers:get: header name must be a string" },
+        { function(_, res) res.headers:get("a b") end, "res.headers:get: invalid argument" },
+        { function(req) req:respond(403) end, "req:respond: only route(req) may answer a request" },
+      }
+      for _, c in ipairs(cases) do
+        assert.matches(plain(c[2]), t.response(policy(route, { response = c[1] }), t.request {}, upstream).error)
+      end
+      local d = t.response(policy(route, { response = function(_, res) res.headers:set("Connection", "x") end }),
+                           t.request {}, upstream)
+      assert.matches("testing_spec.lua:%d+: res.headers:set: invalid argument", d.error)
+    end)
+
+    it("makes handles kept after the hook raised fail with 'request is gone'", function()
+      local kept_req, kept_res
+      local d = t.response(policy(route, { response = function(req, res)
+        kept_req, kept_res = req, res
+        res.headers:get("Server") -- res.headers is now cached in the handle
+        error("late")
+      end }), t.request {}, upstream)
+      assert.matches("late", d.error)
+      for what, f in pairs {
+        ["res.status"] = function() return kept_res.status end,
+        ["res.headers:get"] = function() return kept_res.headers:get("Server") end,
+        ["res.headers:set"] = function() kept_res.headers:set("X-A", "1") end,
+        ["req.path"] = function() return kept_req.path end,
+      } do
+        local ok, err = pcall(f)
+        assert.is_false(ok)
+        assert.matches(what .. ": request is gone", err, 1, true)
+      end
+    end)
+
+    it("refuses a res handle used outside the response and log hooks", function()
+      local kept
+      local req = t.request {}
+      t.response(policy(route, { response = function(_, res) kept = res end }), req, upstream)
+      local d = t.route(policy(function() return kept.status end), req)
+      assert.matches("res.status: not allowed here", d.error, 1, true)
+    end)
+
+    it("refuses a response ferry would not take from an upstream, and bad arguments", function()
+      local p = policy(route)
+      for _, c in ipairs {
+        { { headers = { ["Bad Name"] = "x" } }, "header name 'Bad Name' is not a token" },
+        { { headers = { { "X-A", "a\0b" } } }, "the value of header 'X-A' has a control character" },
+        { { status = 101 }, "res.status must be an integer from 200 to 999" },
+        { { status = "200" }, "res.status must be an integer from 200 to 999" },
+        { { body = "x" }, "res.body: unknown key (status, headers)" },
+        { { bytes = 5 }, "res.bytes: unknown key (status, headers)" },
+        { { headers = { { "X-A" } } }, "a header is a name and a value" },
+        { "x", "res must be a table" },
+      } do
+        local ok, err = pcall(t.response, p, t.request {}, c[1])
+        assert.is_false(ok)
+        assert.matches(c[2], err, 1, true)
+      end
+      local ok, err = pcall(t.response, p, {}, upstream)
+      assert.is_false(ok)
+      assert.matches("t.response: req must be a request made by t.request", err, 1, true)
+      ok, err = pcall(t.response, p, t.request {}, { headers = { { "X-A", "a\nb" } } })
+      assert.matches("ferry refuses such an upstream response before any hook runs", err, 1, true)
+    end)
+  end)
+
+  describe("t.log", function()
+    local route = function() return "g" end
+
+    it("gives the hook status, bytes and the relayed headers, and returns true", function()
+      local seen
+      local p = policy(route, { log = function(req, res)
+        seen = { status = res.status, bytes = res.bytes, type = res.headers:get("content-type"),
+                 cl = res.headers:get("Content-Length"), all = res.headers:get_all("X-Tag"), path = req.path }
+      end })
+      assert.is_true(t.log(p, t.request { path = "/push" }, {
+        status = 502, bytes = 1234, headers = { ["Content-Type"] = "text/plain", ["Content-Length"] = "10",
+                                                ["X-Tag"] = { "a", "b" } } }))
+      -- Content-Length is the head's framing: ferry has relayed the head, without it
+      assert.same({ status = 502, bytes = 1234, type = "text/plain", all = { "a", "b" }, path = "/push" }, seen)
+      assert.is_true(t.log(policy(route, { log = function(_, res) seen = { res.status, res.bytes } end }), t.request {}))
+      assert.same({ 200, 0 }, seen)
+    end)
+
+    it("returns true without a log hook", function()
+      assert.is_true(t.log(policy(route), t.request {}, { status = 200 }))
+    end)
+
+    it("makes res.headers read-only, as ferry does", function()
+      for _, c in ipairs {
+        { function(_, res) res.headers:set("X-A", "1") end, "res.headers:set: not allowed here" },
+        { function(_, res) res.headers:add("X-A", "1") end, "res.headers:add: not allowed here" },
+        { function(_, res) res.headers:remove("X-A") end, "res.headers:remove: not allowed here" },
+        { function(req) req:respond(500) end, "req:respond: only route(req) may answer a request" },
+      } do
+        local ok, err = t.log(policy(route, { log = c[1] }), t.request {}, { headers = { ["X-A"] = "0" } })
+        assert.is_nil(ok)
+        assert.matches(plain(c[2]), err)
+        assert.matches("testing_spec.lua:%d+: ", err)
+      end
+    end)
+
+    it("returns nil and the message, with a traceback, when the hook raises; a kept res is gone", function()
+      local kept
+      local ok, err = t.log(policy(route, { log = function(_, res) kept = res; error("log failed") end }),
+                            t.request {}, { status = 200 })
+      assert.is_nil(ok)
+      assert.matches("log failed", err)
+      assert.matches("stack traceback", err)
+      local ok2, err2 = pcall(function() return kept.bytes end)
+      assert.is_false(ok2)
+      assert.matches("res.bytes: request is gone", err2, 1, true)
+    end)
+
+    it("shares req.ctx between route, response and log", function()
+      local p = policy(function(r) r.ctx.t0 = "route" return "g" end, {
+        response = function(r, res) r.ctx.status = res.status end,
+        log = function(r, res) r.ctx.line = r.ctx.t0 .. " " .. r.ctx.status .. " " .. res.bytes end,
+      })
+      local req = t.request {}
+      t.route(p, req)
+      t.response(p, req, { status = 201 })
+      assert.is_true(t.log(p, req, { status = 201, bytes = 77 }))
+      assert.equal("route 201 77", req.ctx.line)
+    end)
+
+    it("refuses bad arguments", function()
+      for _, c in ipairs {
+        { { bytes = -1 }, "res.bytes must be a whole number" },
+        { { bytes = 1.5 }, "res.bytes must be a whole number" },
+        { { body = "" }, "res.body: unknown key (status, bytes, headers)" },
+        { { headers = { ["a b"] = "1" } }, "t.log: ferry refuses such an upstream response" },
+      } do
+        local ok, err = pcall(t.log, policy(route), t.request {}, c[1])
+        assert.is_false(ok)
+        assert.matches(c[2], err, 1, true)
+      end
+    end)
+  end)
+
   describe("t.load_policy", function()
     local function with_policy(src, fn)
       local path = os.tmpname()
