@@ -201,6 +201,9 @@ static int fy_on_headers_complete(llhttp_t *p) {
   r->keepalive = llhttp_should_keep_alive(p) && !llhttp_get_upgrade(p);
   if (fy_http_target_parse(r->url.data, r->url.len, &r->target) != 0) return fy_conn_refuse(c, 400);
   if (fy_conn_find_host(c) != 0) return fy_conn_refuse(c, 400);
+  /* Naming Host in Connection would strip it on the way out: the request would reach
+   * the upstream under another Host than the one it was routed by (fuzz_request). */
+  if (fy_http_connection_names(&r->headers, "host", 4)) return fy_conn_refuse(c, 400);
   if (fy_conn_check_expect(c) != 0) return fy_conn_refuse(c, 417);
   c->rq = FY_RQ_BODY;
   /* Without a body the message completes at once; on_message_complete pauses. */
@@ -810,7 +813,7 @@ void fy_conn_close(fy_conn *c) {
   fy_write_forget(&c->cwrite);
   fy_proxy_abort(c);
   fy_list_remove(&c->link);
-  fy_sock_close(&c->sock, fy_conn_close_cb);
+  fy_sock_close(&c->sock, fy_conn_close_cb, c->reset_on_close);
   uv_close((uv_handle_t *)&c->timer, fy_conn_close_cb);
   uv_close((uv_handle_t *)&c->retry_timer, fy_conn_close_cb);
 }

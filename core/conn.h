@@ -135,6 +135,7 @@ typedef struct fy_conn {
   bool replay_pending;  /* the next write starts with replay */
   bool continue_sent;   /* 100 Continue went out already */
   bool resp_sent;       /* bytes of the final response went to the client */
+  bool reset_on_close;  /* close with RST: the response was cut */
   int retry_status;     /* a response status that asked for another attempt */
   bool response_failed; /* the response hook failed: answer 500 instead */
   fy_group *counted;    /* the group whose requests count this exchange */

@@ -69,7 +69,7 @@ static void fy_probe_finish(fy_probe *p, bool ok, const char *why) {
   }
   p->closing = 2;
   fy_write_forget(&p->write);
-  fy_sock_close(&p->sock, fy_probe_freed);
+  fy_sock_close(&p->sock, fy_probe_freed, false);
   uv_close((uv_handle_t *)&p->timer, fy_probe_freed);
 }
 

@@ -87,6 +87,22 @@ bool fy_http_is_hop_by_hop(const char *name, size_t len) {
 }
 
 /* Each comma-separated token of every Connection header names a header to drop. */
+bool fy_http_connection_names(const fy_headers *h, const char *name, size_t nlen) {
+  for (ssize_t i = fy_headers_find(h, "connection", 10, 0); i >= 0;
+       i = fy_headers_find(h, "connection", 10, (size_t)i + 1)) {
+    const char *p = fy_hdr_val(h, &h->v[i]), *end = p + h->v[i].val_len;
+    while (p < end) {
+      while (p < end && (*p == ',' || *p == ' ' || *p == '\t'))
+        p++;
+      const char *tok = p;
+      while (p < end && *p != ',' && *p != ' ' && *p != '\t')
+        p++;
+      if (fy_http_token_eq(tok, (size_t)(p - tok), name, nlen)) return true;
+    }
+  }
+  return false;
+}
+
 static void fy_http_strip_connection_tokens(fy_headers *h) {
   for (ssize_t i = fy_headers_find(h, "connection", 10, 0); i >= 0;
        i = fy_headers_find(h, "connection", 10, (size_t)i + 1)) {

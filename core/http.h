@@ -52,6 +52,8 @@ bool fy_http_token_eq(const char *a, size_t alen, const char *b, size_t blen);
 /* True for header names that only apply to one connection (RFC 9110 7.6.1). */
 bool fy_http_is_hop_by_hop(const char *name, size_t len);
 /* Marks hop-by-hop headers and the headers that Connection names as removed. */
+/* Whether a Connection header of h lists the token name (case-insensitive). */
+bool fy_http_connection_names(const fy_headers *h, const char *name, size_t nlen);
 void fy_http_strip_hop_by_hop(fy_headers *h);
 /* True when a header value is safe to send on (no CR, LF or NUL, no other controls but tab). */
 bool fy_http_value_ok(const char *v, size_t len);

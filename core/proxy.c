@@ -108,6 +108,7 @@ static void fy_proxy_fail(fy_conn *c, int err) {
               (unsigned long long)c->req.id, server, fy_strerror(err));
   if (c->server) fy_server_failed(c->server, fy_now_ms(c));
   c->req.status = c->req.status ? c->req.status : 502;
+  c->reset_on_close = true; /* a FIN would end a close-delimited body as if it were complete */
   fy_conn_close(c);
 }
 

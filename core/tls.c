@@ -891,7 +891,7 @@ int fy_sock_shutdown(fy_sock *s, uv_shutdown_t *req, uv_shutdown_cb cb) {
   return 0;
 }
 
-void fy_sock_close(fy_sock *s, uv_close_cb cb) {
+void fy_sock_close(fy_sock *s, uv_close_cb cb, bool reset) {
   fy_tls *t = s->tls;
   if (t) {
     t->closed = true;
@@ -899,6 +899,7 @@ void fy_sock_close(fy_sock *s, uv_close_cb cb) {
     if (t->work_queued) fy_worker_undefer(&t->work);
     t->work_queued = false;
   }
+  if (reset && uv_tcp_close_reset(&s->tcp, cb) == 0) return;
   uv_close((uv_handle_t *)&s->tcp, cb);
 }
 

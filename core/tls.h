@@ -121,8 +121,12 @@ void fy_sock_read_stop(fy_sock *s);
 int fy_sock_write(fy_sock *s, fy_write_req *req, uv_buf_t *bufs, unsigned n, fy_write_cb cb);
 /* Sends close_notify (TLS) and then FIN, after everything written so far. */
 int fy_sock_shutdown(fy_sock *s, uv_shutdown_t *req, uv_shutdown_cb cb);
-/* Closes the handle; the TLS session is freed by fy_sock_free in the close callback. */
-void fy_sock_close(fy_sock *s, uv_close_cb cb);
+/*
+ * Closes the handle; the TLS session is freed by fy_sock_free in the close
+ * callback. reset: with RST rather than FIN, so the peer can tell a cut
+ * response from a complete one even where only the close ends the body.
+ */
+void fy_sock_close(fy_sock *s, uv_close_cb cb, bool reset);
 void fy_sock_free(fy_sock *s);
 
 /* Handshake outcomes, counted per worker for GET /metrics. */

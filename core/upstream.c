@@ -331,7 +331,7 @@ static void fy_uconn_close(fy_uconn *uc) {
   uc->owner = NULL;
   fy_write_forget(&uc->write_req);
   uc->closing = 2;
-  fy_sock_close(&uc->sock, fy_uconn_close_cb);
+  fy_sock_close(&uc->sock, fy_uconn_close_cb, false);
   uv_close((uv_handle_t *)&uc->timer, fy_uconn_close_cb);
 }
 

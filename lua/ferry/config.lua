@@ -35,8 +35,8 @@ end
 local function is_ipv4(s)
   local a, b, c, d = s:match("^(%d+)%.(%d+)%.(%d+)%.(%d+)$")
   if not a then return false end
-  for _, o in ipairs({ a, b, c, d }) do
-    if #o > 3 or tonumber(o) > 255 then return false end
+  for _, o in ipairs({ a, b, c, d }) do -- no leading zeros: inet_pton refuses them (octal in some parsers)
+    if #o > 3 or tonumber(o) > 255 or (#o > 1 and o:sub(1, 1) == "0") then return false end
   end
   return true
 end

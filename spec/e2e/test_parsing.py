@@ -94,6 +94,10 @@ class ParsingTest(E2ECase):
         self.assertRejected(head("POST /echo HTTP/1.1", "Host: p.test",
                                  "Content-Length: 5, 44") + b"hello" + SMUGGLED, 400)
 
+    def test_connection_naming_host(self):
+        # It would strip Host on the way out, after routing by it (found by fuzz_request).
+        self.assertRejected(head("GET /echo HTTP/1.1", "Host: p.test", "Connection: keep-alive, Host"), 400)
+
     def test_empty_header_name(self):
         # llhttp lets ": x" by; ferry refuses it (found by fuzz_request).
         self.assertRejected(head("GET /echo HTTP/1.1", "Host: p.test", ": x"), 400)

@@ -33,6 +33,7 @@ ANSWERS = {
     "/status-99": b"HTTP/1.1 099 Odd\r\nContent-Length: 4\r\n\r\nevil",
     "/plain": b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nplain",
     "/empty-name": b"HTTP/1.1 200 OK\r\n: x\r\nContent-Length: 2\r\n\r\nok",
+    "/cut-later": (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n", b"zz\r\n"),
     "/bad-chunk": b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nevil\r\n0\r\n\r\n",
 }
 
@@ -76,7 +77,12 @@ class RawUpstream:
                     buf += chunk
                 head, buf = buf.split(b"\r\n\r\n", 1)
                 path = head.split(b" ")[1].decode()
-                conn.sendall(ANSWERS[path])
+                answer = ANSWERS[path]
+                if isinstance(answer, tuple):  # in two reads: the head goes out before the break
+                    conn.sendall(answer[0])
+                    time.sleep(0.3)
+                    answer = answer[1]
+                conn.sendall(answer)
         except OSError:
             pass
         finally:
@@ -147,6 +153,22 @@ class ResponseFramingTest(E2ECase):
         r1, r2 = self.two_requests("/empty-name")
         self.assertEqual(r1.status, 502)
         self.assertEqual((r2.status, r2.body), (200, b"plain"))
+
+    def test_a_cut_close_delimited_body_ends_with_a_reset(self):
+        # An HTTP/1.0 client's body ends at the close: a FIN would make a cut answer look complete.
+        sock = connect(self.ferry.port, timeout=10)
+        data = b""
+        try:
+            sock.sendall(b"GET /cut-later HTTP/1.0\r\nHost: a.test\r\n\r\n")
+            with self.assertRaises(ConnectionResetError):
+                while True:
+                    chunk = sock.recv(4096)
+                    if not chunk:
+                        break
+                    data += chunk
+        finally:
+            sock.close()
+        self.assertIn(b"hello", data)  # what had gone out before the break
 
     def test_status_below_100_is_502(self):
         r1, r2 = self.two_requests("/status-99")

@@ -72,7 +72,8 @@ static void parse_responses(bool finish) {
   fz_parse_init(&resp, HTTP_RESPONSE);
   resp.bodiless = resp_bodiless;
   fz_parse_feed(&resp, fz_client.rx.data, fz_client.rx.len);
-  if (finish) fz_parse_finish(&resp);
+  /* A reset is not an end of message: a body that only the close delimits stays cut. */
+  if (finish && !fz_client.reset) fz_parse_finish(&resp);
 }
 
 /* Once the answer is in, the client says it is done; ferry then closes, and

@@ -91,7 +91,7 @@ describe("config", function()
   end)
 
   it("refuses networks that only look like addresses", function()
-    for _, net in ipairs({ "999.1.1.1", ":::::", "1.2.3.4/33", "1::2::3", "12345::1", "1:2:3:4:5:6:7:8:9" }) do
+    for _, net in ipairs({ "999.1.1.1", "09.0.0.0/8", ":::::", "1.2.3.4/33", "1::2::3", "12345::1", "1:2:3:4:5:6:7:8:9" }) do
       local src = minimal:gsub('address = "127.0.0.1:8080"', 'address = "127.0.0.1:8080", proxy_protocol = { trusted = { "' .. net .. '" } }')
       with_file(src, function(cfg, errs)
         assert.is_nil(cfg, net)
