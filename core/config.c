@@ -367,7 +367,8 @@ static void fy_cfg_collect_errors(lua_State *L, const char *path, fy_buf *errors
 }
 
 /* Appends "file:line: where.message" for a config error found here in C. */
-static void fy_cfg_error_at(lua_State *L, const char *path, const char *where, const char *msg, fy_buf *errors) {
+static void fy_cfg_error_at(lua_State *L, const char *path, const char *where, const char *msg,
+                            fy_buf *errors) {
   lua_getfield(L, 1, "locate_error"); /* ferry.config is at index 1 */
   lua_pushstring(L, path);
   lua_pushfstring(L, "%s.%s", where, msg);

@@ -434,7 +434,8 @@ static void fy_conn_timeout_cb(fy_deadline *d) {
   fy_conn *c = d->timer.data;
   switch (c->wait) {
   case FY_WAIT_HEADER:
-    if (c->sock.tls && !fy_tls_is_open(c->sock.tls)) { /* no handshake within the header deadline: no one to answer */
+    if (c->sock.tls &&
+        !fy_tls_is_open(c->sock.tls)) { /* no handshake within the header deadline: no one to answer */
       fy_log_info("client %s:%d: TLS handshake timeout", c->client_ip, c->client_port);
       fy_conn_close(c);
       break;
@@ -589,9 +590,10 @@ static void fy_conn_access_log(fy_conn *c) {
   /* The target fields are set once the head is parsed (method set with them). */
   fy_target t = r->method ? r->target : (fy_target){0};
   fy_log_info("access %s \"%s %s://%.*s%.*s%s%.*s\" %d %llu %s %s %llums id=%llu", c->client_ip,
-              r->method ? r->method : "-", c->sock.tls ? "https" : "http", (int)r->host_len, r->host, (int)FY_MIN(t.path_len, 512),
-              t.path ? t.path : "", t.query ? "?" : "", (int)FY_MIN(t.query_len, 512), t.query ? t.query : "",
-              r->status, (unsigned long long)r->bytes_out,
+              r->method ? r->method : "-", c->sock.tls ? "https" : "http", (int)r->host_len, r->host,
+              (int)FY_MIN(t.path_len, 512), t.path ? t.path : "", t.query ? "?" : "",
+              (int)FY_MIN(t.query_len, 512), t.query ? t.query : "", r->status,
+              (unsigned long long)r->bytes_out,
               r->group >= 0 && r->gen ? r->gen->cfg->groups[r->group].name : "-", r->server ? r->server : "-",
               (unsigned long long)(fy_now_ms(c) - r->started_ms), (unsigned long long)r->id);
 }
@@ -735,8 +737,8 @@ static __thread fy_conn *fy_conn_spare; /* a free struct's first word points to 
 
 static fy_conn *fy_conn_new(void) {
   if (fy_conn_spare == NULL) {
-    void *slab = mmap(NULL, FY_CONN_SLAB * sizeof(fy_conn), PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS,
-                      -1, 0);
+    void *slab = mmap(NULL, FY_CONN_SLAB * sizeof(fy_conn), PROT_READ | PROT_WRITE,
+                      MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     if (slab == MAP_FAILED) return fy_calloc(1, sizeof(fy_conn)); /* kept on the free list once closed */
     fy_conn *all = slab;
     for (size_t i = FY_CONN_SLAB; i-- > 0;) {

@@ -82,7 +82,7 @@ typedef struct fy_req {
 #define FY_CONN_RBUF_SIZE FY_POOL_BLOCK_SIZE
 
 typedef struct fy_conn {
-  fy_sock sock; /* first: the uv handle's address is the connection's */
+  fy_sock sock;        /* first: the uv handle's address is the connection's */
   fy_deadline timer;   /* what the connection waits for from the client (enum fy_conn_wait) */
   fy_write_req cwrite; /* to the client */
   uv_shutdown_t shutdown_req;

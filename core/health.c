@@ -166,7 +166,8 @@ static void fy_probe_start(fy_server *s) {
              "GET %s HTTP/1.1\r\nHost: %s\r\nUser-Agent: ferry-health-check\r\nConnection: close\r\n\r\n",
              cfg->check_path, s->name);
   if (cfg->proxy_protocol) /* the server expects a PROXY header: LOCAL says the probe is ferry's own */
-    p->preface_len = fy_proxy_protocol_write(cfg->proxy_protocol == 1 ? 1 : 2, NULL, &s->addr, NULL, p->preface);
+    p->preface_len =
+        fy_proxy_protocol_write(cfg->proxy_protocol == 1 ? 1 : 2, NULL, &s->addr, NULL, p->preface);
   uv_tcp_init(loop, &p->sock.tcp);
   uv_timer_init(loop, &p->timer);
   p->sock.tcp.data = p->timer.data = p->connect.data = p;

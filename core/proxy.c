@@ -515,7 +515,8 @@ static void fy_proxy_write_preface(fy_conn *c, fy_uconn *uc) {
     uv_tcp_getsockname(&c->sock.tcp, (struct sockaddr *)&dst, &len);
   }
   uint8_t header[FY_PP_WRITE_MAX];
-  size_t n = fy_proxy_protocol_write(fy_proxy_group(c)->proxy_protocol, &src, &dst, pp ? pp->vpce_id : NULL, header);
+  size_t n =
+      fy_proxy_protocol_write(fy_proxy_group(c)->proxy_protocol, &src, &dst, pp ? pp->vpce_id : NULL, header);
   fy_buf_reset(fy_uconn_preface(uc));
   fy_buf_append(fy_uconn_preface(uc), header, n);
 }

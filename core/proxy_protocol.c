@@ -398,7 +398,8 @@ const char *fy_proxy_protocol_strerror(int err) {
 
 /* ---- writing ---------------------------------------------------------------- */
 
-static size_t fy_pp_write_v1(const struct sockaddr_storage *src, const struct sockaddr_storage *dst, uint8_t *out) {
+static size_t fy_pp_write_v1(const struct sockaddr_storage *src, const struct sockaddr_storage *dst,
+                             uint8_t *out) {
   char sip[INET6_ADDRSTRLEN], dip[INET6_ADDRSTRLEN];
   int sport = 0, dport = 0;
   if (src == NULL || src->ss_family != dst->ss_family ||

@@ -70,11 +70,13 @@ const char *fy_tls_version(void) {
 /* ---- shared configuration pieces ------------------------------------------- */
 
 /* ECDHE only (forward secrecy), AEAD only. */
-static const int fy_tls_default_ciphers[] = {
-    MBEDTLS_TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,       MBEDTLS_TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256,
-    MBEDTLS_TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384,       MBEDTLS_TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384,
-    MBEDTLS_TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256, MBEDTLS_TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256,
-    0};
+static const int fy_tls_default_ciphers[] = {MBEDTLS_TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
+                                             MBEDTLS_TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256,
+                                             MBEDTLS_TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384,
+                                             MBEDTLS_TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384,
+                                             MBEDTLS_TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256,
+                                             MBEDTLS_TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256,
+                                             0};
 
 static const char *fy_tls_alpn[] = {"http/1.1", NULL};
 
@@ -101,8 +103,8 @@ static int fy_tls_ciphers(char *const *names, size_t n, int **out, char *err, si
   for (size_t i = 0; i < n; i++) {
     ids[i] = mbedtls_ssl_get_ciphersuite_id(names[i]);
     if (ids[i] == 0) {
-      snprintf(err, errlen, "ciphers[%zu]: unknown cipher suite '%s' (mbedTLS names, e.g. %s)", i + 1, names[i],
-               "TLS-ECDHE-RSA-WITH-AES-128-GCM-SHA256");
+      snprintf(err, errlen, "ciphers[%zu]: unknown cipher suite '%s' (mbedTLS names, e.g. %s)", i + 1,
+               names[i], "TLS-ECDHE-RSA-WITH-AES-128-GCM-SHA256");
       free(ids);
       return -1;
     }
@@ -112,7 +114,8 @@ static int fy_tls_ciphers(char *const *names, size_t n, int **out, char *err, si
 }
 
 static int fy_tls_conf_common(mbedtls_ssl_config *conf, int endpoint, const int *ciphers) {
-  int rc = mbedtls_ssl_config_defaults(conf, endpoint, MBEDTLS_SSL_TRANSPORT_STREAM, MBEDTLS_SSL_PRESET_DEFAULT);
+  int rc =
+      mbedtls_ssl_config_defaults(conf, endpoint, MBEDTLS_SSL_TRANSPORT_STREAM, MBEDTLS_SSL_PRESET_DEFAULT);
   if (rc != 0) return rc;
   mbedtls_ssl_conf_rng(conf, mbedtls_ctr_drbg_random, &fy_tls_global.drbg);
   mbedtls_ssl_conf_min_version(conf, MBEDTLS_SSL_MAJOR_VERSION_3, MBEDTLS_SSL_MINOR_VERSION_3); /* TLS 1.2 */
@@ -122,7 +125,8 @@ static int fy_tls_conf_common(mbedtls_ssl_config *conf, int endpoint, const int 
   return mbedtls_ssl_conf_alpn_protocols(conf, fy_tls_alpn);
 }
 
-static int fy_tls_load_crt(mbedtls_x509_crt *crt, const char *path, const char *key, char *err, size_t errlen) {
+static int fy_tls_load_crt(mbedtls_x509_crt *crt, const char *path, const char *key, char *err,
+                           size_t errlen) {
   int rc = mbedtls_x509_crt_parse_file(crt, path);
   if (rc == 0) return 0;
   char why[160];
@@ -134,8 +138,8 @@ static int fy_tls_load_crt(mbedtls_x509_crt *crt, const char *path, const char *
   return -1;
 }
 
-static int fy_tls_load_key(mbedtls_pk_context *pk, const mbedtls_x509_crt *crt, const char *path, const char *key,
-                           char *err, size_t errlen) {
+static int fy_tls_load_key(mbedtls_pk_context *pk, const mbedtls_x509_crt *crt, const char *path,
+                           const char *key, char *err, size_t errlen) {
   char why[160];
   int rc = mbedtls_pk_parse_keyfile(pk, path, NULL);
   if (rc != 0) {
@@ -185,7 +189,8 @@ static void fy_tls_cert_own_names(fy_tls_cert *c) {
       fy_tls_cert_add_name(c, (const char *)san->buf.p, san->buf.len);
   if (c->nnames) return;
   for (const mbedtls_x509_name *n = &c->crt.subject; n && n->oid.p; n = n->next)
-    if (MBEDTLS_OID_CMP(MBEDTLS_OID_AT_CN, &n->oid) == 0) fy_tls_cert_add_name(c, (const char *)n->val.p, n->val.len);
+    if (MBEDTLS_OID_CMP(MBEDTLS_OID_AT_CN, &n->oid) == 0)
+      fy_tls_cert_add_name(c, (const char *)n->val.p, n->val.len);
 }
 
 static bool fy_tls_name_matches(const char *pattern, const char *name, bool wildcard) {
@@ -248,7 +253,8 @@ int fy_tls_server_ctx_new(const fy_cfg_tls_server *cfg, fy_tls_server_ctx **out,
       fy_tls_cert_add_name(c, cc->names[j], strlen(cc->names[j]));
     if (rc == 0 && c->nnames == 0) fy_tls_cert_own_names(c);
   }
-  if (rc == 0 && cfg->client_ca) rc = fy_tls_load_crt(&ctx->client_ca, cfg->client_ca, "client_ca", err, errlen);
+  if (rc == 0 && cfg->client_ca)
+    rc = fy_tls_load_crt(&ctx->client_ca, cfg->client_ca, "client_ca", err, errlen);
   if (rc == 0) rc = fy_tls_ciphers(cfg->ciphers, cfg->nciphers, &ctx->ciphers, err, errlen);
   if (rc == 0) {
     mbedtls_ssl_config *conf = &ctx->conf;
@@ -263,7 +269,8 @@ int fy_tls_server_ctx_new(const fy_cfg_tls_server *cfg, fy_tls_server_ctx **out,
     mbedtls_ssl_conf_sni(conf, fy_tls_sni_cb, ctx);
     if (cfg->client_ca) {
       mbedtls_ssl_conf_ca_chain(conf, &ctx->client_ca, NULL);
-      mbedtls_ssl_conf_authmode(conf, cfg->client_optional ? MBEDTLS_SSL_VERIFY_OPTIONAL : MBEDTLS_SSL_VERIFY_REQUIRED);
+      mbedtls_ssl_conf_authmode(conf, cfg->client_optional ? MBEDTLS_SSL_VERIFY_OPTIONAL
+                                                           : MBEDTLS_SSL_VERIFY_REQUIRED);
     } else {
       mbedtls_ssl_conf_authmode(conf, MBEDTLS_SSL_VERIFY_NONE);
     }
@@ -327,12 +334,14 @@ int fy_tls_client_ctx_new(const fy_cfg_tls_client *cfg, fy_tls_client_ctx **out,
   if (cfg->verify) rc = fy_tls_load_crt(&ctx->ca, cfg->ca, "ca", err, errlen);
   if (rc == 0 && cfg->cert) rc = fy_tls_load_crt(&ctx->crt, cfg->cert, "cert", err, errlen);
   if (rc == 0 && cfg->cert) rc = fy_tls_load_key(&ctx->key, &ctx->crt, cfg->key, "key", err, errlen);
-  /* The identity names the settings and what the files held: a CA file rewritten in place is a new identity. */
+  /* The identity names the settings and what the files held: a CA file rewritten in place is a new identity.
+   */
   fy_buf id;
   fy_buf_init(&id);
-  fy_buf_printf(&id, "verify=%d ca=%s#%016llx name=%s cert=%s#%016llx", cfg->verify, cfg->verify ? cfg->ca : "-",
-                (unsigned long long)fy_tls_crt_hash(&ctx->ca), cfg->server_name ? cfg->server_name : "-",
-                cfg->cert ? cfg->cert : "-", (unsigned long long)fy_tls_crt_hash(&ctx->crt));
+  fy_buf_printf(&id, "verify=%d ca=%s#%016llx name=%s cert=%s#%016llx", cfg->verify,
+                cfg->verify ? cfg->ca : "-", (unsigned long long)fy_tls_crt_hash(&ctx->ca),
+                cfg->server_name ? cfg->server_name : "-", cfg->cert ? cfg->cert : "-",
+                (unsigned long long)fy_tls_crt_hash(&ctx->crt));
   for (size_t i = 0; i < cfg->nciphers; i++)
     fy_buf_printf(&id, " %s", cfg->ciphers[i]);
   fy_buf_append(&id, "", 1);
@@ -688,7 +697,8 @@ static void fy_tls_handshake(fy_tls *t) {
     return;
   }
   fy_tls_fail_text(t, rc);
-  if (rc == MBEDTLS_ERR_SSL_CONN_EOF) snprintf(t->errtext, sizeof t->errtext, "peer closed during the handshake");
+  if (rc == MBEDTLS_ERR_SSL_CONN_EOF)
+    snprintf(t->errtext, sizeof t->errtext, "peer closed during the handshake");
   t->state = FY_TLS_FAILED;
   fy_tls_count(t, FY_TLS_FAILED_HANDSHAKE);
   fy_tls_report_failure(t);

@@ -34,7 +34,8 @@ static bool fy_str_same(const char *a, const char *b) { return a == b || (a && b
 /* Whether e already has a server for this address: an address is one server per TLS name. */
 static bool fy_group_has(const fy_group *g, const fy_entry *e, const struct sockaddr_storage *ss) {
   for (size_t j = 0; j < g->nservers; j++)
-    if (fy_addr_equal(&g->servers[j]->addr, ss) && fy_str_same(g->servers[j]->tls_name, fy_entry_tls_name(g, e)))
+    if (fy_addr_equal(&g->servers[j]->addr, ss) &&
+        fy_str_same(g->servers[j]->tls_name, fy_entry_tls_name(g, e)))
       return true;
   return false;
 }
@@ -405,8 +406,9 @@ static void fy_uconn_tls_done(fy_tls *t, int status) {
   fy_uconn *uc = fy_tls_data(t);
   if (uc->state != FY_UC_CONNECTING) return;
   if (status < 0)
-    fy_log_warn("upstream %s: TLS with %s (%s) failed: %s", uc->server->group->cfg->name, uc->server->addr_text,
-                uc->server->tls_name ? uc->server->tls_name : "no name", fy_tls_error(t));
+    fy_log_warn("upstream %s: TLS with %s (%s) failed: %s", uc->server->group->cfg->name,
+                uc->server->addr_text, uc->server->tls_name ? uc->server->tls_name : "no name",
+                fy_tls_error(t));
   fy_uconn_ready(uc, status);
 }
 
@@ -473,7 +475,8 @@ int fy_upstream_acquire(uv_loop_t *loop, fy_server *s, struct fy_conn *owner, bo
     fy_list_init(&uc->pool_link);
     uc->state = FY_UC_CONNECTING;
     s->active++;
-    int err = uv_tcp_connect(&uc->connect_req, &uc->sock.tcp, (struct sockaddr *)&s->addr, fy_uconn_connect_cb);
+    int err =
+        uv_tcp_connect(&uc->connect_req, &uc->sock.tcp, (struct sockaddr *)&s->addr, fy_uconn_connect_cb);
     if (err < 0) {
       fy_uconn_close(uc);
       return err;

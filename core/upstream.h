@@ -47,13 +47,13 @@ typedef struct fy_server {
   unsigned weight;
   fy_list idle; /* fy_uconn.pool_link */
   unsigned nidle;
-  unsigned active;        /* connections in use (connecting or busy) */
-  int current_weight;     /* smooth weighted round robin */
-  double ewma_ms;         /* response head latency, for p2c */
-  uint64_t ewma_at;       /* loop time of its last update */
-  unsigned fails;         /* consecutive failures */
-  unsigned ejections;     /* times ejected in a row; doubles the ejection time */
-  uint64_t ejected_until; /* loop time (ms); 0 = in service */
+  unsigned active;             /* connections in use (connecting or busy) */
+  int current_weight;          /* smooth weighted round robin */
+  double ewma_ms;              /* response head latency, for p2c */
+  uint64_t ewma_at;            /* loop time of its last update */
+  unsigned fails;              /* consecutive failures */
+  unsigned ejections;          /* times ejected in a row; doubles the ejection time */
+  uint64_t ejected_until;      /* loop time (ms); 0 = in service */
   const char *tls_name;        /* SNI and certificate name (TLS groups), else NULL */
   fy_tls_session *tls_session; /* the last session, offered for resumption */
   /* active health checks (health.c) */
@@ -127,8 +127,8 @@ typedef struct fy_uconn {
   unsigned requests; /* exchanges started on this connection */
   unsigned closing;  /* handles still to close */
   bool reading;
-  bool pinned; /* a client write points into rbuf: append, never rewind */
-  bool eof;    /* the server closed its side */
+  bool pinned;    /* a client write points into rbuf: append, never rewind */
+  bool eof;       /* the server closed its side */
   fy_buf preface; /* PROXY protocol header to send before anything else */
 } fy_uconn;
 

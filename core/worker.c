@@ -80,8 +80,11 @@ static int fy_listener_open(fy_worker *w, fy_listener *l, const fy_cfg_listener 
                   uv_strerror(rc));
     return rc;
   }
-  fy_log_info("listener %s: serving %s on %s:%d", cl->name, cl->tcp ? "tcp" : cl->https ? "https" : "http", cl->host,
-              cl->port);
+  fy_log_info("listener %s: serving %s on %s:%d", cl->name,
+              cl->tcp     ? "tcp"
+              : cl->https ? "https"
+                          : "http",
+              cl->host, cl->port);
   return 0;
 }
 
@@ -136,8 +139,8 @@ static int fy_reload_check_listeners(const fy_config *live, const fy_config *nex
                     next->path, i + 1, a->name, a->host, a->port, b->name, b->host, b->port);
       rc = FY_ECONFIG;
     } else if (a->tcp != b->tcp || a->https != b->https) {
-      fy_buf_printf(errors, "%s: listeners[%zu]: %s: changing a listener's type needs a restart\n", next->path,
-                    i + 1, a->name);
+      fy_buf_printf(errors, "%s: listeners[%zu]: %s: changing a listener's type needs a restart\n",
+                    next->path, i + 1, a->name);
       rc = FY_ECONFIG;
     }
   }

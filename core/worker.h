@@ -60,7 +60,8 @@ typedef struct fy_worker {
     uint64_t responses[6];                   /* by status class: [1] 1xx ... [5] 5xx, [0] none (cut) */
     uint64_t attempts, retries, failures[7]; /* failures by enum fy_failure */
     uint64_t streams, shed;
-    uint64_t tls[2][3]; /* TLS handshakes: [0] client side (https listeners), [1] upstream; by fy_tls_outcome */
+    uint64_t tls[2]
+                [3]; /* TLS handshakes: [0] client side (https listeners), [1] upstream; by fy_tls_outcome */
   } stats;
   /* The request whose hook is running, for the fy_ffi_* calls. */
   struct fy_req *hook_req;
