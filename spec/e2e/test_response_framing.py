@@ -34,6 +34,8 @@ ANSWERS = {
     "/plain": b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nplain",
     "/empty-name": b"HTTP/1.1 200 OK\r\n: x\r\nContent-Length: 2\r\n\r\nok",
     "/cut-later": (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n", b"zz\r\n"),
+    "/cut-in-trailers": (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n",
+                         b"0\r\nX-Trailer: 1\r\n", "close"),
     "/bad-chunk": b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nevil\r\n0\r\n\r\n",
 }
 
@@ -81,7 +83,10 @@ class RawUpstream:
                 if isinstance(answer, tuple):  # in two reads: the head goes out before the break
                     conn.sendall(answer[0])
                     time.sleep(0.3)
-                    answer = answer[1]
+                    conn.sendall(answer[1])
+                    if answer[2:] == ("close",):
+                        return
+                    continue
                 conn.sendall(answer)
         except OSError:
             pass
@@ -169,6 +174,26 @@ class ResponseFramingTest(E2ECase):
         finally:
             sock.close()
         self.assertIn(b"hello", data)  # what had gone out before the break
+
+    def test_a_close_in_the_middle_of_trailers_cuts_at_once(self):
+        # Found by fuzz_response: ferry waited for the read timeout, the client hung meanwhile.
+        sock = connect(self.ferry.port, timeout=10)
+        start = time.monotonic()
+        try:
+            sock.sendall(request_bytes("GET", "/cut-in-trailers", host="a.test"))
+            data = b""
+            try:
+                while True:
+                    chunk = sock.recv(4096)
+                    if not chunk:
+                        break
+                    data += chunk
+            except ConnectionResetError:
+                pass
+        finally:
+            sock.close()
+        self.assertLess(time.monotonic() - start, 3, "the client waited for the upstream read timeout")
+        self.assertNotIn(b"0\r\n\r\n", data, "the cut answer was made to look complete")
 
     def test_status_below_100_is_502(self):
         r1, r2 = self.two_requests("/status-99")
