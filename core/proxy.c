@@ -326,10 +326,12 @@ static void fy_proxy_on_read(fy_uconn *uc, ssize_t n) {
     return;
   }
   if (c->rs == FY_RS_DONE) return; /* closed after a complete answer: just not reusable */
-  if (n == UV_EOF && c->rs == FY_RS_BODY && llhttp_message_needs_eof(&uc->parser) &&
-      llhttp_finish(&uc->parser) == HPE_OK && c->rs == FY_RS_DONE) {
-    /* A close-delimited body ends here. (Only if that really ended the message: in the
-     * middle of trailers the EOF is a cut, and waiting would hang the client.) */
+  if (n == UV_EOF && c->rs == FY_RS_BODY && llhttp_message_needs_eof(&uc->parser)) {
+    llhttp_finish(&uc->parser); /* the end of a close-delimited body: on_message_complete runs */
+  }
+  if (n == UV_EOF && c->rs == FY_RS_DONE) {
+    /* That ended the message. Anything else (in the middle of trailers, say) is a cut,
+     * and waiting for more would hang the client. */
     uc->parser.flags &= ~F_CONNECTION_KEEP_ALIVE;
     fy_conn_flush_client(c);
     fy_conn_exchange_maybe_done(c);
