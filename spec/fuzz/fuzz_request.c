@@ -324,8 +324,11 @@ static void check_client(void) {
       REQUIRE(strtoul(v, NULL, 10) == ++from_upstream);
       REQUIRE(c->complete && c->method != HTTP_OPTIONS && m->status == 200);
       REQUIRE(fz_buf_eq(&m->body, m->skipped_body ? "" : "ok", m->skipped_body ? 0 : 2));
-    } else if (c->complete && c->method == HTTP_OPTIONS && m->status == 200) {
+    } else if (c->method == HTTP_OPTIONS && m->status == 200) {
+      /* The policy answers from route(), after the head: a request whose body is not
+       * complete gets that answer too, and then the connection closes. */
       REQUIRE(fz_buf_eq(&m->body, "local", 5));
+      REQUIRE(c->complete || closed);
     } else {
       REQUIRE(m->status >= 400 && fz_count(m, "server") == 1); /* ferry's own refusal */
     }
