@@ -26,7 +26,6 @@ test can read what happened even when no request got through.
 """
 
 import argparse
-import hashlib
 import json
 import socket
 import ssl
@@ -34,8 +33,11 @@ import struct
 import sys
 import threading
 
-MAX_HEAD = 64 * 1024
-CHUNK = 65536
+try:  # a module of spec.e2e, or a script run from its own directory
+    from . import upstream
+except ImportError:
+    import upstream
+
 HANDSHAKE_TIMEOUT = 5.0
 IDLE_TIMEOUT = 30.0
 
@@ -106,74 +108,14 @@ def subject_text(cert):
     return ",".join(parts)
 
 
-class Conn:
+class Conn(upstream.Connection):
+    """upstream.py's connection (its request reading and body digests) behind a TLS handshake."""
+
     def __init__(self, server, raw, conn_id):
-        self.server = server
+        super().__init__(server, None, conn_id)  # the socket is the TLS one, once handshaken
         self.raw = raw
-        self.conn_id = conn_id
-        self.sock = None
         self.sni = None
         self.proxy = None
-        self.buf = bytearray()
-        self.count = 0
-
-    # -- reading -------------------------------------------------------------
-
-    def fill(self):
-        data = self.sock.recv(CHUNK)
-        if not data:
-            return False
-        self.buf += data
-        return True
-
-    def read_head(self):
-        while True:
-            end = self.buf.find(b"\r\n\r\n")
-            if end >= 0:
-                head = bytes(self.buf[:end])
-                del self.buf[: end + 4]
-                return head
-            if len(self.buf) > MAX_HEAD or not self.fill():
-                return None
-
-    def read_line(self):
-        while True:
-            end = self.buf.find(b"\r\n")
-            if end >= 0:
-                line = bytes(self.buf[:end])
-                del self.buf[: end + 2]
-                return line
-            if len(self.buf) > MAX_HEAD or not self.fill():
-                raise ConnectionError("eof in chunked framing")
-
-    def read_exact(self, n, digest):
-        while n > 0:
-            if not self.buf and not self.fill():
-                raise ConnectionError("eof in body")
-            part = bytes(self.buf[:n])
-            del self.buf[: len(part)]
-            digest.update(part)
-            n -= len(part)
-
-    def read_body(self, headers):
-        digest = hashlib.sha256()
-        if "chunked" in headers.get("transfer-encoding", "").lower():
-            total = 0
-            while True:
-                size = int(self.read_line().split(b";")[0].strip() or b"x", 16)
-                if size == 0:
-                    while self.read_line():
-                        pass
-                    break
-                self.read_exact(size, digest)
-                total += size
-                if self.read_line() != b"":
-                    raise ConnectionError("chunk not followed by CRLF")
-            return total, digest.hexdigest()
-        length = headers.get("content-length", "0").strip()
-        n = int(length) if length.isdigit() else 0
-        self.read_exact(n, digest)
-        return n, digest.hexdigest()
 
     # -- serving ---------------------------------------------------------------
 
@@ -209,30 +151,22 @@ class Conn:
                 if head is None:
                     break
                 self.count += 1
-                lines = head.decode("latin-1").split("\r\n")
-                method, target, version = lines[0].split(" ", 2)
-                header_list = []
-                headers = {}
-                for line in lines[1:]:
-                    name, _, value = line.partition(":")
-                    header_list.append([name, value.strip()])
-                    headers.setdefault(name.strip().lower(), value.strip())
-                length, digest = self.read_body(headers)
-                tokens = [t.strip().lower() for t in headers.get("connection", "").split(",")]
-                close = "close" in tokens or (version == "HTTP/1.0" and "keep-alive" not in tokens)
+                req = upstream.Request(head)
+                length, digest = self.read_body(req)
+                close = req.wants_close()
                 info = {
                     "name": self.server.name,
-                    "method": method,
-                    "path": target.partition("?")[0],
-                    "host": headers.get("host"),
+                    "method": req.method,
+                    "path": req.path,
+                    "host": req.header("host"),
                     "sni": self.sni,
                     "tls_version": self.sock.version(),
                     "alpn": self.sock.selected_alpn_protocol(),
                     "client_subject": subject_text(self.sock.getpeercert()),
                     "session_reused": self.sock.session_reused,
                     "proxy": self.proxy,
-                    "x_forwarded_proto": headers.get("x-forwarded-proto"),
-                    "headers": header_list,
+                    "x_forwarded_proto": req.header("x-forwarded-proto"),
+                    "headers": req.headers,
                     "body_len": length,
                     "body_sha256": digest,
                     "conn_id": self.conn_id,
@@ -240,9 +174,8 @@ class Conn:
                 }
                 ctype = "application/json"
                 if info["path"].endswith("/bytes"):
-                    query = target.partition("?")[2]
-                    n = int(dict(kv.partition("=")[::2] for kv in query.split("&")).get("n", "0") or 0)
-                    body, ctype = bytes_pattern(min(n, 1 << 28)), "application/octet-stream"
+                    n = req.arg_int("n", 0, high=1 << 28)
+                    body, ctype = bytes_pattern(n), "application/octet-stream"
                 else:
                     body = (json.dumps(info) + "\n").encode()
                 head_out = ["HTTP/1.1 200 OK", "X-Upstream: %s" % self.server.name,
