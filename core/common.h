@@ -36,6 +36,9 @@ const char *fy_strerror(int err);
 /* The IP address (text, at least INET6_ADDRSTRLEN bytes) and port of an AF_INET or AF_INET6 address. */
 void fy_addr_name(const struct sockaddr_storage *ss, char *ip, size_t iplen, int *port);
 
+/* Two optional strings are the same: both NULL, or equal text. */
+static inline int fy_str_eq(const char *a, const char *b) { return a == b || (a && b && strcmp(a, b) == 0); }
+
 #define FY_ARRAY_SIZE(a) (sizeof(a) / sizeof((a)[0]))
 #define FY_CONTAINER_OF(ptr, type, field) ((type *)((char *)(ptr)-offsetof(type, field)))
 #define FY_MIN(a, b) ((a) < (b) ? (a) : (b))

@@ -87,20 +87,15 @@ static int fy_on_header_field(llhttp_t *p, const char *at, size_t len) {
   fy_headers *h = &c->req.headers;
   c->req.header_bytes += len;
   if (c->req.header_bytes > fy_conn_limits(c)->max_header_bytes) return fy_conn_refuse(c, 431);
-  if (h->n == 0 || h->v[h->n - 1].val_off != UINT32_MAX - 1) {
+  if (h->n == 0 || h->v[h->n - 1].val_off != FY_HDR_NAME_OPEN) {
     /* First piece of a new name: open an entry whose value is not started. */
     if (h->n >= fy_conn_limits(c)->max_headers) return fy_conn_refuse(c, 431);
     fy_headers_add(h, at, 0, NULL, 0);
-    h->v[h->n - 1].val_off = UINT32_MAX - 1;
+    h->v[h->n - 1].val_off = FY_HDR_NAME_OPEN;
   }
   fy_buf_append(&h->buf, at, len);
   h->v[h->n - 1].name_len += (uint32_t)len;
   return 0;
-}
-
-/* True when the entry a name is being read into is open and has a name. */
-static bool fy_headers_name_open(const fy_headers *h) {
-  return h->n > 0 && h->v[h->n - 1].val_off == UINT32_MAX - 1 && h->v[h->n - 1].name_len > 0;
 }
 
 static int fy_on_header_field_complete(llhttp_t *p) {
@@ -201,9 +196,7 @@ static int fy_on_headers_complete(llhttp_t *p) {
   r->keepalive = llhttp_should_keep_alive(p) && !llhttp_get_upgrade(p);
   if (fy_http_target_parse(r->url.data, r->url.len, &r->target) != 0) return fy_conn_refuse(c, 400);
   if (fy_conn_find_host(c) != 0) return fy_conn_refuse(c, 400);
-  /* Naming Host in Connection would strip it on the way out: the request would reach
-   * the upstream under another Host than the one it was routed by (fuzz_request). */
-  if (fy_http_connection_names(&r->headers, "host", 4)) return fy_conn_refuse(c, 400);
+  if (fy_http_strip_hop_by_hop(&r->headers)) return fy_conn_refuse(c, 400); /* Connection named Host */
   if (fy_conn_check_expect(c) != 0) return fy_conn_refuse(c, 417);
   c->rq = FY_RQ_BODY;
   /* Without a body the message completes at once; on_message_complete pauses. */

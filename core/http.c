@@ -87,46 +87,42 @@ bool fy_http_is_hop_by_hop(const char *name, size_t len) {
 }
 
 /* Each comma-separated token of every Connection header names a header to drop. */
-bool fy_http_connection_names(const fy_headers *h, const char *name, size_t nlen) {
-  for (ssize_t i = fy_headers_find(h, "connection", 10, 0); i >= 0;
-       i = fy_headers_find(h, "connection", 10, (size_t)i + 1)) {
-    const char *p = fy_hdr_val(h, &h->v[i]), *end = p + h->v[i].val_len;
-    while (p < end) {
-      while (p < end && (*p == ',' || *p == ' ' || *p == '\t'))
-        p++;
-      const char *tok = p;
-      while (p < end && *p != ',' && *p != ' ' && *p != '\t')
-        p++;
-      if (fy_http_token_eq(tok, (size_t)(p - tok), name, nlen)) return true;
-    }
-  }
-  return false;
+/* The next token of a comma-separated list at *p (before end): its length, 0 at the end. */
+static size_t fy_http_next_token(const char **p, const char *end, const char **tok) {
+  const char *s = *p;
+  while (s < end && (*s == ',' || *s == ' ' || *s == '\t'))
+    s++;
+  *tok = s;
+  while (s < end && *s != ',' && *s != ' ' && *s != '\t')
+    s++;
+  *p = s;
+  return (size_t)(s - *tok);
 }
 
-static void fy_http_strip_connection_tokens(fy_headers *h) {
+/* Removes the headers that Connection headers name; true if one of them named Host. */
+static bool fy_http_strip_connection_tokens(fy_headers *h) {
+  bool host = false;
   for (ssize_t i = fy_headers_find(h, "connection", 10, 0); i >= 0;
        i = fy_headers_find(h, "connection", 10, (size_t)i + 1)) {
-    const fy_hdr *e = &h->v[i];
-    const char *p = fy_hdr_val(h, e), *end = p + e->val_len;
-    while (p < end) {
-      while (p < end && (*p == ',' || *p == ' ' || *p == '\t'))
-        p++;
-      const char *tok = p;
-      while (p < end && *p != ',' && *p != ' ' && *p != '\t')
-        p++;
-      /* Removal only flags entries, so the token can stay where it is in h->buf,
-       * whatever its length (a copy into a fixed buffer once cut long names). */
-      if (p > tok) fy_headers_remove(h, tok, (size_t)(p - tok));
+    const char *p = fy_hdr_val(h, &h->v[i]), *end = p + h->v[i].val_len, *tok;
+    size_t n;
+    /* Removal only flags entries, so the token can stay where it is in h->buf,
+     * whatever its length (a copy into a fixed buffer once cut long names). */
+    while ((n = fy_http_next_token(&p, end, &tok)) > 0) {
+      host = host || fy_http_token_eq(tok, n, "host", 4);
+      fy_headers_remove(h, tok, n);
     }
   }
+  return host;
 }
 
-void fy_http_strip_hop_by_hop(fy_headers *h) {
-  fy_http_strip_connection_tokens(h);
+bool fy_http_strip_hop_by_hop(fy_headers *h) {
+  bool host = fy_http_strip_connection_tokens(h);
   for (size_t i = 0; i < h->n; i++) {
     fy_hdr *e = &h->v[i];
     if (fy_http_is_hop_by_hop(fy_hdr_name(h, e), e->name_len)) e->flags |= FY_HDR_REMOVED;
   }
+  return host;
 }
 
 bool fy_http_value_ok(const char *v, size_t len) {

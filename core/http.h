@@ -44,6 +44,15 @@ size_t fy_headers_remove(fy_headers *h, const char *name, size_t nlen);
 static inline const char *fy_hdr_name(const fy_headers *h, const fy_hdr *e) {
   return h->buf.data + e->name_off;
 }
+/*
+ * Parsers fill a header in pieces: an entry whose value offset is
+ * FY_HDR_NAME_OPEN is still receiving its name. Whether the last entry is
+ * that one, with a name (llhttp lets an empty name through).
+ */
+#define FY_HDR_NAME_OPEN (UINT32_MAX - 1)
+static inline bool fy_headers_name_open(const fy_headers *h) {
+  return h->n > 0 && h->v[h->n - 1].val_off == FY_HDR_NAME_OPEN && h->v[h->n - 1].name_len > 0;
+}
 static inline const char *fy_hdr_val(const fy_headers *h, const fy_hdr *e) {
   return h->buf.data + e->val_off;
 }
@@ -51,10 +60,12 @@ static inline const char *fy_hdr_val(const fy_headers *h, const fy_hdr *e) {
 bool fy_http_token_eq(const char *a, size_t alen, const char *b, size_t blen);
 /* True for header names that only apply to one connection (RFC 9110 7.6.1). */
 bool fy_http_is_hop_by_hop(const char *name, size_t len);
-/* Marks hop-by-hop headers and the headers that Connection names as removed. */
-/* Whether a Connection header of h lists the token name (case-insensitive). */
-bool fy_http_connection_names(const fy_headers *h, const char *name, size_t nlen);
-void fy_http_strip_hop_by_hop(fy_headers *h);
+/*
+ * Marks hop-by-hop headers and the headers that Connection names as removed.
+ * Returns true when Connection named Host, which a request may not do: the
+ * request would reach the upstream under another Host than it was routed by.
+ */
+bool fy_http_strip_hop_by_hop(fy_headers *h);
 /* True when a header value is safe to send on (no CR, LF or NUL, no other controls but tab). */
 bool fy_http_value_ok(const char *v, size_t len);
 bool fy_http_name_ok(const char *v, size_t len);

@@ -123,9 +123,9 @@ static int fy_on_resp_field(llhttp_t *p, const char *at, size_t len) {
   fy_conn *c = fy_proxy_conn_of(p);
   fy_headers *h = &c->rheaders;
   if (h->buf.len + len > FY_MAX_RESPONSE_HEADER_BYTES) return -1;
-  if (h->n == 0 || h->v[h->n - 1].val_off != UINT32_MAX - 1) {
+  if (h->n == 0 || h->v[h->n - 1].val_off != FY_HDR_NAME_OPEN) {
     fy_headers_add(h, at, 0, NULL, 0);
-    h->v[h->n - 1].val_off = UINT32_MAX - 1;
+    h->v[h->n - 1].val_off = FY_HDR_NAME_OPEN;
   }
   fy_buf_append(&h->buf, at, len);
   h->v[h->n - 1].name_len += (uint32_t)len;
@@ -134,8 +134,7 @@ static int fy_on_resp_field(llhttp_t *p, const char *at, size_t len) {
 
 static int fy_on_resp_field_complete(llhttp_t *p) {
   fy_headers *h = &fy_proxy_conn_of(p)->rheaders;
-  if (h->n == 0 || h->v[h->n - 1].val_off != UINT32_MAX - 1 || h->v[h->n - 1].name_len == 0)
-    return -1; /* an empty header name: not a response ferry relays */
+  if (!fy_headers_name_open(h)) return -1; /* an empty header name: not a response ferry relays */
   h->v[h->n - 1].val_off = (uint32_t)h->buf.len;
   return 0;
 }
@@ -573,7 +572,6 @@ void fy_proxy_start(fy_conn *c) {
   }
   fy_buf err;
   fy_buf_init(&err);
-  fy_http_strip_hop_by_hop(&r->headers);
   r->policy = r->gen->cfg->listeners[c->listener->index].policy;
   int group = -1;
   fy_buf key;

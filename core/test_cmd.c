@@ -227,8 +227,8 @@ static int fy_tb_new(lua_State *L) {
   }
   r->has_body = r->chunked || r->content_length > 0;
 
-  /* What proxy.c does before route(req). */
-  fy_http_strip_hop_by_hop(&r->headers);
+  /* What conn.c does once the head is in. */
+  if (fy_http_strip_hop_by_hop(&r->headers)) return fy_tb_refused(L, "a Connection header names %s", "Host");
   lua_settop(L, 2);
   return 1;
 }

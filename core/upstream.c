@@ -29,13 +29,11 @@ static const char *fy_entry_tls_name(const fy_group *g, const fy_entry *e) {
   return g->cfg->tls_ctx ? fy_tls_client_name(g->cfg->tls_ctx, e->cfg->host) : NULL;
 }
 
-static bool fy_str_same(const char *a, const char *b) { return a == b || (a && b && strcmp(a, b) == 0); }
-
 /* Whether e already has a server for this address: an address is one server per TLS name. */
 static bool fy_group_has(const fy_group *g, const fy_entry *e, const struct sockaddr_storage *ss) {
   for (size_t j = 0; j < g->nservers; j++)
     if (fy_addr_equal(&g->servers[j]->addr, ss) &&
-        fy_str_same(g->servers[j]->tls_name, fy_entry_tls_name(g, e)))
+        fy_str_eq(g->servers[j]->tls_name, fy_entry_tls_name(g, e)))
       return true;
   return false;
 }
@@ -245,7 +243,7 @@ static fy_server *fy_groups_find_server(fy_group *groups, size_t n, const fy_ser
   for (size_t i = 0; i < n; i++)
     for (size_t j = 0; j < groups[i].nservers; j++) {
       const fy_server *s = groups[i].servers[j];
-      if (fy_addr_equal(&s->addr, &old->addr) && fy_str_same(s->tls_name, old->tls_name) &&
+      if (fy_addr_equal(&s->addr, &old->addr) && fy_str_eq(s->tls_name, old->tls_name) &&
           fy_tls_client_ctx_same(s->group->cfg->tls_ctx, old->group->cfg->tls_ctx))
         return groups[i].servers[j];
     }

@@ -116,10 +116,6 @@ int fy_worker_listen(fy_worker *w, fy_buf *errors) {
 
 /* ---- reload ------------------------------------------------------------- */
 
-static bool fy_str_eq(const char *a, const char *b) {
-  return (a == NULL && b == NULL) || (a && b && strcmp(a, b) == 0);
-}
-
 /* Listeners are bound once: a reload may not add, remove or move one. */
 static int fy_reload_check_listeners(const fy_config *live, const fy_config *next, fy_buf *errors) {
   int rc = FY_OK;

@@ -104,12 +104,13 @@ local function target_parse(t)
 end
 
 -- fy_http_strip_hop_by_hop on a list of {name, value}: drops the headers that
--- Connection names, then the hop-by-hop ones (what proxy.c does before route).
+-- Connection names, then the hop-by-hop ones (what conn.c does once the head
+-- is in). Second result: whether Connection named Host (ferry answers 400).
 local function strip_hop_by_hop(list)
   local drop = {}
   for _, h in ipairs(list) do
     if h[1]:lower() == "connection" then
-      for tok in h[2]:gmatch("[^,%s]+") do drop[tok:sub(1, 128):lower()] = true end
+      for tok in h[2]:gmatch("[^,%s]+") do drop[tok:lower()] = true end
     end
   end
   local out = {}
@@ -117,7 +118,7 @@ local function strip_hop_by_hop(list)
     local n = h[1]:lower()
     if not drop[n] and not HOP_BY_HOP[n] then out[#out + 1] = h end
   end
-  return out
+  return out, drop.host == true
 end
 
 local function ip_ok(s)
@@ -201,7 +202,9 @@ local function lua_backend()
       if h[1]:lower() == "transfer-encoding" then st.chunked = true end
     end
     if st.chunked then st.content_length = nil end
-    st.headers = strip_hop_by_hop(list)
+    local named_host
+    st.headers, named_host = strip_hop_by_hop(list)
+    if named_host then return refused("a Connection header names %s", "Host") end
     st.respond_headers = {}
     -- the upstream's response (conn.rheaders, conn.ustatus) and what was sent (req.status, req.bytes_out)
     st.rheaders, st.ustatus, st.status, st.bytes_out = {}, 0, 0, 0

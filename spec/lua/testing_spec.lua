@@ -75,6 +75,7 @@ describe("ferry.testing (" .. t.backend .. " backend)", function()
         { headers = { ["X-Evil"] = "a\r\nInjected: 1" } },
         { path = "no-slash" }, { target = "ftp://x/" }, { target = "http://user@host/" }, { path = "/a b" },
         { method = "G E T" },
+        { host = "a.example", headers = { Connection = "keep-alive, Host" } },
       }
       for _, opts in ipairs(bad) do
         assert.has_error(function() t.request(opts) end)
