@@ -128,9 +128,9 @@ typedef struct {
   int fd, state;
   unsigned long long sent;
   off_t off;
-  int full;     /* sent every byte asked for */
-  int closed;   /* the other side closed cleanly after our half-close */
-  int error;    /* errno of a failure, 0 if none */
+  int full;   /* sent every byte asked for */
+  int closed; /* the other side closed cleanly after our half-close */
+  int error;  /* errno of a failure, 0 if none */
   double end;
 } stream;
 
@@ -148,7 +148,8 @@ static int send_main(int port, int nstreams, unsigned long long want, double sec
   /* Printable, and never a TLS record start: a tcp listener that peeks for a
    * ClientHello sees plain bytes at once. */
   static const char line[] = "ferry-bench-bulk-0123456789abcdefghijklmnopqrstuvwxyz\n";
-  for (size_t i = 0; i < FILE_BYTES; i++) map[i] = line[i % (sizeof line - 1)];
+  for (size_t i = 0; i < FILE_BYTES; i++)
+    map[i] = line[i % (sizeof line - 1)];
   munmap(map, FILE_BYTES);
 
   int ep = epoll_create1(EPOLL_CLOEXEC);

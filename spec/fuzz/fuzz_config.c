@@ -217,7 +217,8 @@ static void check_config(const fy_config *cfg) {
   }
   const fy_limits *l = &cfg->limits;
   REQUIRE(l->max_request_line >= 64 && l->max_header_bytes >= 256 && l->max_headers >= 1);
-  REQUIRE(l->header_timeout >= 1 && l->body_timeout >= 1 && l->send_timeout >= 1 && l->keepalive_timeout >= 1);
+  REQUIRE(l->header_timeout >= 1 && l->body_timeout >= 1 && l->send_timeout >= 1 &&
+          l->keepalive_timeout >= 1);
   REQUIRE(l->keepalive_requests >= 1 && l->max_connections >= 1 && l->hook_timeout >= 1);
   REQUIRE(l->lua_memory >= 1024 * 1024);
   REQUIRE(cfg->log_level >= 0 && cfg->log_level <= 3);

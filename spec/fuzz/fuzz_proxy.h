@@ -81,7 +81,7 @@ typedef struct fz_msg {
   fy_headers headers;
   bool headers_done, complete, chunked, has_cl, te, upgrade, skipped_body;
   bool empty_name; /* a header line with no name (": x"), which llhttp lets by and ferry refuses */
-  bool at_eof; /* completed by the end of the stream (a close-delimited body) */
+  bool at_eof;     /* completed by the end of the stream (a close-delimited body) */
   uint64_t content_length;
   size_t end; /* offset just past the message in its stream, once complete */
 } fz_msg;
@@ -187,7 +187,8 @@ static int fz_on_headers_complete(llhttp_t *p) {
   /* RFC 9112 6.3: 1xx, 204 and 304 responses end with their head, whatever
    * their Content-Length or Transfer-Encoding says (llhttp 8 reads a body
    * for them when one of those is present); so does the answer to a HEAD. */
-  bool bodiless = (m->status >= 100 && m->status < 200 && m->status != 101) || m->status == 204 || m->status == 304;
+  bool bodiless =
+      (m->status >= 100 && m->status < 200 && m->status != 101) || m->status == 204 || m->status == 304;
   if (m->status >= 200) {
     size_t index = ps->finals++;
     if (ps->bodiless && ps->bodiless(ps, index)) bodiless = true;
@@ -319,21 +320,22 @@ static void fz_print_bytes(const char *what, const char *data, size_t len) {
 }
 
 static void fz_print_parse(const char *what, const fz_parse *ps) {
-  fprintf(stderr, "---- %s: %zu messages, %zu bytes, last complete ends at %zu, err %s%s%s at %zu%s%s\n", what,
-          ps->n, ps->offset, ps->last_end, llhttp_errno_name(ps->err), ps->err_reason ? ": " : "",
+  fprintf(stderr, "---- %s: %zu messages, %zu bytes, last complete ends at %zu, err %s%s%s at %zu%s%s\n",
+          what, ps->n, ps->offset, ps->last_end, llhttp_errno_name(ps->err), ps->err_reason ? ": " : "",
           ps->err_reason ? ps->err_reason : "", ps->err_offset, ps->upgraded ? ", upgraded" : "",
           ps->eof_incomplete ? ", EOF mid-message" : "");
   for (size_t i = 0; i < ps->n; i++) {
     const fz_msg *m = ps->msgs[i];
     fprintf(stderr, "  [%zu] %s %.*s status %d HTTP/%d.%d%s%s%s body %zu%s%s\n", i,
-            m->method >= 0 ? llhttp_method_name((llhttp_method_t)m->method) : "-", (int)FY_MIN(m->url.len, 200),
-            m->url.data ? m->url.data : "", m->status, m->major, m->minor, m->headers_done ? "" : " (head cut)",
-            m->chunked ? " chunked" : "", m->has_cl ? " content-length" : "", m->body.len,
-            m->complete ? " complete" : " INCOMPLETE", m->skipped_body ? " (bodiless)" : "");
+            m->method >= 0 ? llhttp_method_name((llhttp_method_t)m->method) : "-",
+            (int)FY_MIN(m->url.len, 200), m->url.data ? m->url.data : "", m->status, m->major, m->minor,
+            m->headers_done ? "" : " (head cut)", m->chunked ? " chunked" : "",
+            m->has_cl ? " content-length" : "", m->body.len, m->complete ? " complete" : " INCOMPLETE",
+            m->skipped_body ? " (bodiless)" : "");
     for (size_t j = 0; j < m->headers.n; j++) {
       const fy_hdr *e = &m->headers.v[j];
-      fprintf(stderr, "      %.*s: %.*s\n", (int)e->name_len, fy_hdr_name(&m->headers, e), (int)FY_MIN(e->val_len, 200),
-              fy_hdr_val(&m->headers, e));
+      fprintf(stderr, "      %.*s: %.*s\n", (int)e->name_len, fy_hdr_name(&m->headers, e),
+              (int)FY_MIN(e->val_len, 200), fy_hdr_val(&m->headers, e));
     }
   }
 }
@@ -429,9 +431,9 @@ typedef struct fz_upconn {
   uv_tcp_t tcp;
   fz_parse ps;
   fy_buf rx;
-  fz_writer w;       /* fuzz_response: the answer */
-  fy_buf out;        /* fuzz_request: fixed answers queued */
-  uv_write_t wreq;   /* fuzz_request */
+  fz_writer w;     /* fuzz_response: the answer */
+  fy_buf out;      /* fuzz_request: fixed answers queued */
+  uv_write_t wreq; /* fuzz_request */
   unsigned id;
   unsigned handles;  /* tcp + writer timer */
   bool eof, closing; /* ferry closed its side; we are closing */
@@ -567,7 +569,8 @@ static void fz_client_shutdown_cb(uv_shutdown_t *req, int status) {
 static void fz_client_fin(void) {
   if (fz_client.fin || !fz_client.connected || uv_is_closing((uv_handle_t *)&fz_client.tcp)) return;
   fz_client.fin = true;
-  if (uv_shutdown(&fz_client.sreq, (uv_stream_t *)&fz_client.tcp, fz_client_shutdown_cb) < 0) fz_client_close();
+  if (uv_shutdown(&fz_client.sreq, (uv_stream_t *)&fz_client.tcp, fz_client_shutdown_cb) < 0)
+    fz_client_close();
 }
 
 static void fz_client_received(void); /* from the target: bytes were appended to fz_client.rx */

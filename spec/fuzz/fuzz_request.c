@@ -58,14 +58,15 @@ static const char policy_lua[] = "return { route = function(req)\n"
                                  "  if req.method == 'OPTIONS' then return req:respond(200, 'local') end\n"
                                  "  return 'up'\n"
                                  "end }\n";
-static const char group_lua[] = "retry = { tries = 1 }, keepalive = { max_idle = 4 }, health = { max_fails = 0 }";
+static const char group_lua[] =
+    "retry = { tries = 1 }, keepalive = { max_idle = 4 }, health = { max_fails = 0 }";
 
 static fz_parse ref;          /* what the client sent */
 static fz_parse resp;         /* what the client received */
 static fz_msg **up_msgs;      /* complete requests the upstream received, in order */
 static unsigned *up_msg_conn; /* and the upstream connection of each */
 static size_t up_n, up_cap;
-static size_t ref_complete;   /* C */
+static size_t ref_complete; /* C */
 static const uint8_t *input;
 static size_t input_len;
 
@@ -106,8 +107,8 @@ static void fz_upstream_message(fz_upconn *uc, fz_msg *m) {
  * a reading fails, the last HEAD answer before the failure is read the other
  * way, and it must then be one of ferry's refusals.
  */
-static int flip_index = -1;  /* the final response read the other way */
-static int last_head = -1;   /* the last final response to a HEAD request read so far */
+static int flip_index = -1; /* the final response read the other way */
+static int last_head = -1;  /* the last final response to a HEAD request read so far */
 
 static bool response_bodiless(fz_parse *ps, size_t i) {
   (void)ps;
@@ -208,8 +209,8 @@ static bool named_by_connection(const fz_msg *client, const char *name, size_t l
 }
 
 static void check_forwarded(const fz_msg *u, const fz_msg *c) {
-  static const char *const hop[] = {"connection", "keep-alive", "proxy-connection", "te", "trailer",
-                                    "upgrade",    "proxy-authenticate", "proxy-authorization"};
+  static const char *const hop[] = {"connection", "keep-alive", "proxy-connection",   "te",
+                                    "trailer",    "upgrade",    "proxy-authenticate", "proxy-authorization"};
   for (size_t i = 0; i < FY_ARRAY_SIZE(hop); i++)
     REQUIRE(fz_count(u, hop[i]) == 0);
   for (size_t i = 0; i < u->headers.n; i++) {
@@ -281,7 +282,8 @@ static void check_upstream(void) {
       REQUIRE(!"a request is cut upstream only when the client's was");
     }
     REQUIRE(u != NULL && !u->complete);
-    REQUIRE(u->body.len <= c->body.len && (u->body.len == 0 || memcmp(u->body.data, c->body.data, u->body.len) == 0));
+    REQUIRE(u->body.len <= c->body.len &&
+            (u->body.len == 0 || memcmp(u->body.data, c->body.data, u->body.len) == 0));
   }
 }
 
@@ -335,8 +337,10 @@ static void check_client(void) {
   }
   REQUIRE(from_upstream == up_n);
   if (nfinal < ref_complete && !closed) {
-    fprintf(stderr, "%zu of the client's %zu complete requests got no answer, and no answer closed the "
-                    "connection\n", ref_complete - nfinal, ref_complete);
+    fprintf(stderr,
+            "%zu of the client's %zu complete requests got no answer, and no answer closed the "
+            "connection\n",
+            ref_complete - nfinal, ref_complete);
     REQUIRE(!"every complete request is answered unless ferry closes the connection");
   }
 }

@@ -113,9 +113,16 @@ static void fz_dump(void) {
 }
 
 static bool hop_by_hop(const char *name, size_t len) {
-  static const char *const hop[] = {"connection", "keep-alive", "proxy-connection", "te", "trailer",
-                                    "transfer-encoding", "upgrade", "proxy-authenticate",
-                                    "proxy-authorization", "content-length"};
+  static const char *const hop[] = {"connection",
+                                    "keep-alive",
+                                    "proxy-connection",
+                                    "te",
+                                    "trailer",
+                                    "transfer-encoding",
+                                    "upgrade",
+                                    "proxy-authenticate",
+                                    "proxy-authorization",
+                                    "content-length"};
   for (size_t i = 0; i < FY_ARRAY_SIZE(hop); i++)
     if (fy_http_token_eq(name, len, hop[i], strlen(hop[i]))) return true;
   return false;
@@ -272,7 +279,8 @@ static const char *known_issue(void) {
          j = fy_headers_find(&m->headers, "connection", 10, (size_t)j + 1))
       if (m->headers.v[j].val_len > 128) return "long Connection header"; /* a token may be > 128 */
     if (m->status < 200 && m->status != 101 && framed) return "interim response with a body";
-    if (m->status >= 200) return (m->status == 204 || m->status == 304) && framed ? "204/304 with framing" : NULL;
+    if (m->status >= 200)
+      return (m->status == 204 || m->status == 304) && framed ? "204/304 with framing" : NULL;
   }
   return NULL;
 }
@@ -296,12 +304,18 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     const uint8_t *nl = memchr(data, '\n', size);
     if (nl == NULL) return -1;
     for (const uint8_t *p = data + 1; p < nl; p++) {
-      if (*p == 'h') head = true;
-      else if (*p == '0') http10 = true;
-      else if (*p == 'p') post = true;
-      else if (*p == 'e') early_fin = true;
-      else if (*p == 'k') keep_open = true;
-      else return -1;
+      if (*p == 'h')
+        head = true;
+      else if (*p == '0')
+        http10 = true;
+      else if (*p == 'p')
+        post = true;
+      else if (*p == 'e')
+        early_fin = true;
+      else if (*p == 'k')
+        keep_open = true;
+      else
+        return -1;
     }
     if (head && post) return -1;
     /* KNOWN: a body followed at once by FIN is dropped (see fuzz_request.c); FUZZ_STRICT tries it. */
@@ -310,7 +324,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     answer_len = size - (size_t)(answer - data);
   }
   fy_buf_reset(&request);
-  fy_buf_printf(&request, "%s /r HTTP/1.%d\r\nHost: up.test\r\n%s\r\n%s", head ? "HEAD" : post ? "POST" : "GET",
+  fy_buf_printf(&request, "%s /r HTTP/1.%d\r\nHost: up.test\r\n%s\r\n%s",
+                head   ? "HEAD"
+                : post ? "POST"
+                       : "GET",
                 http10 ? 0 : 1, post ? "Content-Length: 5\r\n" : "", post ? "hello" : "");
   fz_unsplit(&answer_unsplit, answer, answer_len);
   fz_parse_init(&ref, HTTP_RESPONSE);
@@ -322,7 +339,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   if (keep_open) {
     const fz_msg *f = NULL;
     for (size_t i = 0; i < ref.n && f == NULL; i++)
-      if (!ref.msgs[i]->headers_done || ref.msgs[i]->status >= 200 || ref.msgs[i]->status == 101) f = ref.msgs[i];
+      if (!ref.msgs[i]->headers_done || ref.msgs[i]->status >= 200 || ref.msgs[i]->status == 101)
+        f = ref.msgs[i];
     keep_open = f && f->complete && f->status >= 200 && !f->at_eof;
   }
   const char *known = known_issue();
