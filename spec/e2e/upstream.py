@@ -47,6 +47,7 @@ CHUNK = 65536
 _BASE = random.Random(0xF3223).randbytes(CHUNK)
 MAX_HEAD = 1 << 20
 MAX_N = 1 << 31
+BODY_KEPT = 65536
 CONTROL_PATHS = ("/_log", "/_clear")
 
 
@@ -84,7 +85,11 @@ def pattern_sha256(n):
 
 
 class Journal:
-    """Everything the upstream received, for tests that must prove absence."""
+    """Everything the upstream received, for tests that must prove absence.
+
+    Each request entry also gets the body as read ("body", latin-1, the first
+    BODY_KEPT bytes; "body_len", all of it) once a behaviour has read it.
+    """
 
     def __init__(self):
         self.lock = threading.Lock()
@@ -108,6 +113,24 @@ class Journal:
             self.requests.clear()
             self.partial.clear()
             self.accepted = self.control = 0
+
+
+class KeptDigest:
+    """A sha256 that also keeps the first BODY_KEPT bytes for the journal."""
+
+    def __init__(self):
+        self.sha = hashlib.sha256()
+        self.kept = bytearray()
+        self.length = 0
+
+    def update(self, data):
+        self.sha.update(data)
+        self.length += len(data)
+        if len(self.kept) < BODY_KEPT:
+            self.kept += data[:BODY_KEPT - len(self.kept)]
+
+    def hexdigest(self):
+        return self.sha.hexdigest()
 
 
 class Request:
@@ -180,6 +203,7 @@ class Connection:
         self.conn_id = conn_id
         self.buf = bytearray()
         self.count = 0
+        self.entry = None  # the journal entry of the request being served
 
     # -- reading -----------------------------------------------------------
 
@@ -229,7 +253,16 @@ class Connection:
 
     def read_body(self, req):
         """Consume the request body; return (length, sha256 hex)."""
-        digest = hashlib.sha256()
+        digest = KeptDigest()
+        try:
+            return self._read_body(req, digest)
+        finally:
+            if self.entry is not None:
+                with self.server.journal.lock:
+                    self.entry["body"] = bytes(digest.kept).decode("latin-1")
+                    self.entry["body_len"] = digest.length
+
+    def _read_body(self, req, digest):
         if "chunked" in req.header_tokens("transfer-encoding"):
             total = 0
             while True:
@@ -437,13 +470,14 @@ class Connection:
                                                  "conn": self.conn_id, "bad": True})
                     self.sock.sendall(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
                     break
+                self.entry = None
                 with journal.lock:
                     if req.path in CONTROL_PATHS:
                         if self.count == 1:
                             journal.control += 1
                     else:
-                        journal.requests.append({"line": req.line, "head": head.decode("latin-1"),
-                                                 "conn": self.conn_id})
+                        self.entry = {"line": req.line, "head": head.decode("latin-1"), "conn": self.conn_id}
+                        journal.requests.append(self.entry)
                 handler = self.ROUTES.get(req.path, Connection.do_unknown)
                 if not handler(self, req):
                     break
