@@ -181,6 +181,17 @@ static int fy_conn_check_expect(fy_conn *c) {
   return 0;
 }
 
+/*
+ * Transfer-Encoding in HTTP/1.0 is faulty framing (RFC 9112 6.1): an HTTP/1.0
+ * hop in front of ferry may have read that body up to the close, so the bytes
+ * after it are not known to be a request. Refused, as nginx does.
+ */
+static int fy_conn_check_transfer_encoding(fy_conn *c) {
+  if (c->req.http_minor == 0 && fy_headers_find(&c->req.headers, "transfer-encoding", 17, 0) >= 0)
+    return fy_conn_refuse(c, 400);
+  return 0;
+}
+
 static int fy_on_headers_complete(llhttp_t *p) {
   fy_conn *c = fy_conn_of(p);
   fy_req *r = &c->req;
@@ -194,6 +205,7 @@ static int fy_on_headers_complete(llhttp_t *p) {
   r->content_length = r->has_content_length ? p->content_length : 0;
   r->has_body = r->chunked || (r->has_content_length && p->content_length > 0);
   r->keepalive = llhttp_should_keep_alive(p) && !llhttp_get_upgrade(p);
+  if (fy_conn_check_transfer_encoding(c) != 0) return -1;
   if (fy_http_target_parse(r->url.data, r->url.len, &r->target) != 0) return fy_conn_refuse(c, 400);
   if (fy_conn_find_host(c) != 0) return fy_conn_refuse(c, 400);
   if (fy_http_strip_hop_by_hop(&r->headers)) return fy_conn_refuse(c, 400); /* Connection named Host */

@@ -116,6 +116,14 @@ class ParsingTest(E2ECase):
                                  "Transfer-Encoding: chunked, gzip")
                             + b"0\r\n\r\n" + SMUGGLED, 400)
 
+    def test_http10_request_with_chunked_body(self):
+        # RFC 9112 6.1: Transfer-Encoding in an HTTP/1.0 message is faulty framing (an
+        # HTTP/1.0 hop before ferry reads the body to the close). Kept alive, the bytes
+        # after the chunked body were parsed and forwarded as a second request.
+        self.assertRejected(head("POST /upload HTTP/1.0", "Host: p.test", "Connection: keep-alive",
+                                 "Transfer-Encoding: chunked")
+                            + b"5\r\nhello\r\n0\r\n\r\n" + SMUGGLED, 400)
+
     def test_whitespace_between_field_name_and_colon(self):
         self.assertRejected(head("POST /echo HTTP/1.1", "Host: p.test",
                                  "Content-Length : 5") + b"hello" + SMUGGLED, 400)
