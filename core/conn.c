@@ -182,13 +182,18 @@ static int fy_conn_check_expect(fy_conn *c) {
 }
 
 /*
- * Transfer-Encoding in HTTP/1.0 is faulty framing (RFC 9112 6.1): an HTTP/1.0
- * hop in front of ferry may have read that body up to the close, so the bytes
- * after it are not known to be a request. Refused, as nginx does.
+ * Transfer-Encoding, beyond what llhttp checks (RFC 9112 6.1). In HTTP/1.0 it
+ * is faulty framing: an HTTP/1.0 hop in front of ferry may have read that
+ * body up to the close, so the bytes after it are not known to be a request;
+ * refused, as nginx does. A coding other than chunked would be lost on the
+ * way, since ferry re-frames every body: 501. A header with no coding at all
+ * leaves the body length unknown.
  */
 static int fy_conn_check_transfer_encoding(fy_conn *c) {
-  if (c->req.http_minor == 0 && fy_headers_find(&c->req.headers, "transfer-encoding", 17, 0) >= 0)
-    return fy_conn_refuse(c, 400);
+  enum fy_http_te te = fy_http_transfer_encoding(&c->req.headers);
+  if (te == FY_TE_NONE) return 0;
+  if (c->req.http_minor == 0 || te == FY_TE_BAD) return fy_conn_refuse(c, 400);
+  if (te == FY_TE_UNSUPPORTED) return fy_conn_refuse(c, 501);
   return 0;
 }
 

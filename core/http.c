@@ -125,6 +125,24 @@ bool fy_http_strip_hop_by_hop(fy_headers *h) {
   return host;
 }
 
+enum fy_http_te fy_http_transfer_encoding(const fy_headers *h) {
+  size_t codings = 0, chunked = 0;
+  bool last_chunked = false;
+  for (ssize_t i = fy_headers_find(h, "transfer-encoding", 17, 0); i >= 0;
+       i = fy_headers_find(h, "transfer-encoding", 17, (size_t)i + 1)) {
+    const char *p = fy_hdr_val(h, &h->v[i]), *end = p + h->v[i].val_len, *tok;
+    size_t n;
+    while ((n = fy_http_next_token(&p, end, &tok)) > 0) {
+      last_chunked = fy_http_token_eq(tok, n, "chunked", 7);
+      codings++;
+      chunked += last_chunked;
+    }
+  }
+  if (codings == 0) return fy_headers_find(h, "transfer-encoding", 17, 0) < 0 ? FY_TE_NONE : FY_TE_BAD;
+  if (!last_chunked || chunked > 1) return FY_TE_BAD;
+  return codings == 1 ? FY_TE_CHUNKED : FY_TE_UNSUPPORTED;
+}
+
 bool fy_http_value_ok(const char *v, size_t len) {
   for (size_t i = 0; i < len; i++) {
     unsigned char c = (unsigned char)v[i];

@@ -66,6 +66,16 @@ bool fy_http_is_hop_by_hop(const char *name, size_t len);
  * request would reach the upstream under another Host than it was routed by.
  */
 bool fy_http_strip_hop_by_hop(fy_headers *h);
+/* What the Transfer-Encoding headers of a request ask for (RFC 9112 6.1). */
+enum fy_http_te {
+  FY_TE_NONE,        /* no Transfer-Encoding header */
+  FY_TE_CHUNKED,     /* chunked, once, and nothing else: the only framing ferry forwards */
+  FY_TE_BAD,         /* no coding, chunked not last or twice: the body length is unknown (400) */
+  FY_TE_UNSUPPORTED, /* another coding under chunked, which ferry would drop on the way (501) */
+};
+/* Reads every Transfer-Encoding header as one comma-separated list. */
+enum fy_http_te fy_http_transfer_encoding(const fy_headers *h);
+
 /* True when a header value is safe to send on (no CR, LF or NUL, no other controls but tab). */
 bool fy_http_value_ok(const char *v, size_t len);
 bool fy_http_name_ok(const char *v, size_t len);

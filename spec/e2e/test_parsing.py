@@ -124,6 +124,19 @@ class ParsingTest(E2ECase):
                                  "Transfer-Encoding: chunked")
                             + b"5\r\nhello\r\n0\r\n\r\n" + SMUGGLED, 400)
 
+    def test_transfer_coding_other_than_chunked(self):
+        # ferry forwards only chunked framing; a gzip coding under it was dropped on the
+        # way, so the upstream got compressed bytes it could not know were compressed.
+        reply = self.assertRejected(head("POST /upload HTTP/1.1", "Host: p.test",
+                                         "Transfer-Encoding: gzip, chunked")
+                                    + b"5\r\nhello\r\n0\r\n\r\n" + SMUGGLED, 501)
+        self.assertIn(b"Connection: close", bytes(reply))
+
+    def test_transfer_coding_in_a_separate_header(self):
+        self.assertRejected(head("POST /upload HTTP/1.1", "Host: p.test", "Transfer-Encoding: gzip",
+                                 "Transfer-Encoding: chunked")
+                            + b"5\r\nhello\r\n0\r\n\r\n" + SMUGGLED, 501)
+
     def test_whitespace_between_field_name_and_colon(self):
         self.assertRejected(head("POST /echo HTTP/1.1", "Host: p.test",
                                  "Content-Length : 5") + b"hello" + SMUGGLED, 400)

@@ -145,6 +145,34 @@ static void test_framing(void) {
   fy_buf_free(&b);
 }
 
+static enum fy_http_te te_of(const char *a, const char *b) {
+  fy_headers h;
+  fy_headers_init(&h);
+  fy_headers_add(&h, "Host", 4, "a.test", 6);
+  if (a) fy_headers_add(&h, "Transfer-Encoding", 17, a, strlen(a));
+  if (b) fy_headers_add(&h, "transfer-encoding", 17, b, strlen(b));
+  enum fy_http_te te = fy_http_transfer_encoding(&h);
+  fy_headers_free(&h);
+  return te;
+}
+
+static void test_transfer_encoding(void) {
+  CHECK(te_of(NULL, NULL) == FY_TE_NONE);
+  CHECK(te_of("chunked", NULL) == FY_TE_CHUNKED);
+  CHECK(te_of("Chunked", NULL) == FY_TE_CHUNKED);
+  CHECK(te_of(" chunked ,", NULL) == FY_TE_CHUNKED); /* empty list elements are no codings */
+  CHECK(te_of("gzip, chunked", NULL) == FY_TE_UNSUPPORTED);
+  CHECK(te_of("gzip", "chunked") == FY_TE_UNSUPPORTED); /* two headers are one list */
+  CHECK(te_of("identity, chunked", NULL) == FY_TE_UNSUPPORTED);
+  CHECK(te_of("chunked, gzip", NULL) == FY_TE_BAD);
+  CHECK(te_of("gzip", NULL) == FY_TE_BAD);
+  CHECK(te_of("chunked, chunked", NULL) == FY_TE_BAD);
+  CHECK(te_of("chunked", "chunked") == FY_TE_BAD);
+  CHECK(te_of("", NULL) == FY_TE_BAD);
+  CHECK(te_of(" , ", NULL) == FY_TE_BAD);
+  CHECK(te_of("chunkedx", NULL) == FY_TE_BAD);
+}
+
 int main(void) {
   test_headers();
   test_hop_by_hop();
@@ -152,5 +180,6 @@ int main(void) {
   test_target();
   test_values();
   test_framing();
+  test_transfer_encoding();
   return check_done("test_http");
 }
