@@ -106,41 +106,12 @@ static int fy_on_header_field_complete(llhttp_t *p) {
   return 0;
 }
 
-/*
- * llhttp accepts obs-fold (a value continued on a line that starts with
- * whitespace) and reports the continuation as one more value span. A span is
- * a legitimate continuation only when it starts exactly where the previous
- * one ended: in the same buffer, or at the start of the next buffer when the
- * previous one ended at the end of its own. Anything else is a fold. A value
- * never starts with whitespace (llhttp skips it), so a first span that does
- * is a fold after an empty value.
- */
-static bool fy_conn_is_fold(fy_conn *c, const char *at, size_t len) {
-  bool fold;
-  if (!c->value_open)
-    fold = len > 0 && (at[0] == ' ' || at[0] == '\t');
-  else if (c->value_exec == c->exec_seq)
-    fold = at != c->value_end;
-  else
-    fold = !(c->value_at_end && at == c->exec_start);
-  c->value_open = true;
-  c->value_exec = c->exec_seq;
-  c->value_end = at + len;
-  c->value_at_end = at + len == c->exec_end;
-  return fold;
-}
-
-static int fy_on_header_value_complete(llhttp_t *p) {
-  fy_conn_of(p)->value_open = false;
-  return 0;
-}
-
 static int fy_on_header_value(llhttp_t *p, const char *at, size_t len) {
   fy_conn *c = fy_conn_of(p);
   fy_headers *h = &c->req.headers;
   c->req.header_bytes += len;
   if (c->req.header_bytes > fy_conn_limits(c)->max_header_bytes) return fy_conn_refuse(c, 431);
-  if (!fy_http_value_ok(at, len) || fy_conn_is_fold(c, at, len)) return fy_conn_refuse(c, 400);
+  if (!fy_http_value_ok(at, len)) return fy_conn_refuse(c, 400);
   fy_buf_append(&h->buf, at, len);
   h->v[h->n - 1].val_len += (uint32_t)len;
   return 0;
@@ -226,6 +197,15 @@ static int fy_on_body(llhttp_t *p, const char *at, size_t len) {
   return 0;
 }
 
+/* The last chunk: a pause, so the pump checks the trailer lines from here like a head's. */
+static int fy_on_chunk_header(llhttp_t *p) {
+  fy_conn *c = fy_conn_of(p);
+  if (p->content_length != 0) return 0;
+  c->in_trailers = true;
+  fy_http_head_scan_trailers(&c->head_scan);
+  return HPE_PAUSED;
+}
+
 static int fy_on_message_complete(llhttp_t *p) {
   fy_conn *c = fy_conn_of(p);
   if (c->up && c->req.chunked) fy_http_chunk_end(&c->ubody.copy);
@@ -240,9 +220,9 @@ static const llhttp_settings_t fy_request_settings = {
     .on_header_field = fy_on_header_field,
     .on_header_field_complete = fy_on_header_field_complete,
     .on_header_value = fy_on_header_value,
-    .on_header_value_complete = fy_on_header_value_complete,
     .on_headers_complete = fy_on_headers_complete,
     .on_body = fy_on_body,
+    .on_chunk_header = fy_on_chunk_header,
     .on_message_complete = fy_on_message_complete,
 };
 
@@ -313,19 +293,24 @@ void fy_conn_client_pump(fy_conn *c) {
     const char *data = c->rbuf + c->rpos;
     size_t len = c->rlen - c->rpos;
     enum fy_req_state before = c->rq;
-    c->exec_seq++;
-    c->exec_start = data;
-    c->exec_end = data + len;
+    bool scan = before == FY_RQ_HEAD || c->in_trailers; /* llhttp pauses where a head or trailers end */
     llhttp_errno_t err = llhttp_execute(&c->parser, data, len);
-    c->rpos += err == HPE_OK ? len : (size_t)(llhttp_get_error_pos(&c->parser) - data);
+    size_t used = err == HPE_OK ? len : (size_t)(llhttp_get_error_pos(&c->parser) - data);
+    c->rpos += used;
+    if (scan && !fy_http_head_check(&c->head_scan, data, used)) {
+      c->error_status = 400; /* the earlier fault, whatever a callback found after it */
+      fy_conn_parse_error(c, err);
+      return;
+    }
+    if (err != HPE_PAUSED && err != HPE_PAUSED_UPGRADE && err != HPE_OK) {
+      fy_conn_parse_error(c, err);
+      return;
+    }
     if (err == HPE_PAUSED) {
       llhttp_resume(&c->parser);
     } else if (err == HPE_PAUSED_UPGRADE) {
       llhttp_resume_after_upgrade(&c->parser);
       c->rq = FY_RQ_DONE;
-    } else if (err != HPE_OK) {
-      fy_conn_parse_error(c, err);
-      return;
     }
     if (before == FY_RQ_HEAD && c->rq != FY_RQ_HEAD) fy_proxy_start(c);
   }
@@ -701,7 +686,8 @@ static void fy_conn_request_begin(fy_conn *c) {
   r->has_body = r->chunked = r->keepalive = r->expect_continue = r->head = r->has_content_length = false;
   c->error_status = 0;
   c->resp_sent = false;
-  c->value_open = false;
+  fy_http_head_scan_init(&c->head_scan);
+  c->in_trailers = false;
   c->rq = FY_RQ_HEAD;
   c->rs = FY_RS_NONE;
   if (c->nreq == 0) r->started_ms = fy_now_ms(c); /* the first request's clock starts at accept */

@@ -96,11 +96,9 @@ typedef struct fy_conn {
   enum fy_req_state rq;
   enum fy_resp_state rs;
   fy_req req;
-  int error_status; /* set by a parser callback that refuses the request */
-  /* Where the current llhttp_execute() runs, to tell obs-fold from a split value. */
-  const char *exec_start, *exec_end, *value_end;
-  unsigned exec_seq, value_exec;
-  bool value_open, value_at_end;
+  int error_status;            /* set by a parser callback that refuses the request */
+  fy_http_head_scan head_scan; /* the raw head (or trailer) bytes so far, for what llhttp lets through */
+  bool in_trailers;            /* the last chunk is parsed: trailer lines follow */
   fy_uconn *up;
   llhttp_t uparser;
   fy_headers rheaders; /* upstream response headers */

@@ -161,6 +161,23 @@ bool fy_http_name_ok(const char *v, size_t len) {
   return true;
 }
 
+bool fy_http_head_check(fy_http_head_scan *s, const char *p, size_t len) {
+  unsigned char prev = s->prev;
+  for (size_t i = 0; i < len; prev = (unsigned char)p[i++]) {
+    unsigned char ch = (unsigned char)p[i];
+    if (ch == '\n' && prev != '\r') return false;
+    if (prev == '\n' && (ch == ' ' || ch == '\t')) return false;
+    if (s->line_done) continue;
+    if (ch == '\n')
+      s->line_done = s->line_started;
+    else if (ch != '\r')
+      s->line_started = true;
+    if (ch == ' ' && prev == ' ') return false;
+  }
+  s->prev = prev;
+  return true;
+}
+
 ssize_t fy_http_host_normalize(const char *in, size_t len, char *out, size_t outcap) {
   size_t end = len;
   if (len > 0 && in[0] == '[') {

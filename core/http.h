@@ -81,6 +81,28 @@ bool fy_http_value_ok(const char *v, size_t len);
 bool fy_http_name_ok(const char *v, size_t len);
 
 /*
+ * Rules for the raw bytes of a request head that llhttp's strict mode lets
+ * through, checked as the bytes arrive (a head may come in many reads, so
+ * the scan keeps the byte before and where it is): every LF is preceded by
+ * CR; no line starts with a space or tab (obs-fold, or whitespace before the
+ * first field, which llhttp takes as part of a value when it is empty or a
+ * Content-Length); the request line has single spaces between its parts.
+ */
+typedef struct fy_http_head_scan {
+  unsigned char prev; /* the byte before, 0 at the start of a head */
+  bool line_started;  /* the request line has begun (empty lines before it are allowed) */
+  bool line_done;     /* ... and ended */
+} fy_http_head_scan;
+
+static inline void fy_http_head_scan_init(fy_http_head_scan *s) { *s = (fy_http_head_scan){0}; }
+/* Trailer lines (after the last chunk's line) follow the same rules but have no request line. */
+static inline void fy_http_head_scan_trailers(fy_http_head_scan *s) {
+  *s = (fy_http_head_scan){.prev = '\n', .line_started = true, .line_done = true};
+}
+/* False when the bytes break one of the rules. */
+bool fy_http_head_check(fy_http_head_scan *s, const char *p, size_t len);
+
+/*
  * Normalises a Host header or URI authority: lower-case, port removed, IPv6
  * brackets kept. Writes at most outcap-1 bytes plus NUL. Returns the length or
  * -1 when the host is malformed.

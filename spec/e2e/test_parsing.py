@@ -168,6 +168,27 @@ class ParsingTest(E2ECase):
     def test_bare_cr_line_ending(self):
         self.assertRejected(b"GET /echo HTTP/1.1\rHost: p.test\r\nX-A: b\r\n\r\n" + SMUGGLED, 400)
 
+    def test_bare_lf_line_endings(self):
+        # strict llhttp takes a bare LF after the request line and as the empty line ending
+        # the head; ferry checks the raw head bytes for them.
+        self.assertRejected(b"GET /echo HTTP/1.1\nHost: p.test\r\n\r\n" + SMUGGLED, 400)
+
+    def test_bare_lf_ending_the_head_of_a_body(self):
+        self.assertRejected(b"POST /echo HTTP/1.1\r\nHost: p.test\r\nContent-Length: 5\r\n\nhello"
+                            + SMUGGLED, 400)
+
+    def test_obs_fold_after_an_empty_content_length(self):
+        # llhttp reads the folded line as the Content-Length value.
+        self.assertRejected(head("POST /echo HTTP/1.1", "Host: p.test", "Content-Length:", " 5")
+                            + b"hello" + SMUGGLED, 400)
+
+    def test_obs_fold_in_a_trailer(self):
+        self.assertRejected(head("POST /upload HTTP/1.1", "Host: p.test", "Transfer-Encoding: chunked")
+                            + b"5\r\nhello\r\n0\r\nX-A: 1\r\n folded\r\n\r\n" + SMUGGLED, 400)
+
+    def test_two_spaces_in_the_request_line(self):
+        self.assertRejected(b"GET  /echo HTTP/1.1\r\nHost: p.test\r\n\r\n" + SMUGGLED, 400)
+
     def test_http11_request_without_host(self):
         self.assertRejected(b"GET /echo HTTP/1.1\r\nX-A: b\r\n\r\n", 400)
 

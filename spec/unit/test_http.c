@@ -173,6 +173,37 @@ static void test_transfer_encoding(void) {
   CHECK(te_of("chunkedx", NULL) == FY_TE_BAD);
 }
 
+/* Runs the head check over the pieces (split at '|'), as reads would deliver them. */
+static bool head_ok(const char *pieces, bool trailers) {
+  fy_http_head_scan s;
+  if (trailers)
+    fy_http_head_scan_trailers(&s);
+  else
+    fy_http_head_scan_init(&s);
+  for (const char *p = pieces;;) {
+    const char *bar = strchr(p, '|');
+    size_t n = bar ? (size_t)(bar - p) : strlen(p);
+    if (!fy_http_head_check(&s, p, n)) return false;
+    if (bar == NULL) return true;
+    p = bar + 1;
+  }
+}
+
+static void test_head_check(void) {
+  CHECK(head_ok("GET / HTTP/1.1\r\nHost: a\r\nX-A: b  c\r\n\r\n", false));
+  CHECK(head_ok("\r\nGET / HTTP/1.1\r|\nHost: a\r\n|\r\n", false)); /* an empty line first; CR LF split */
+  CHECK(!head_ok("GET / HTTP/1.1\nHost: a\r\n\r\n", false));        /* bare LF */
+  CHECK(!head_ok("GET / HTTP/1.1\r\nHost: a\r\n|\n", false));       /* bare LF ends the head */
+  CHECK(!head_ok("GET / HTTP/1.1\r\nX-A: b\r\n| c\r\n", false));    /* obs-fold after a split */
+  CHECK(!head_ok("GET / HTTP/1.1\r\nContent-Length:\r\n\t5\r\n", false));
+  CHECK(!head_ok("GET  / HTTP/1.1\r\n", false));  /* two spaces in the request line */
+  CHECK(!head_ok("GET / | HTTP/1.1\r\n", false)); /* ... split between reads */
+  CHECK(head_ok("X-Sum: 1\r\n\r\n", true));
+  CHECK(!head_ok(" X-Sum: 1\r\n\r\n", true));
+  CHECK(!head_ok("X-Sum: 1\r\n folded\r\n\r\n", true));
+  CHECK(!head_ok("X-Sum: 1\n\r\n", true));
+}
+
 int main(void) {
   test_headers();
   test_hop_by_hop();
@@ -181,5 +212,6 @@ int main(void) {
   test_values();
   test_framing();
   test_transfer_encoding();
+  test_head_check();
   return check_done("test_http");
 }
