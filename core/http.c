@@ -205,6 +205,9 @@ ssize_t fy_http_host_normalize(const char *in, size_t len, char *out, size_t out
 
 int fy_http_target_parse(const char *t, size_t len, fy_target *out) {
   memset(out, 0, sizeof *out);
+  /* RFC 9112 3.2: no fragment. Passed on, "/admin#.png" could be routed as one
+   * path and served as another (HAProxy's CVE-2023-45539). */
+  if (memchr(t, '#', len)) return -1;
   if (len == 1 && t[0] == '*') {
     out->path = t;
     out->path_len = 1;

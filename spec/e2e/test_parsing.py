@@ -189,6 +189,11 @@ class ParsingTest(E2ECase):
     def test_two_spaces_in_the_request_line(self):
         self.assertRejected(b"GET  /echo HTTP/1.1\r\nHost: p.test\r\n\r\n" + SMUGGLED, 400)
 
+    def test_fragment_in_the_target(self):
+        # A fragment is no part of a request target (RFC 9112 3.2); passed on, a policy
+        # saw a path the upstream may cut at the '#'.
+        self.assertRejected(b"GET /echo#.png HTTP/1.1\r\nHost: p.test\r\n\r\n" + SMUGGLED, 400)
+
     def test_http11_request_without_host(self):
         self.assertRejected(b"GET /echo HTTP/1.1\r\nX-A: b\r\n\r\n", 400)
 

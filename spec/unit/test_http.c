@@ -109,6 +109,8 @@ static void test_target(void) {
   CHECK(fy_http_target_parse("a.test:443", 10, &t) == -1);
   CHECK(fy_http_target_parse("ftp://a/", 8, &t) == -1);
   CHECK(fy_http_target_parse("http://u@a.test/", 16, &t) == -1);
+  CHECK(fy_http_target_parse("/a#b", 4, &t) == -1); /* a fragment is not part of a request target */
+  CHECK(fy_http_target_parse("/a?x#b", 6, &t) == -1);
   CHECK(fy_http_target_parse("http:///x", 9, &t) == -1);
 }
 
