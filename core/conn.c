@@ -141,14 +141,18 @@ static int fy_conn_find_host(fy_conn *c) {
   return 0;
 }
 
+/* Every Expect header must be 100-continue, which ferry answers itself: none is passed on. */
 static int fy_conn_check_expect(fy_conn *c) {
   fy_req *r = &c->req;
-  ssize_t i = fy_headers_find(&r->headers, "expect", 6, 0);
-  if (i < 0) return 0;
-  const fy_hdr *e = &r->headers.v[i];
-  if (!fy_http_token_eq(fy_hdr_val(&r->headers, e), e->val_len, "100-continue", 12)) return -1;
-  r->expect_continue = r->has_body && r->http_minor >= 1;
-  r->headers.v[i].flags |= FY_HDR_REMOVED;
+  fy_headers *h = &r->headers;
+  bool expect = false;
+  for (ssize_t i = fy_headers_find(h, "expect", 6, 0); i >= 0;
+       i = fy_headers_find(h, "expect", 6, (size_t)i + 1)) {
+    if (!fy_http_token_eq(fy_hdr_val(h, &h->v[i]), h->v[i].val_len, "100-continue", 12)) return -1;
+    expect = true;
+  }
+  r->expect_continue = expect && r->has_body && r->http_minor >= 1;
+  fy_headers_remove(h, "expect", 6);
   return 0;
 }
 

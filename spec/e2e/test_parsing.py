@@ -194,6 +194,11 @@ class ParsingTest(E2ECase):
         # saw a path the upstream may cut at the '#'.
         self.assertRejected(b"GET /echo#.png HTTP/1.1\r\nHost: p.test\r\n\r\n" + SMUGGLED, 400)
 
+    def test_expect_headers_after_a_100_continue(self):
+        # Only the first Expect was checked: a second one went to the upstream unchecked.
+        self.assertRejected(head("POST /echo HTTP/1.1", "Host: p.test", "Content-Length: 5",
+                                 "Expect: 100-continue", "Expect: something") + b"hello" + SMUGGLED, 417)
+
     def test_http11_request_without_host(self):
         self.assertRejected(b"GET /echo HTTP/1.1\r\nX-A: b\r\n\r\n", 400)
 
