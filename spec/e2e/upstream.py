@@ -20,7 +20,7 @@ Behaviours (the query string is the argument list):
                                default) or between headers and body (P=body)
     /reset                     closes the connection with an RST, no answer
     /hop                       answers with hop-by-hop headers a proxy strips
-    /_log                      JSON: every request head received so far
+    /_log                      JSON: every request head (and body) received so far
     /_clear                    forgets the log
 
 A HEAD request gets the headers the GET would get and no body.  The upstream
@@ -88,7 +88,8 @@ class Journal:
     """Everything the upstream received, for tests that must prove absence.
 
     Each request entry also gets the body as read ("body", latin-1, the first
-    BODY_KEPT bytes; "body_len", all of it) once a behaviour has read it.
+    BODY_KEPT bytes; "body_len", all of it; "body_complete", false when the
+    connection ended inside it) once a behaviour has read it.
     """
 
     def __init__(self):
@@ -254,13 +255,17 @@ class Connection:
     def read_body(self, req):
         """Consume the request body; return (length, sha256 hex)."""
         digest = KeptDigest()
+        complete = False
         try:
-            return self._read_body(req, digest)
+            result = self._read_body(req, digest)
+            complete = True
+            return result
         finally:
             if self.entry is not None:
                 with self.server.journal.lock:
                     self.entry["body"] = bytes(digest.kept).decode("latin-1")
                     self.entry["body_len"] = digest.length
+                    self.entry["body_complete"] = complete
 
     def _read_body(self, req, digest):
         if "chunked" in req.header_tokens("transfer-encoding"):
