@@ -224,6 +224,7 @@ VECTORS = [
             te(chunks(b"hello"), "Connection: keep-alive", version="HTTP/1.0", coding="gzip, chunked") + SMUGGLED,
             400),
     refused("version", "HTTP/2.0 request line", get(version="HTTP/2.0"), 505),
+    refused("version", "HTTP/2 preface", b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + SMUGGLED, 400),
     refused("version", "HTTP/1.2", get(version="HTTP/1.2") + SMUGGLED, 400),
     refused("version", "HTTP/0.9 request line", b"GET /echo\r\n\r\n" + SMUGGLED, 505),
     refused("version", "lower-case protocol name", get(version="http/1.1") + SMUGGLED, 400),
@@ -303,6 +304,9 @@ VECTORS = [
     refused("header", "separator in a name", get("/echo", "X(A): 1") + SMUGGLED, 400),
     refused("header", "slash in a name", get("/echo", "X/A: 1") + SMUGGLED, 400),
     refused("header", "non-ASCII in a name", get("/echo", "X-\xe9: 1") + SMUGGLED, 400),
+    ok("header", "as many fields as allowed", get("/echo", *["X-H%d: v" % i for i in range(19)]), GET_ECHO),
+    refused("header", "one field more than allowed", get("/echo", *["X-H%d: v" % i for i in range(20)]) + SMUGGLED,
+            431),
     refused("header", "too many fields", get("/echo", *["X-H%d: v" % i for i in range(30)]) + SMUGGLED, 431),
     refused("header", "header block too large", get("/echo", "X-Big: " + "v" * 5000) + SMUGGLED, 431),
     refused("header", "Connection naming Host", get("/echo", "Connection: close, Host") + SMUGGLED, 400),
@@ -366,6 +370,9 @@ VECTORS = [
     ok("absolute-form", "query without a path", msg("GET http://f.test?x=1 HTTP/1.1"), ("GET", "/?x=1", b""),
        statuses=[404]),
     refused("absolute-form", "port not numeric", msg("GET http://f.test:ab/echo HTTP/1.1") + SMUGGLED, 400),
+    ok("absolute-form", "IPv6 authority", msg("GET http://[::1]:8080/echo HTTP/1.1"), GET_ECHO),
+    refused("absolute-form", "HTTP/1.1 without Host", msg("GET http://f.test/echo HTTP/1.1", host=False)
+            + SMUGGLED, 400),
     refused("absolute-form", "userinfo", msg("GET http://u:p@f.test/echo HTTP/1.1") + SMUGGLED, 400),
     refused("absolute-form", "ftp scheme", msg("GET ftp://f.test/echo HTTP/1.1") + SMUGGLED, 400),
     refused("absolute-form", "empty authority", msg("GET http:///echo HTTP/1.1") + SMUGGLED, 400),
@@ -412,6 +419,11 @@ VECTORS = [
        get("/echo", "Connection: Upgrade", "Upgrade: websocket") + SMUGGLED, GET_ECHO, close=True),
     ok("connection", "Upgrade with a body", cl(b"hello", "Connection: Upgrade", "Upgrade: x") + SMUGGLED,
        HELLO, close=True),
+
+    ok("connection", "keep-alive and close: close wins",
+       get("/echo", "Connection: keep-alive", "Connection: close") + get("/second"), GET_ECHO, close=True),
+    ok("connection", "an empty line between pipelined requests", te(chunks(b"hello")) + b"\r\n" + get(),
+       HELLO, GET_ECHO),
 
     # -- pipelining ---------------------------------------------------------------------------
     ok("pipeline", "two GETs", get() + get("/echo?2"), GET_ECHO, ("GET", "/echo?2", b"")),
