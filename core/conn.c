@@ -84,36 +84,25 @@ static int fy_on_url(llhttp_t *p, const char *at, size_t len) {
 
 static int fy_on_header_field(llhttp_t *p, const char *at, size_t len) {
   fy_conn *c = fy_conn_of(p);
-  fy_headers *h = &c->req.headers;
   c->req.header_bytes += len;
   if (c->req.header_bytes > fy_conn_limits(c)->max_header_bytes) return fy_conn_refuse(c, 431);
-  if (h->n == 0 || h->v[h->n - 1].val_off != FY_HDR_NAME_OPEN) {
-    /* First piece of a new name: open an entry whose value is not started. */
-    if (h->n >= fy_conn_limits(c)->max_headers) return fy_conn_refuse(c, 431);
-    fy_headers_add(h, at, 0, NULL, 0);
-    h->v[h->n - 1].val_off = FY_HDR_NAME_OPEN;
-  }
-  fy_buf_append(&h->buf, at, len);
-  h->v[h->n - 1].name_len += (uint32_t)len;
+  if (!fy_headers_collect_name(&c->req.headers, at, len, fy_conn_limits(c)->max_headers))
+    return fy_conn_refuse(c, 431);
   return 0;
 }
 
 static int fy_on_header_field_complete(llhttp_t *p) {
   fy_conn *c = fy_conn_of(p);
-  fy_headers *h = &c->req.headers;
-  if (!fy_headers_name_open(h)) return fy_conn_refuse(c, 400); /* an empty name (": x"): llhttp lets it by */
-  h->v[h->n - 1].val_off = (uint32_t)h->buf.len;
+  if (!fy_headers_collect_name_end(&c->req.headers)) return fy_conn_refuse(c, 400); /* ": x" */
   return 0;
 }
 
 static int fy_on_header_value(llhttp_t *p, const char *at, size_t len) {
   fy_conn *c = fy_conn_of(p);
-  fy_headers *h = &c->req.headers;
   c->req.header_bytes += len;
   if (c->req.header_bytes > fy_conn_limits(c)->max_header_bytes) return fy_conn_refuse(c, 431);
   if (!fy_http_value_ok(at, len)) return fy_conn_refuse(c, 400);
-  fy_buf_append(&h->buf, at, len);
-  h->v[h->n - 1].val_len += (uint32_t)len;
+  fy_headers_collect_value(&c->req.headers, at, len);
   return 0;
 }
 

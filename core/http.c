@@ -37,6 +37,31 @@ void fy_headers_add(fy_headers *h, const char *name, size_t nlen, const char *va
   e->flags = 0;
 }
 
+/* An entry whose value offset is this is still receiving its name. */
+#define FY_HDR_NAME_OPEN (UINT32_MAX - 1)
+
+bool fy_headers_collect_name(fy_headers *h, const char *at, size_t len, size_t max) {
+  if (h->n == 0 || h->v[h->n - 1].val_off != FY_HDR_NAME_OPEN) {
+    if (h->n >= max) return false;
+    fy_headers_add(h, at, 0, NULL, 0);
+    h->v[h->n - 1].val_off = FY_HDR_NAME_OPEN;
+  }
+  fy_buf_append(&h->buf, at, len);
+  h->v[h->n - 1].name_len += (uint32_t)len;
+  return true;
+}
+
+bool fy_headers_collect_name_end(fy_headers *h) {
+  if (h->n == 0 || h->v[h->n - 1].val_off != FY_HDR_NAME_OPEN || h->v[h->n - 1].name_len == 0) return false;
+  h->v[h->n - 1].val_off = (uint32_t)h->buf.len;
+  return true;
+}
+
+void fy_headers_collect_value(fy_headers *h, const char *at, size_t len) {
+  fy_buf_append(&h->buf, at, len);
+  h->v[h->n - 1].val_len += (uint32_t)len;
+}
+
 bool fy_http_token_eq(const char *a, size_t alen, const char *b, size_t blen) {
   return alen == blen && strncasecmp(a, b, alen) == 0;
 }

@@ -44,18 +44,22 @@ size_t fy_headers_remove(fy_headers *h, const char *name, size_t nlen);
 static inline const char *fy_hdr_name(const fy_headers *h, const fy_hdr *e) {
   return h->buf.data + e->name_off;
 }
-/*
- * Parsers fill a header in pieces: an entry whose value offset is
- * FY_HDR_NAME_OPEN is still receiving its name. Whether the last entry is
- * that one, with a name (llhttp lets an empty name through).
- */
-#define FY_HDR_NAME_OPEN (UINT32_MAX - 1)
-static inline bool fy_headers_name_open(const fy_headers *h) {
-  return h->n > 0 && h->v[h->n - 1].val_off == FY_HDR_NAME_OPEN && h->v[h->n - 1].name_len > 0;
-}
 static inline const char *fy_hdr_val(const fy_headers *h, const fy_hdr *e) {
   return h->buf.data + e->val_off;
 }
+
+/*
+ * Collecting a header list from a parser's spans, for requests, their
+ * trailers and responses alike: llhttp reports a name, then its value, each
+ * possibly in several pieces (a head can arrive in many reads). Limits on
+ * bytes are the caller's.
+ */
+/* A piece of a name; the first opens a new entry, refused (false) when it would be entry max + 1. */
+bool fy_headers_collect_name(fy_headers *h, const char *at, size_t len, size_t max);
+/* The name is complete; false when it is empty (llhttp lets ": x" through). */
+bool fy_headers_collect_name_end(fy_headers *h);
+/* A piece of the value of the entry whose name just ended. */
+void fy_headers_collect_value(fy_headers *h, const char *at, size_t len);
 
 bool fy_http_token_eq(const char *a, size_t alen, const char *b, size_t blen);
 /* True for header names that only apply to one connection (RFC 9110 7.6.1). */

@@ -120,30 +120,21 @@ static int fy_on_resp_begin(llhttp_t *p) {
 }
 
 static int fy_on_resp_field(llhttp_t *p, const char *at, size_t len) {
-  fy_conn *c = fy_proxy_conn_of(p);
-  fy_headers *h = &c->rheaders;
+  fy_headers *h = &fy_proxy_conn_of(p)->rheaders;
   if (h->buf.len + len > FY_MAX_RESPONSE_HEADER_BYTES) return -1;
-  if (h->n == 0 || h->v[h->n - 1].val_off != FY_HDR_NAME_OPEN) {
-    fy_headers_add(h, at, 0, NULL, 0);
-    h->v[h->n - 1].val_off = FY_HDR_NAME_OPEN;
-  }
-  fy_buf_append(&h->buf, at, len);
-  h->v[h->n - 1].name_len += (uint32_t)len;
+  fy_headers_collect_name(h, at, len, SIZE_MAX);
   return 0;
 }
 
 static int fy_on_resp_field_complete(llhttp_t *p) {
-  fy_headers *h = &fy_proxy_conn_of(p)->rheaders;
-  if (!fy_headers_name_open(h)) return -1; /* an empty header name: not a response ferry relays */
-  h->v[h->n - 1].val_off = (uint32_t)h->buf.len;
-  return 0;
+  /* An empty header name: not a response ferry relays. */
+  return fy_headers_collect_name_end(&fy_proxy_conn_of(p)->rheaders) ? 0 : -1;
 }
 
 static int fy_on_resp_value(llhttp_t *p, const char *at, size_t len) {
   fy_headers *h = &fy_proxy_conn_of(p)->rheaders;
   if (h->buf.len + len > FY_MAX_RESPONSE_HEADER_BYTES) return -1;
-  fy_buf_append(&h->buf, at, len);
-  h->v[h->n - 1].val_len += (uint32_t)len;
+  fy_headers_collect_value(h, at, len);
   return 0;
 }
 

@@ -26,6 +26,26 @@ static void test_headers(void) {
   fy_headers_free(&h);
 }
 
+static void test_collect(void) {
+  fy_headers h;
+  fy_headers_init(&h);
+  /* a name and a value in pieces, as reads split them */
+  CHECK(fy_headers_collect_name(&h, "Ho", 2, 2) && fy_headers_collect_name(&h, "st", 2, 2));
+  CHECK(fy_headers_collect_name_end(&h));
+  fy_headers_collect_value(&h, "a.", 2);
+  fy_headers_collect_value(&h, "test", 4);
+  CHECK(fy_headers_collect_name(&h, "X", 1, 2) && fy_headers_collect_name_end(&h));
+  CHECK(h.n == 2 && fy_headers_find(&h, "host", 4, 0) == 0);
+  CHECK_STR(fy_hdr_val(&h, &h.v[0]), h.v[0].val_len, "a.test");
+  CHECK(h.v[1].val_len == 0);
+  CHECK(!fy_headers_collect_name(&h, "Y", 1, 2)); /* a third entry is over the limit */
+  CHECK(!fy_headers_collect_name_end(&h));        /* no name is open */
+  fy_headers_reset(&h);
+  CHECK(!fy_headers_collect_name_end(&h)); /* ": x" first */
+  CHECK(fy_headers_collect_name(&h, "", 0, 2) && !fy_headers_collect_name_end(&h));
+  fy_headers_free(&h);
+}
+
 static void test_hop_by_hop(void) {
   fy_headers h;
   fy_headers_init(&h);
@@ -208,6 +228,7 @@ static void test_head_check(void) {
 
 int main(void) {
   test_headers();
+  test_collect();
   test_hop_by_hop();
   test_host();
   test_target();
