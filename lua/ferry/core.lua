@@ -56,6 +56,7 @@ local M = {}
 
 local policies = {}    -- policy number -> hook table
 local group_index = {} -- group name -> 0-based index in the generation
+local group_names = {} -- 0-based index in the generation -> group name
 local RESPONDED = setmetatable({}, { __tostring = function() return "response" end })
 
 local sptr = ffi.new("const char *[1]")
@@ -352,7 +353,6 @@ M.response = notify("response")
 M.log_hook = notify("log")
 M.res_mt = res_mt
 
-local group_names = {}
 local server_info = ffi.new("fy_ffi_server")
 
 -- The view of a group that select() gets: a table built only for policies that have select.
