@@ -109,7 +109,8 @@ static int fy_lua_load_policies(fy_lua *lua, const fy_config *cfg, fy_buf *error
   int rc = FY_OK;
   for (size_t i = 0; i < cfg->npolicies; i++) {
     lua_pushstring(L, cfg->policies[i]);
-    int prc = fy_lua_core_call(lua, "load_policy", 1);
+    lua_pushstring(L, cfg->policy_keys ? cfg->policy_keys[i] : NULL);
+    int prc = fy_lua_core_call(lua, "load_policy", 2);
     if (prc != 0 || lua_isnil(L, -2)) {
       const char *msg = lua_tostring(L, -1);
       if (lua->timed_out || lua->oom)

@@ -262,8 +262,13 @@ local function add_package_dir(path)
 end
 
 -- Compiles and runs a policy file; returns its number or nil and "file:line: message".
-function M.load_policy(path)
+-- where ("config-file:line: key.path") names the config key that gave the path:
+-- a file that cannot be read is the config's error, reported there.
+function M.load_policy(path, where)
   add_package_dir(path)
+  local f, why = io.open(path, "r")
+  if not f then return nil, (where and where .. ": " or "") .. "cannot open " .. why end
+  f:close()
   local chunk, err = loadfile(path, "t")
   if not chunk then
     return nil, err:find("wrong mode", 1, true) and (path .. ": precompiled bytecode is not accepted") or err
