@@ -146,6 +146,9 @@ FY_API int fy_ffi_req_header_set(double id, int mode, const char *name, size_t n
 int fy_ffi_req_header_set(double id, int mode, const char *name, size_t nlen, const char *val, size_t vlen) {
   fy_req *r = fy_ffi_req(id);
   if (r == NULL) return FY_FFI_EGONE;
+  /* By the response hook the request has gone upstream: an edit would change nothing (as in OpenResty). */
+  int hook = fy_worker_current->hook;
+  if (hook == FY_HOOK_RESPONSE || hook == FY_HOOK_LOG) return FY_FFI_EPHASE;
   if (!fy_http_name_ok(name, nlen) || (mode != FY_HDR_REMOVE && !fy_http_value_ok(val, vlen)))
     return FY_FFI_EINVAL;
   if (mode != FY_HDR_ADD) fy_headers_remove(&r->headers, name, nlen);

@@ -296,6 +296,7 @@ local function lua_backend()
   local function header_set(id, mode, name, val)
     local r = ffi_req(id)
     if not r then return EGONE end
+    if current_hook == "response" or current_hook == "log" then return EPHASE end
     if not name_ok(name) or (mode ~= 2 and not value_ok(val)) then return EINVAL end
     r.headers = list_set(r.headers, mode, name, val)
     return 0

@@ -559,6 +559,27 @@ describe("ferry.testing (" .. t.backend .. " backend)", function()
       assert.is_true(t.log(policy(route), t.request {}, { status = 200 }))
     end)
 
+    it("refuses request header edits in the response and log hooks: the request went upstream", function()
+      for _, c in ipairs {
+        { function(req) req.headers:set("X-A", "1") end, "headers:set: not allowed here" },
+        { function(req) req.headers:add("X-A", "1") end, "headers:add: not allowed here" },
+        { function(req) req.headers:remove("X-A") end, "headers:remove: not allowed here" },
+      } do
+        local req = t.request { headers = { ["X-A"] = "0" } }
+        local d = t.response(policy(route, { response = c[1] }), req, {})
+        assert.matches(plain(c[2]), d.error)
+        assert.matches("testing_spec.lua:%d+: ", d.error)
+        local ok, err = t.log(policy(route, { log = c[1] }), req, {})
+        assert.is_nil(ok)
+        assert.matches(plain(c[2]), err)
+        assert.same({ { "X-A", "0" } }, t.headers(req))
+      end
+      local seen
+      t.response(policy(route, { response = function(req) seen = req.headers:get("X-A") end }),
+                 t.request { headers = { ["X-A"] = "0" } }, {})
+      assert.equal("0", seen)
+    end)
+
     it("makes res.headers read-only, as ferry does", function()
       for _, c in ipairs {
         { function(_, res) res.headers:set("X-A", "1") end, "res.headers:set: not allowed here" },
