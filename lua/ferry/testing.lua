@@ -717,7 +717,8 @@ local function make_tls(x)
   end
   return {
     -- as core/tls.c: lower-cased, and none unless 1 to 255 bytes
-    sni = x.sni and #x.sni >= 1 and #x.sni < 256 and x.sni:lower() or nil, version = x.version or "TLSv1.2", cipher = x.cipher or "TLS-ECDHE-RSA-WITH-AES-128-GCM-SHA256",
+    sni = x.sni and #x.sni >= 1 and #x.sni < 256 and x.sni:lower() or nil, version = x.version or "TLSv1.2",
+    cipher = x.cipher or "TLS-ECDHE-RSA-WITH-AES-128-GCM-SHA256",
     alpn = x.alpn, client_subject = x.client_subject, client_verified = x.client_verified or false,
     resumed = x.resumed or false,
   }
@@ -856,7 +857,8 @@ function M.failure(kind, fields)
   elseif KINDS[kind] then
     out = { kind = kind }
   else
-    error("t.failure: unknown kind '" .. tostring(kind) .. "' (connect_refused, connect_timeout, tls_handshake, reset, timeout, bad_response or { status = n })", 2)
+    error("t.failure: unknown kind '" .. tostring(kind) .. "' (connect_refused, connect_timeout, tls_handshake, "
+          .. "reset, timeout, bad_response or { status = n })", 2)
   end
   for k, v in pairs(fields or {}) do out[k] = v end
   return out
