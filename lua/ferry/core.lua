@@ -8,49 +8,54 @@
 local ffi = require "ffi"
 local C = ffi.C
 
-ffi.cdef [[
-int fy_ffi_req_str(double id, int field, const char **out, size_t *len);
-int fy_ffi_req_client_port(double id);
-int fy_ffi_req_content_length(double id, double *out);
-int fy_ffi_req_header_get(double id, const char *name, size_t nlen, int nth,
-                          const char **out, size_t *len);
-int fy_ffi_req_header_set(double id, int mode, const char *name, size_t nlen,
-                          const char *val, size_t vlen);
-int fy_ffi_req_respond_header(double id, const char *name, size_t nlen,
-                              const char *val, size_t vlen);
-int fy_ffi_req_respond(double id, int status, const char *body, size_t blen);
-void fy_ffi_log(int level, const char *msg, size_t len);
-typedef struct fy_ffi_server {
-  const char *name; size_t name_len;
-  const char *address; size_t address_len;
-  int weight, active, in_service, fails;
-  double latency_ms;
-} fy_ffi_server;
-int fy_ffi_group_server(double id, int group, int index, fy_ffi_server *out);
-int fy_ffi_res_info(double id, int *status, double *bytes);
-int fy_ffi_req_ctx(double id);
-typedef struct fy_ffi_proxy {
-  int version, local, source_port, destination_port;
-  char source[46], destination[46];
-  const char *vpce_id, *authority, *alpn;
-} fy_ffi_proxy;
-int fy_ffi_req_proxy(double id, fy_ffi_proxy *out);
-typedef struct fy_ffi_tls {
-  const char *sni, *version, *cipher, *alpn, *client_subject;
-  int client_verified, resumed;
-} fy_ffi_tls;
-int fy_ffi_req_tls(double id, fy_ffi_tls *out);
-typedef struct fy_ffi_stream {
-  const char *sni, *alpn, *listener, *client_addr;
-  int client_port, local_port, has_proxy;
-} fy_ffi_stream;
-int fy_ffi_stream_info(double id, fy_ffi_stream *out);
-const char *fy_ffi_stream_vpce(double id);
-int fy_ffi_res_header_get(double id, const char *name, size_t nlen, int nth,
-                          const char **out, size_t *len);
-int fy_ffi_res_header_set(double id, int mode, const char *name, size_t nlen,
-                          const char *val, size_t vlen);
-]]
+-- The FFI surface is declared once, in core/ffi.h; its declarations are
+-- embedded as ferry.cdef. The codes, field numbers and hook bits below are
+-- read from its enums by name.
+local CDEF = require "ferry.cdef"
+ffi.cdef(CDEF)
+
+-- Each constant of an enum of ffi.h whose names start with prefix:
+-- { [lower-case rest of the name] = value }.
+local function enum(prefix)
+  local t = {}
+  for rest in CDEF:gmatch("%f[%w_]" .. prefix .. "([%u_]+)%f[^%w_]") do t[rest:lower()] = C[prefix .. rest] end
+  return t
+end
+
+-- The layouts of the structs of ffi.h as LuaJIT sees them, against what the
+-- C compiler made (a list of { type =, field =, offset =, size = }, field nil
+-- for a struct's size): the first difference, or nil.
+local function layout_difference(entries)
+  for _, e in ipairs(entries) do
+    local ok, got = pcall(function()
+      if e.field then return ffi.offsetof(e.type, e.field) end
+      return ffi.sizeof(e.type)
+    end)
+    local want = e.field and e.offset or e.size
+    if not ok or got ~= want then
+      return string.format("%s%s: %s %s in C, %s in the cdef", e.type, e.field and ("." .. e.field) or "",
+                           e.field and "offset" or "size", tostring(want), ok and tostring(got) or "absent")
+    end
+  end
+  return nil
+end
+
+local function c_layout()
+  local n = ffi.new("int[1]")
+  local p = C.fy_ffi_abi_layout(n)
+  local out = {}
+  for i = 0, n[0] - 1 do
+    local e = p[i]
+    out[i + 1] = { type = ffi.string(e.type), field = e.field ~= nil and ffi.string(e.field) or nil,
+                   offset = tonumber(e.offset), size = tonumber(e.size) }
+  end
+  return out
+end
+
+do
+  local diff = layout_difference(c_layout())
+  if diff then error("ferry.core: the FFI structs differ between C and LuaJIT (" .. diff .. ")", 0) end
+end
 
 local M = {}
 
@@ -64,9 +69,10 @@ local slen = ffi.new("size_t[1]")
 local dnum = ffi.new("double[1]")
 
 local failures = {
-  [-1] = "request is gone (a req handle is only valid during its hook)",
-  [-2] = "not allowed here",
-  [-3] = "invalid argument",
+  [C.FY_FFI_EGONE] = "request is gone (a req handle is only valid during its hook)",
+  [C.FY_FFI_EPHASE] = "not allowed here",
+  [C.FY_FFI_EINVAL] = "invalid argument",
+  [C.FY_FFI_EROUTE] = "only route(req) may do this",
 }
 
 -- level: where the caller's caller is (3 for a method called by the policy).
@@ -75,7 +81,8 @@ local function check(rc, what, level)
   return rc
 end
 
-local FIELDS = { method = 0, host = 1, path = 2, query = 3, uri = 4, client_addr = 5, listener = 6 }
+local FIELDS = enum("FY_FFI_FIELD_") -- { method = FY_FFI_FIELD_METHOD, ... }
+local HDR = enum("FY_FFI_HDR_")      -- { set =, add =, remove = }
 
 -- headers: req.headers and res.headers ---------------------------------------
 
@@ -111,7 +118,7 @@ local function headers_class(get, set, prefix)
 
   local function edit(self, mode, name, value, op)
     header_name(name, op)
-    if mode ~= 2 then
+    if mode ~= HDR.remove then
       if type(value) == "number" then value = tostring(value) end
       if type(value) ~= "string" then error(op .. ": header value must be a string", 3) end
     else
@@ -120,14 +127,14 @@ local function headers_class(get, set, prefix)
     check(set(self._id, mode, name, #name, value, #value), op, 4)
   end
 
-  function m:set(name, value) edit(self, 0, name, value, what.set) end
-  function m:add(name, value) edit(self, 1, name, value, what.add) end
-  function m:remove(name) edit(self, 2, name, nil, what.remove) end
+  function m:set(name, value) edit(self, HDR.set, name, value, what.set) end
+  function m:add(name, value) edit(self, HDR.add, name, value, what.add) end
+  function m:remove(name) edit(self, HDR.remove, name, nil, what.remove) end
   return { __index = m }
 end
 
 local headers_mt = headers_class(C.fy_ffi_req_header_get, C.fy_ffi_req_header_set, "headers")
-local res_headers_mt -- after the cdef of the res functions, below
+local res_headers_mt -- below, with the res handle
 
 -- req -------------------------------------------------------------------
 
@@ -141,8 +148,8 @@ function req_methods:respond(status, body, headers)
   if type(body) ~= "string" then error("req:respond: body must be a string", 2) end
   if headers ~= nil and type(headers) ~= "table" then error("req:respond: headers must be a table", 2) end
   local rc = C.fy_ffi_req_respond(self._id, status, body, #body)
-  if rc == -2 then error("req:respond: the request was already answered", 2) end
-  if rc == -4 then error("req:respond: only route(req) may answer a request", 2) end
+  if rc == C.FY_FFI_EPHASE then error("req:respond: the request was already answered", 2) end
+  if rc == C.FY_FFI_EROUTE then error("req:respond: only route(req) may answer a request", 2) end
   check(rc, "req:respond")
   for k, v in pairs(headers or {}) do
     k, v = tostring(k), tostring(v)
@@ -235,6 +242,7 @@ function req_mt.__tostring(self) return "ferry request " .. string.format("%d", 
 
 M.req_mt = req_mt
 M.RESPONDED = RESPONDED
+M.layout_difference, M.c_layout = layout_difference, c_layout -- for the specs
 
 -- called from C ----------------------------------------------------------
 
@@ -315,7 +323,7 @@ function M.route(policy, id)
   return -2, "route must return an upstream group name or req:respond(...), got " .. type(res)
 end
 
-local HAS = { select = 1, retry = 2, response = 4, log = 8, route = 16, route_stream = 32 }
+local HAS = enum("FY_HOOK_HAS_") -- { select = FY_HOOK_HAS_SELECT, ... }
 
 function M.hooks(policy)
   local p, mask = policies[policy], 0
