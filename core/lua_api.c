@@ -63,7 +63,10 @@ int fy_ffi_req_tls(double id, fy_ffi_tls *out) {
   fy_req *r = fy_ffi_req(id);
   if (r == NULL) return FY_FFI_EGONE;
   fy_tls_info info;
-  if (!fy_tls_get_info(fy_ffi_conn(r)->sock.tls, &info)) return 0;
+  if (fy_worker_current->hook_tls)
+    info = *fy_worker_current->hook_tls;
+  else if (!fy_tls_get_info(fy_ffi_conn(r)->sock.tls, &info))
+    return 0;
   out->sni = info.sni;
   out->version = info.version;
   out->cipher = info.cipher;

@@ -34,7 +34,7 @@ local function layout_difference(entries)
     local want = e.field and e.offset or e.size
     if not ok or got ~= want then
       return string.format("%s%s: %s %s in C, %s in the cdef", e.type, e.field and ("." .. e.field) or "",
-                           e.field and "offset" or "size", tostring(want), ok and tostring(got) or "absent")
+                           e.field and "offset" or "size", tostring(want), ok and got and tostring(got) or "absent")
     end
   end
   return nil
@@ -269,10 +269,10 @@ local function add_package_dir(path)
   if not package.path:find(entry, 1, true) then package.path = entry .. package.path end
 end
 
--- Compiles and runs a policy file; returns its number or nil and "file:line: message".
+-- Compiles and runs a policy file; returns its hook table or nil and "file:line: message".
 -- where ("config-file:line: key.path") names the config key that gave the path:
 -- a file that cannot be read is the config's error, reported there.
-function M.load_policy(path, where)
+function M.compile_policy(path, where)
   add_package_dir(path)
   local f, why = io.open(path, "r")
   if not f then return nil, (where and where .. ": " or "") .. "cannot open " .. why end
@@ -295,23 +295,44 @@ function M.load_policy(path, where)
   if type(mod.route) ~= "function" and type(mod.route_stream) ~= "function" then
     return nil, path .. ": the policy has neither a route(req) nor a route_stream(conn) hook"
   end
+  return mod
+end
+
+-- As compile_policy, keeping the policy: its number, or nil and the message.
+function M.load_policy(path, where)
+  local mod, err = M.compile_policy(path, where)
+  if not mod then return nil, err end
   policies[#policies + 1] = mod
   return #policies
 end
 
-function M.set_groups(names)
+-- names: the generation's group names, in order. With open (ferry.testing
+-- given no list of groups) every name a hook returns is a group, numbered
+-- as it first comes.
+function M.set_groups(names, open)
   group_index, group_names = {}, {}
   for i, name in ipairs(names) do
     group_index[name] = i - 1
     group_names[i - 1] = name
   end
+  if open then
+    local n = #names
+    setmetatable(group_index, { __index = function(t, name)
+      if type(name) ~= "string" then return nil end
+      t[name], group_names[n], n = n, name, n + 1
+      return t[name]
+    end })
+  end
   return true
 end
 
--- route(req) returns a group name and, optionally, a key for "hash" balancing.
-function M.route(policy, id)
+function M.group_name(g) return group_names[g] end
+
+-- route(req) of hook table mod on request id: a group index and, optionally,
+-- a key for "hash" balancing; -1 when it answered; -2 and why it failed.
+local function route_with(mod, id)
   local req = setmetatable({ _id = id }, req_mt)
-  local ok, res, key = xpcall(policies[policy].route, traceback, req)
+  local ok, res, key = xpcall(mod.route, traceback, req)
   if not ok then return -2, tostring(res) end
   if res == RESPONDED then return -1 end
   local g = group_index[res]
@@ -322,6 +343,9 @@ function M.route(policy, id)
   if type(res) == "string" then return -2, "route returned unknown upstream group '" .. res .. "'" end
   return -2, "route must return an upstream group name or req:respond(...), got " .. type(res)
 end
+M.route_with = route_with
+
+function M.route(policy, id) return route_with(policies[policy], id) end
 
 local HAS = enum("FY_HOOK_HAS_") -- { select = FY_HOOK_HAS_SELECT, ... }
 
@@ -352,27 +376,28 @@ function res_mt.__index(self, k)
   return nil
 end
 
-local function notify(hook)
-  return function(policy, id)
-    local req = setmetatable({ _id = id }, req_mt)
-    local res = setmetatable({ _id = id }, res_mt)
-    local ok, err = xpcall(policies[policy][hook], traceback, req, res)
-    if not ok then return -2, tostring(err) end
-    return 0
-  end
+-- response(req, res) or log(req, res) of hook table mod on request id: 0, or -2 and the error.
+local function notify_with(mod, hook, id)
+  local req = setmetatable({ _id = id }, req_mt)
+  local res = setmetatable({ _id = id }, res_mt)
+  local ok, err = xpcall(mod[hook], traceback, req, res)
+  if not ok then return -2, tostring(err) end
+  return 0
 end
+M.notify_with = notify_with
 
-M.response = notify("response")
-M.log_hook = notify("log")
+M.response = function(policy, id) return notify_with(policies[policy], "response", id) end
+M.log_hook = function(policy, id) return notify_with(policies[policy], "log", id) end
 M.res_mt = res_mt
 
 local server_info = ffi.new("fy_ffi_server")
 
--- The view of a group that select() gets: a table built only for policies that have select.
-local function group_view(id, g)
+-- The view of a group that select() gets, named name: fill(i, s) fills the
+-- fy_ffi_server s with server i (0-based) and says whether there is one.
+local function group_view_of(name, fill)
   local servers = {}
   local i = 0
-  while C.fy_ffi_group_server(id, g, i, server_info) == 1 do
+  while fill(i, server_info) do
     local s = server_info
     servers[i + 1] = {
       name = ffi.string(s.name, s.name_len), address = ffi.string(s.address, s.address_len),
@@ -381,14 +406,21 @@ local function group_view(id, g)
     }
     i = i + 1
   end
-  return { name = group_names[g], servers = servers }
+  return { name = name, servers = servers }
+end
+M.group_view_of = group_view_of
+
+-- The view of group g of the generation: built only for policies that have select.
+local function group_view(id, g)
+  return group_view_of(group_names[g], function(i, s) return C.fy_ffi_group_server(id, g, i, s) == 1 end)
 end
 
--- select(req, group, attempt) returns one of group.servers (or its address), or nil for the balancer.
-function M.select(policy, id, g, attempt)
+-- select(req, group, attempt) of hook table mod, group being a view: the
+-- index of the server it returned (one of group.servers, or its address),
+-- -1 for nil (the balancer picks), or -2 and why the answer is refused.
+local function select_with(mod, id, group, attempt)
   local req = setmetatable({ _id = id }, req_mt)
-  local group = group_view(id, g)
-  local ok, res = xpcall(policies[policy].select, traceback, req, group, attempt)
+  local ok, res = xpcall(mod.select, traceback, req, group, attempt)
   if not ok then return -2, tostring(res) end
   if res == nil then return -1 end
   if type(res) == "table" and res._index then return res._index end
@@ -400,14 +432,22 @@ function M.select(policy, id, g, attempt)
   end
   return -2, "select must return a server of the group (or nil), got " .. type(res)
 end
+M.select_with = select_with
+
+function M.select(policy, id, g, attempt) return select_with(policies[policy], id, group_view(id, g), attempt) end
+
+-- retry(req, attempt, failure) of hook table mod: 1 to try again, 0 not, -2 and the error.
+local function retry_with(mod, id, attempt, failure)
+  local req = setmetatable({ _id = id }, req_mt)
+  local ok, res = xpcall(mod.retry, traceback, req, attempt, failure)
+  if not ok then return -2, tostring(res) end
+  return res and 1 or 0
+end
+M.retry_with = retry_with
 
 -- retry(req, attempt, failure) says whether to try again after a failed attempt.
 function M.retry(policy, id, attempt, kind, status, server)
-  local req = setmetatable({ _id = id }, req_mt)
-  local failure = { kind = kind, status = status ~= 0 and status or nil, server = server }
-  local ok, res = xpcall(policies[policy].retry, traceback, req, attempt, failure)
-  if not ok then return -2, tostring(res) end
-  return res and 1 or 0
+  return retry_with(policies[policy], id, attempt, { kind = kind, status = status ~= 0 and status or nil, server = server })
 end
 
 -- route_stream(conn) for tcp listeners: a group name, or nil to close -------
