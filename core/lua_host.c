@@ -100,7 +100,7 @@ static int fy_lua_set_groups(fy_lua *lua, const fy_config *cfg) {
     lua_rawseti(L, -2, (int)i + 1);
   }
   int rc = fy_lua_core_call(lua, "set_groups", 1);
-  lua_settop(L, 0);
+  if (rc == 0) lua_settop(L, 0); /* else the error stays on top, for fy_lua_init's message */
   return rc;
 }
 
