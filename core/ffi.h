@@ -27,6 +27,14 @@ enum {
   FY_FFI_EROUTE = -4, /* only route(req) may do this (req:respond) */
 };
 
+/*
+ * What ferry.core's route, select, retry, response, log_hook and route_stream
+ * return to lua_host.c first, besides an answer >= 0: no answer (route:
+ * answered with req:respond(); select: the balancer picks; route_stream:
+ * close), or the hook failed (the message comes second).
+ */
+enum { FY_HOOK_NO_ANSWER = -1, FY_HOOK_FAILED = -2 };
+
 /* fy_ffi_req_str: the request's string fields; Lua names them in lower case (FY_FFI_FIELD_HOST: req.host). */
 enum {
   FY_FFI_FIELD_METHOD,

@@ -68,6 +68,9 @@ local sptr = ffi.new("const char *[1]")
 local slen = ffi.new("size_t[1]")
 local dnum = ffi.new("double[1]")
 
+local NO_ANSWER, FAILED = C.FY_HOOK_NO_ANSWER, C.FY_HOOK_FAILED -- what the hooks below return to C
+M.NO_ANSWER, M.FAILED = NO_ANSWER, FAILED
+
 local failures = {
   [C.FY_FFI_EGONE] = "request is gone (a req handle is only valid during its hook)",
   [C.FY_FFI_EPHASE] = "not allowed here",
@@ -329,19 +332,19 @@ end
 function M.group_name(g) return group_names[g] end
 
 -- route(req) of hook table mod on request id: a group index and, optionally,
--- a key for "hash" balancing; -1 when it answered; -2 and why it failed.
+-- a key for "hash" balancing; NO_ANSWER when it answered; FAILED and why.
 local function route_with(mod, id)
   local req = setmetatable({ _id = id }, req_mt)
   local ok, res, key = xpcall(mod.route, traceback, req)
-  if not ok then return -2, tostring(res) end
-  if res == RESPONDED then return -1 end
+  if not ok then return FAILED, tostring(res) end
+  if res == RESPONDED then return NO_ANSWER end
   local g = group_index[res]
   if g then
     if key ~= nil then key = tostring(key) end
     return g, nil, key
   end
-  if type(res) == "string" then return -2, "route returned unknown upstream group '" .. res .. "'" end
-  return -2, "route must return an upstream group name or req:respond(...), got " .. type(res)
+  if type(res) == "string" then return FAILED, "route returned unknown upstream group '" .. res .. "'" end
+  return FAILED, "route must return an upstream group name or req:respond(...), got " .. type(res)
 end
 M.route_with = route_with
 
@@ -376,12 +379,12 @@ function res_mt.__index(self, k)
   return nil
 end
 
--- response(req, res) or log(req, res) of hook table mod on request id: 0, or -2 and the error.
+-- response(req, res) or log(req, res) of hook table mod on request id: 0, or FAILED and the error.
 local function notify_with(mod, hook, id)
   local req = setmetatable({ _id = id }, req_mt)
   local res = setmetatable({ _id = id }, res_mt)
   local ok, err = xpcall(mod[hook], traceback, req, res)
-  if not ok then return -2, tostring(err) end
+  if not ok then return FAILED, tostring(err) end
   return 0
 end
 M.notify_with = notify_with
@@ -417,30 +420,30 @@ end
 
 -- select(req, group, attempt) of hook table mod, group being a view: the
 -- index of the server it returned (one of group.servers, or its address),
--- -1 for nil (the balancer picks), or -2 and why the answer is refused.
+-- NO_ANSWER for nil (the balancer picks), or FAILED and why the answer is refused.
 local function select_with(mod, id, group, attempt)
   local req = setmetatable({ _id = id }, req_mt)
   local ok, res = xpcall(mod.select, traceback, req, group, attempt)
-  if not ok then return -2, tostring(res) end
-  if res == nil then return -1 end
+  if not ok then return FAILED, tostring(res) end
+  if res == nil then return NO_ANSWER end
   if type(res) == "table" and res._index then return res._index end
   if type(res) == "string" then
     for _, s in ipairs(group.servers) do
       if s.address == res then return s._index end
     end
-    return -2, "select returned '" .. res .. "', which is not an address of group " .. group.name
+    return FAILED, "select returned '" .. res .. "', which is not an address of group " .. group.name
   end
-  return -2, "select must return a server of the group (or nil), got " .. type(res)
+  return FAILED, "select must return a server of the group (or nil), got " .. type(res)
 end
 M.select_with = select_with
 
 function M.select(policy, id, g, attempt) return select_with(policies[policy], id, group_view(id, g), attempt) end
 
--- retry(req, attempt, failure) of hook table mod: 1 to try again, 0 not, -2 and the error.
+-- retry(req, attempt, failure) of hook table mod: 1 to try again, 0 not, FAILED and the error.
 local function retry_with(mod, id, attempt, failure)
   local req = setmetatable({ _id = id }, req_mt)
   local ok, res = xpcall(mod.retry, traceback, req, attempt, failure)
-  if not ok then return -2, tostring(res) end
+  if not ok then return FAILED, tostring(res) end
   return res and 1 or 0
 end
 M.retry_with = retry_with
@@ -455,7 +458,7 @@ end
 local stream_info = ffi.new("fy_ffi_stream")
 
 function M.route_stream(policy, id)
-  if C.fy_ffi_stream_info(id, stream_info) ~= 0 then return -2, "the connection is gone" end
+  if C.fy_ffi_stream_info(id, stream_info) ~= 0 then return FAILED, "the connection is gone" end
   local i = stream_info
   local function text(ptr) local t = ffi.string(ptr) return t ~= "" and t or nil end
   local conn = {
@@ -464,11 +467,11 @@ function M.route_stream(policy, id)
     proxy = i.has_proxy == 1 and { vpce_id = text(C.fy_ffi_stream_vpce(id)) } or nil,
   }
   local ok, res = xpcall(policies[policy].route_stream, traceback, conn)
-  if not ok then return -2, tostring(res) end
-  if res == nil then return -1 end
+  if not ok then return FAILED, tostring(res) end
+  if res == nil then return NO_ANSWER end
   local g = group_index[res]
   if g then return g end
-  return -2, "route_stream returned " .. (type(res) == "string" and "unknown upstream group '" .. res .. "'"
+  return FAILED, "route_stream returned " .. (type(res) == "string" and "unknown upstream group '" .. res .. "'"
                                           or type(res) .. ", expected a group name or nil")
 end
 

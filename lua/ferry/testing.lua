@@ -289,11 +289,11 @@ function M.route(policy, req, groups)
   local st = state_of(req, "t.route")
   core.set_groups(groups or {}, groups == nil)
   local g, err, key = in_phase(st, "route", core.route_with, policy, st.id)
-  if g == -1 then
+  if g == core.NO_ANSWER then
     local status, body, headers = testbed.response(st.ud)
     return { status = status, body = body, headers = header_map(headers) }
   end
-  if g < 0 then return { error = err } end
+  if g == core.FAILED then return { error = err } end
   return { group = core.group_name(g), key = key }
 end
 
@@ -333,7 +333,7 @@ function M.retry(policy, req, attempt, failure)
   local st = state_of(req, "t.retry")
   if policy.retry == nil then return false end
   local rc, err = in_phase(st, "retry", core.retry_with, policy, st.id, attempt, failure)
-  if rc < 0 then return nil, err end
+  if rc == core.FAILED then return nil, err end
   return rc == 1
 end
 
@@ -387,8 +387,8 @@ local function select_once(policy, req, g, attempt)
   if type(policy.select) ~= "function" then return nil, "the policy has no select hook" end
   local st = state_of(req, "t.select")
   local i, err = in_phase(st, "select", core.select_with, policy, st.id, group_view(g), attempt)
-  if i == -1 then return M.BALANCER end
-  if i < 0 then return nil, err end
+  if i == core.NO_ANSWER then return M.BALANCER end
+  if i == core.FAILED then return nil, err end
   return g.servers[i + 1].name
 end
 
@@ -479,7 +479,7 @@ function M.response(policy, req, res)
   set_response(st, "t.response", status, list)
   if type(policy.response) == "function" then
     local rc, err = in_phase(st, "response", core.notify_with, policy, "response", st.id)
-    if rc < 0 then return { error = err } end
+    if rc == core.FAILED then return { error = err } end
   end
   testbed.strip_response(st.ud) -- what ferry does as it writes the head
   local s, hs = testbed.response_head(st.ud)
@@ -498,7 +498,7 @@ function M.log(policy, req, res)
   testbed.strip_response(st.ud)
   if type(policy.log) ~= "function" then return true end
   local rc, err = in_phase(st, "log", core.notify_with, policy, "log", st.id)
-  if rc < 0 then return nil, err end
+  if rc == core.FAILED then return nil, err end
   return true
 end
 
