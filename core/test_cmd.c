@@ -17,9 +17,10 @@
  * real hook. A PROXY protocol header a spec describes is written as a load
  * balancer sends it and read by ferry's parser into conn.pp, as conn.c
  * does; a TLS session it describes becomes the worker's hook_tls, which
- * fy_ffi_req_tls reads instead of a socket's session (the server name
- * kept as tls.c keeps it). The worker is a zeroed fy_worker that only serves as that
- * context: no loop runs in `ferry test`. For the response and log hooks,
+ * fy_ffi_req_tls reads instead of a socket's session (the server name kept
+ * as tls.c keeps it). The worker is a zeroed fy_worker that only serves as
+ * that context: no loop runs in `ferry test`. The hooks are entered in
+ * their own phase (route, select, retry, response, log). For the response and log hooks,
  * an upstream response is put where proxy.c keeps it (conn.rheaders,
  * conn.ustatus) and the request entered in that hook's phase, so ferry.core's
  * res handle and the fy_ffi_res_* functions work on it too.
