@@ -1,5 +1,8 @@
 # Generates a C file holding the Lua modules of lua/ferry as byte arrays.
-# Run in script mode: cmake -DOUT=file.c -DROOT=<source dir> -DFILES="a;b" -P embed_lua.cmake
+# Run in script mode: cmake -DOUT=file.c -DROOT=<source dir> -DFILES="a;b" -DCDEF=core/ffi.h -P embed_lua.cmake
+# CDEF's text between the FY_FFI_CDEF markers becomes the module ferry.cdef,
+# a string that ferry.core hands to ffi.cdef: the FFI surface is declared
+# once, in that header.
 set(body "#include \"lua_embed.h\"\n#include <lauxlib.h>\n#include <lua.h>\n\n")
 set(table "")
 set(i 0)
@@ -18,6 +21,23 @@ foreach(rel IN LISTS FILES)
   string(APPEND table "  {\"${mod}\", \"@${rel}\", fy_lua_src_${i}, ${len}},\n")
   math(EXPR i "${i} + 1")
 endforeach()
+if(CDEF)
+  file(READ "${ROOT}/${CDEF}" header)
+  string(FIND "${header}" "/* FY_FFI_CDEF_BEGIN */" from)
+  string(FIND "${header}" "/* FY_FFI_CDEF_END */" to)
+  if(from LESS 0 OR to LESS from)
+    message(FATAL_ERROR "${CDEF}: no FY_FFI_CDEF_BEGIN ... FY_FFI_CDEF_END region")
+  endif()
+  math(EXPR len "${to} - ${from}")
+  string(SUBSTRING "${header}" ${from} ${len} cdef)
+  string(HEX "return [==[\n${cdef}]==]\n" hex)
+  string(LENGTH "${hex}" hexlen)
+  math(EXPR len "${hexlen} / 2")
+  string(REGEX REPLACE "([0-9a-f][0-9a-f])" "0x\\1," bytes "${hex}")
+  string(APPEND body "static const char fy_lua_src_${i}[] = {\n${bytes}0};\n")
+  string(APPEND table "  {\"ferry.cdef\", \"@${CDEF}\", fy_lua_src_${i}, ${len}},\n")
+  math(EXPR i "${i} + 1")
+endif()
 string(APPEND body "\nconst fy_lua_module fy_lua_modules[] = {\n${table}};\n")
 string(APPEND body "const size_t fy_lua_nmodules = ${i};\n\n")
 string(APPEND body "static int fy_lua_embed_loader(lua_State *L) {\n  const fy_lua_module *m = &fy_lua_modules[lua_tointeger(L, lua_upvalueindex(1))];\n  if (luaL_loadbuffer(L, m->source, m->len, m->chunkname) != 0) return lua_error(L);\n  lua_pushstring(L, m->name);\n  lua_call(L, 1, 1);\n  return 1;\n}\n\n")

@@ -244,9 +244,17 @@ static void fy_cfg_read_rest(lua_State *L, int t, fy_config *cfg) {
   lua_getfield(L, t, "policies");
   cfg->npolicies = lua_objlen(L, -1);
   cfg->policies = fy_calloc(cfg->npolicies, sizeof *cfg->policies);
+  cfg->policy_keys = fy_calloc(cfg->npolicies, sizeof *cfg->policy_keys);
   for (size_t i = 0; i < cfg->npolicies; i++) {
     lua_rawgeti(L, -1, (int)i + 1);
     cfg->policies[i] = fy_strdup(lua_tostring(L, -1));
+    lua_pop(L, 1);
+  }
+  lua_pop(L, 1);
+  lua_getfield(L, t, "policy_keys");
+  for (size_t i = 0; i < cfg->npolicies; i++) {
+    lua_rawgeti(L, -1, (int)i + 1);
+    cfg->policy_keys[i] = fy_strdup(lua_isstring(L, -1) ? lua_tostring(L, -1) : "policy");
     lua_pop(L, 1);
   }
   lua_pop(L, 1);
@@ -485,9 +493,12 @@ void fy_config_free(fy_config *cfg) {
     fy_tls_client_ctx_unref(g->tls_ctx);
     free(g->name);
   }
-  for (size_t i = 0; i < cfg->npolicies; i++)
+  for (size_t i = 0; i < cfg->npolicies; i++) {
     free(cfg->policies[i]);
+    if (cfg->policy_keys) free(cfg->policy_keys[i]);
+  }
   free(cfg->policies);
+  free(cfg->policy_keys);
   free(cfg->listeners);
   free(cfg->groups);
   free(cfg->admin_host);

@@ -96,6 +96,7 @@ typedef struct fy_config {
   fy_cfg_group *groups; /* sorted by name */
   size_t ngroups;
   char **policies;
+  char **policy_keys; /* per policy: "file:line: key.path" of the config key naming it */
   size_t npolicies;
   fy_limits limits;
   int log_level;

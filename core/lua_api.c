@@ -3,27 +3,19 @@
  *
  * Each takes the request id that Lua was given and looks the request up on
  * every call: only the request whose hook is running is reachable, so a
- * handle that Lua kept after its hook returned fails cleanly. Return values:
- * >= 0 success, FY_FFI_EGONE, FY_FFI_EPHASE or FY_FFI_EINVAL.
+ * handle that Lua kept after its hook returned fails cleanly. The surface
+ * (structs, return codes, field numbers) is declared in ffi.h, whose text is
+ * also ferry.core's cdef.
  */
+#include "ffi.h"
+
 #include "conn.h"
 #include "log.h"
 
 #include <stdio.h>
 
-#define FY_API __attribute__((visibility("default"))) extern
-
-enum { FY_FFI_EGONE = -1, FY_FFI_EPHASE = -2, FY_FFI_EINVAL = -3 };
-
-enum {
-  FY_FIELD_METHOD,
-  FY_FIELD_HOST,
-  FY_FIELD_PATH,
-  FY_FIELD_QUERY,
-  FY_FIELD_URI,
-  FY_FIELD_CLIENT_ADDR,
-  FY_FIELD_LISTENER,
-};
+_Static_assert(sizeof(((fy_ffi_proxy *)0)->source) == INET6_ADDRSTRLEN,
+               "fy_ffi_proxy.source: INET6_ADDRSTRLEN");
 
 static fy_req *fy_ffi_req(double id) {
   fy_worker *w = fy_worker_current;
@@ -33,31 +25,22 @@ static fy_req *fy_ffi_req(double id) {
 
 static fy_conn *fy_ffi_conn(fy_req *r) { return FY_CONTAINER_OF(r, fy_conn, req); }
 
-FY_API int fy_ffi_req_str(double id, int field, const char **out, size_t *len);
 int fy_ffi_req_str(double id, int field, const char **out, size_t *len) {
   fy_req *r = fy_ffi_req(id);
   if (r == NULL) return FY_FFI_EGONE;
   fy_conn *c = fy_ffi_conn(r);
   switch (field) {
-  case FY_FIELD_METHOD: *out = r->method, *len = strlen(r->method); return 1;
-  case FY_FIELD_HOST: *out = r->host, *len = r->host_len; return 1;
-  case FY_FIELD_PATH: *out = r->target.path, *len = r->target.path_len; return 1;
-  case FY_FIELD_QUERY: *out = r->target.query, *len = r->target.query_len; return r->target.query != NULL;
-  case FY_FIELD_URI: *out = r->url.data, *len = r->url.len; return 1;
-  case FY_FIELD_CLIENT_ADDR: *out = c->client_ip, *len = strlen(c->client_ip); return 1;
-  case FY_FIELD_LISTENER: *out = c->listener->name, *len = strlen(c->listener->name); return 1;
+  case FY_FFI_FIELD_METHOD: *out = r->method, *len = strlen(r->method); return 1;
+  case FY_FFI_FIELD_HOST: *out = r->host, *len = r->host_len; return 1;
+  case FY_FFI_FIELD_PATH: *out = r->target.path, *len = r->target.path_len; return 1;
+  case FY_FFI_FIELD_QUERY: *out = r->target.query, *len = r->target.query_len; return r->target.query != NULL;
+  case FY_FFI_FIELD_URI: *out = r->url.data, *len = r->url.len; return 1;
+  case FY_FFI_FIELD_CLIENT_ADDR: *out = c->client_ip, *len = strlen(c->client_ip); return 1;
+  case FY_FFI_FIELD_LISTENER: *out = c->listener->name, *len = strlen(c->listener->name); return 1;
   default: return FY_FFI_EINVAL;
   }
 }
 
-/* What the PROXY protocol header said: 1 filled, 0 when the listener takes none. */
-typedef struct fy_ffi_proxy {
-  int version, local, source_port, destination_port;
-  char source[INET6_ADDRSTRLEN], destination[INET6_ADDRSTRLEN];
-  const char *vpce_id, *authority, *alpn;
-} fy_ffi_proxy;
-
-FY_API int fy_ffi_req_proxy(double id, fy_ffi_proxy *out);
 int fy_ffi_req_proxy(double id, fy_ffi_proxy *out) {
   fy_req *r = fy_ffi_req(id);
   if (r == NULL) return FY_FFI_EGONE;
@@ -76,18 +59,14 @@ int fy_ffi_req_proxy(double id, fy_ffi_proxy *out) {
   return 1;
 }
 
-/* The TLS session of an https listener's connection: 1 filled, 0 for plain HTTP. */
-typedef struct fy_ffi_tls {
-  const char *sni, *version, *cipher, *alpn, *client_subject;
-  int client_verified, resumed;
-} fy_ffi_tls;
-
-FY_API int fy_ffi_req_tls(double id, fy_ffi_tls *out);
 int fy_ffi_req_tls(double id, fy_ffi_tls *out) {
   fy_req *r = fy_ffi_req(id);
   if (r == NULL) return FY_FFI_EGONE;
   fy_tls_info info;
-  if (!fy_tls_get_info(fy_ffi_conn(r)->sock.tls, &info)) return 0;
+  if (fy_worker_current->hook_tls)
+    info = *fy_worker_current->hook_tls;
+  else if (!fy_tls_get_info(fy_ffi_conn(r)->sock.tls, &info))
+    return 0;
   out->sni = info.sni;
   out->version = info.version;
   out->cipher = info.cipher;
@@ -99,7 +78,6 @@ int fy_ffi_req_tls(double id, fy_ffi_tls *out) {
 }
 
 /* Lua made req.ctx for this request: release it when the request ends. */
-FY_API int fy_ffi_req_ctx(double id);
 int fy_ffi_req_ctx(double id) {
   fy_req *r = fy_ffi_req(id);
   if (r == NULL) return FY_FFI_EGONE;
@@ -107,14 +85,12 @@ int fy_ffi_req_ctx(double id) {
   return 0;
 }
 
-FY_API int fy_ffi_req_client_port(double id);
 int fy_ffi_req_client_port(double id) {
   fy_req *r = fy_ffi_req(id);
   return r ? fy_ffi_conn(r)->client_port : FY_FFI_EGONE;
 }
 
 /* The request's Content-Length: 1 (in *out), or 0 when the body is chunked or absent. */
-FY_API int fy_ffi_req_content_length(double id, double *out);
 int fy_ffi_req_content_length(double id, double *out) {
   fy_req *r = fy_ffi_req(id);
   if (r == NULL) return FY_FFI_EGONE;
@@ -124,8 +100,6 @@ int fy_ffi_req_content_length(double id, double *out) {
 }
 
 /* The nth (0-based) value of a header: 1 found, 0 absent. */
-FY_API int fy_ffi_req_header_get(double id, const char *name, size_t nlen, int nth, const char **out,
-                                 size_t *len);
 int fy_ffi_req_header_get(double id, const char *name, size_t nlen, int nth, const char **out, size_t *len) {
   fy_req *r = fy_ffi_req(id);
   if (r == NULL) return FY_FFI_EGONE;
@@ -139,21 +113,19 @@ int fy_ffi_req_header_get(double id, const char *name, size_t nlen, int nth, con
   return 1;
 }
 
-enum { FY_HDR_SET, FY_HDR_ADD, FY_HDR_REMOVE };
-
-FY_API int fy_ffi_req_header_set(double id, int mode, const char *name, size_t nlen, const char *val,
-                                 size_t vlen);
 int fy_ffi_req_header_set(double id, int mode, const char *name, size_t nlen, const char *val, size_t vlen) {
   fy_req *r = fy_ffi_req(id);
   if (r == NULL) return FY_FFI_EGONE;
-  if (!fy_http_name_ok(name, nlen) || (mode != FY_HDR_REMOVE && !fy_http_value_ok(val, vlen)))
+  /* By the response hook the request has gone upstream: an edit would change nothing (as in OpenResty). */
+  int hook = fy_worker_current->hook;
+  if (hook == FY_HOOK_RESPONSE || hook == FY_HOOK_LOG) return FY_FFI_EPHASE;
+  if (!fy_http_name_ok(name, nlen) || (mode != FY_FFI_HDR_REMOVE && !fy_http_value_ok(val, vlen)))
     return FY_FFI_EINVAL;
-  if (mode != FY_HDR_ADD) fy_headers_remove(&r->headers, name, nlen);
-  if (mode != FY_HDR_REMOVE) fy_headers_add(&r->headers, name, nlen, val, vlen);
+  if (mode != FY_FFI_HDR_ADD) fy_headers_remove(&r->headers, name, nlen);
+  if (mode != FY_FFI_HDR_REMOVE) fy_headers_add(&r->headers, name, nlen, val, vlen);
   return 0;
 }
 
-FY_API int fy_ffi_req_respond_header(double id, const char *name, size_t nlen, const char *val, size_t vlen);
 int fy_ffi_req_respond_header(double id, const char *name, size_t nlen, const char *val, size_t vlen) {
   fy_req *r = fy_ffi_req(id);
   if (r == NULL) return FY_FFI_EGONE;
@@ -166,11 +138,10 @@ int fy_ffi_req_respond_header(double id, const char *name, size_t nlen, const ch
   return 0;
 }
 
-FY_API int fy_ffi_req_respond(double id, int status, const char *body, size_t blen);
 int fy_ffi_req_respond(double id, int status, const char *body, size_t blen) {
   fy_req *r = fy_ffi_req(id);
   if (r == NULL) return FY_FFI_EGONE;
-  if (fy_worker_current->hook != FY_HOOK_ROUTE) return FY_FFI_EINVAL - 1; /* only route may answer */
+  if (fy_worker_current->hook != FY_HOOK_ROUTE) return FY_FFI_EROUTE;
   if (r->respond_status) return FY_FFI_EPHASE;
   if (status < 200 || status > 599) return FY_FFI_EINVAL;
   r->respond_status = status;
@@ -189,7 +160,6 @@ static bool fy_ffi_res_phase(bool edit) {
 }
 
 /* status, and what the response was when the log hook runs: bytes sent to the client. */
-FY_API int fy_ffi_res_info(double id, int *status, double *bytes);
 int fy_ffi_res_info(double id, int *status, double *bytes) {
   fy_req *r = fy_ffi_req(id);
   if (r == NULL) return FY_FFI_EGONE;
@@ -200,8 +170,6 @@ int fy_ffi_res_info(double id, int *status, double *bytes) {
   return 0;
 }
 
-FY_API int fy_ffi_res_header_get(double id, const char *name, size_t nlen, int nth, const char **out,
-                                 size_t *len);
 int fy_ffi_res_header_get(double id, const char *name, size_t nlen, int nth, const char **out, size_t *len) {
   fy_req *r = fy_ffi_req(id);
   if (r == NULL) return FY_FFI_EGONE;
@@ -217,22 +185,19 @@ int fy_ffi_res_header_get(double id, const char *name, size_t nlen, int nth, con
   return 1;
 }
 
-FY_API int fy_ffi_res_header_set(double id, int mode, const char *name, size_t nlen, const char *val,
-                                 size_t vlen);
 int fy_ffi_res_header_set(double id, int mode, const char *name, size_t nlen, const char *val, size_t vlen) {
   fy_req *r = fy_ffi_req(id);
   if (r == NULL) return FY_FFI_EGONE;
   if (!fy_ffi_res_phase(true)) return FY_FFI_EPHASE;
-  if (!fy_http_name_ok(name, nlen) || (mode != FY_HDR_REMOVE && !fy_http_value_ok(val, vlen)))
+  if (!fy_http_name_ok(name, nlen) || (mode != FY_FFI_HDR_REMOVE && !fy_http_value_ok(val, vlen)))
     return FY_FFI_EINVAL;
   if (fy_http_is_hop_by_hop(name, nlen)) return FY_FFI_EINVAL; /* framing is ferry's */
   fy_headers *h = fy_ffi_res_headers(r);
-  if (mode != FY_HDR_ADD) fy_headers_remove(h, name, nlen);
-  if (mode != FY_HDR_REMOVE) fy_headers_add(h, name, nlen, val, vlen);
+  if (mode != FY_FFI_HDR_ADD) fy_headers_remove(h, name, nlen);
+  if (mode != FY_FFI_HDR_REMOVE) fy_headers_add(h, name, nlen, val, vlen);
   return 0;
 }
 
-FY_API void fy_ffi_log(int level, const char *msg, size_t len);
 void fy_ffi_log(int level, const char *msg, size_t len) {
   if (level < FY_LOG_DEBUG || level > FY_LOG_ERROR) level = FY_LOG_INFO;
   fy_worker *w = fy_worker_current;
@@ -242,17 +207,6 @@ void fy_ffi_log(int level, const char *msg, size_t len) {
     fy_log(level, "%.*s", (int)len, msg);
 }
 
-/* The view of one server of a group for select(): 1 filled, 0 past the end. */
-typedef struct fy_ffi_server {
-  const char *name;
-  size_t name_len;
-  const char *address;
-  size_t address_len;
-  int weight, active, in_service, fails;
-  double latency_ms;
-} fy_ffi_server;
-
-FY_API int fy_ffi_group_server(double id, int group, int index, fy_ffi_server *out);
 int fy_ffi_group_server(double id, int group, int index, fy_ffi_server *out) {
   fy_req *r = fy_ffi_req(id);
   if (r == NULL) return FY_FFI_EGONE;
@@ -271,4 +225,60 @@ int fy_ffi_group_server(double id, int group, int index, fy_ffi_server *out) {
                          (int)s->fails,
                          s->ewma_ms};
   return 1;
+}
+
+/* ---- the layouts ferry.core checks its cdef against when it loads --------- */
+
+#define FY_LAYOUT_SIZE(t)                                                                                    \
+  { #t, NULL, 0, sizeof(t) }
+#define FY_LAYOUT_FIELD(t, f)                                                                                \
+  { #t, #f, offsetof(t, f), sizeof(((t *)0)->f) }
+
+static const fy_ffi_layout fy_ffi_layouts[] = {
+    FY_LAYOUT_SIZE(fy_ffi_proxy),
+    FY_LAYOUT_FIELD(fy_ffi_proxy, version),
+    FY_LAYOUT_FIELD(fy_ffi_proxy, local),
+    FY_LAYOUT_FIELD(fy_ffi_proxy, source_port),
+    FY_LAYOUT_FIELD(fy_ffi_proxy, destination_port),
+    FY_LAYOUT_FIELD(fy_ffi_proxy, source),
+    FY_LAYOUT_FIELD(fy_ffi_proxy, destination),
+    FY_LAYOUT_FIELD(fy_ffi_proxy, vpce_id),
+    FY_LAYOUT_FIELD(fy_ffi_proxy, authority),
+    FY_LAYOUT_FIELD(fy_ffi_proxy, alpn),
+    FY_LAYOUT_SIZE(fy_ffi_tls),
+    FY_LAYOUT_FIELD(fy_ffi_tls, sni),
+    FY_LAYOUT_FIELD(fy_ffi_tls, version),
+    FY_LAYOUT_FIELD(fy_ffi_tls, cipher),
+    FY_LAYOUT_FIELD(fy_ffi_tls, alpn),
+    FY_LAYOUT_FIELD(fy_ffi_tls, client_subject),
+    FY_LAYOUT_FIELD(fy_ffi_tls, client_verified),
+    FY_LAYOUT_FIELD(fy_ffi_tls, resumed),
+    FY_LAYOUT_SIZE(fy_ffi_server),
+    FY_LAYOUT_FIELD(fy_ffi_server, name),
+    FY_LAYOUT_FIELD(fy_ffi_server, name_len),
+    FY_LAYOUT_FIELD(fy_ffi_server, address),
+    FY_LAYOUT_FIELD(fy_ffi_server, address_len),
+    FY_LAYOUT_FIELD(fy_ffi_server, weight),
+    FY_LAYOUT_FIELD(fy_ffi_server, active),
+    FY_LAYOUT_FIELD(fy_ffi_server, in_service),
+    FY_LAYOUT_FIELD(fy_ffi_server, fails),
+    FY_LAYOUT_FIELD(fy_ffi_server, latency_ms),
+    FY_LAYOUT_SIZE(fy_ffi_stream),
+    FY_LAYOUT_FIELD(fy_ffi_stream, sni),
+    FY_LAYOUT_FIELD(fy_ffi_stream, alpn),
+    FY_LAYOUT_FIELD(fy_ffi_stream, listener),
+    FY_LAYOUT_FIELD(fy_ffi_stream, client_addr),
+    FY_LAYOUT_FIELD(fy_ffi_stream, client_port),
+    FY_LAYOUT_FIELD(fy_ffi_stream, local_port),
+    FY_LAYOUT_FIELD(fy_ffi_stream, has_proxy),
+    FY_LAYOUT_SIZE(fy_ffi_layout),
+    FY_LAYOUT_FIELD(fy_ffi_layout, type),
+    FY_LAYOUT_FIELD(fy_ffi_layout, field),
+    FY_LAYOUT_FIELD(fy_ffi_layout, offset),
+    FY_LAYOUT_FIELD(fy_ffi_layout, size),
+};
+
+const fy_ffi_layout *fy_ffi_abi_layout(int *n) {
+  *n = (int)(sizeof fy_ffi_layouts / sizeof fy_ffi_layouts[0]);
+  return fy_ffi_layouts;
 }

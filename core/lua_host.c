@@ -100,7 +100,7 @@ static int fy_lua_set_groups(fy_lua *lua, const fy_config *cfg) {
     lua_rawseti(L, -2, (int)i + 1);
   }
   int rc = fy_lua_core_call(lua, "set_groups", 1);
-  lua_settop(L, 0);
+  if (rc == 0) lua_settop(L, 0); /* else the error stays on top, for fy_lua_init's message */
   return rc;
 }
 
@@ -109,7 +109,8 @@ static int fy_lua_load_policies(fy_lua *lua, const fy_config *cfg, fy_buf *error
   int rc = FY_OK;
   for (size_t i = 0; i < cfg->npolicies; i++) {
     lua_pushstring(L, cfg->policies[i]);
-    int prc = fy_lua_core_call(lua, "load_policy", 1);
+    lua_pushstring(L, cfg->policy_keys ? cfg->policy_keys[i] : NULL);
+    int prc = fy_lua_core_call(lua, "load_policy", 2);
     if (prc != 0 || lua_isnil(L, -2)) {
       const char *msg = lua_tostring(L, -1);
       if (lua->timed_out || lua->oom)
@@ -203,7 +204,7 @@ static enum fy_hook_outcome fy_lua_failed(fy_lua *lua, int rc, fy_buf *err) {
 /*
  * Runs ferry.core.<hook>(policy, request id) with the request made current
  * for the fy_ffi_* calls. Lua returns (code, message): code >= 0 is the
- * hook's answer, -1 means it answered with req:respond(), -2 is an error.
+ * hook's answer, else FY_HOOK_NO_ANSWER or FY_HOOK_FAILED (ffi.h).
  */
 /* Pushes ferry.core.<ref>, the policy number and the request id; the caller adds more. */
 static void fy_lua_begin_id(fy_lua *lua, int ref, int policy, uint64_t id) {
@@ -221,9 +222,9 @@ static void fy_lua_begin(fy_lua *lua, int ref, int policy, struct fy_req *req) {
 /*
  * The one door: runs what fy_lua_begin set up (with nextra more arguments)
  * under the hook budget, with req made current for the fy_ffi_* calls. Lua
- * returns (code, message, extra): code >= 0 is the hook's answer, -1 "no
- * answer" (route: answered with req:respond(); select: use the balancer),
- * -2 an error. On FY_HOOK_OK the three results stay on the stack for the
+ * returns (code, message, extra): code >= 0 is the hook's answer,
+ * FY_HOOK_NO_ANSWER (route: answered with req:respond(); select: use the
+ * balancer) or FY_HOOK_FAILED. On FY_HOOK_OK the three results stay on the stack for the
  * caller, who clears it.
  */
 static enum fy_hook_outcome fy_lua_run(fy_lua *lua, struct fy_req *req, int hook, int nextra, int *code,
@@ -238,7 +239,7 @@ static enum fy_hook_outcome fy_lua_run(fy_lua *lua, struct fy_req *req, int hook
   w->hook_req = NULL;
   if (rc != 0) return fy_lua_failed(lua, rc, err);
   *code = (int)lua_tointeger(L, -3);
-  if (*code == -2 || lua->timed_out || lua->oom) {
+  if (*code == FY_HOOK_FAILED || lua->timed_out || lua->oom) {
     lua_pop(L, 1); /* leave the message on top */
     return fy_lua_failed(lua, LUA_ERRRUN, err);
   }

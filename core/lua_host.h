@@ -13,6 +13,7 @@
 
 #include "buf.h"
 #include "config.h"
+#include "ffi.h"
 
 #include <stdbool.h>
 
@@ -53,14 +54,7 @@ typedef struct fy_lua {
 int fy_lua_init(fy_lua *lua, const fy_config *cfg, fy_buf *errors);
 void fy_lua_close(fy_lua *lua);
 
-enum {
-  FY_HOOK_HAS_SELECT = 1,
-  FY_HOOK_HAS_RETRY = 2,
-  FY_HOOK_HAS_RESPONSE = 4,
-  FY_HOOK_HAS_LOG = 8,
-  FY_HOOK_HAS_ROUTE = 16,
-  FY_HOOK_HAS_ROUTE_STREAM = 32,
-};
+/* FY_HOOK_HAS_*: ffi.h (ferry.core.hooks reports them). */
 enum fy_hook_name {
   FY_HOOK_NONE,
   FY_HOOK_ROUTE,

@@ -19,6 +19,7 @@
 #include "stream.h"
 
 #include "conn.h"
+#include "ffi.h"
 #include "log.h"
 #include "proxy_protocol.h"
 #include "sni.h"
@@ -405,16 +406,11 @@ void fy_stream_accept(fy_listener *l) {
 
 /* ---- what route_stream sees --------------------------------------------------- */
 
-typedef struct fy_ffi_stream {
-  const char *sni, *alpn, *listener, *client_addr;
-  int client_port, local_port, has_proxy;
-} fy_ffi_stream;
-
-__attribute__((visibility("default"))) int fy_ffi_stream_info(double id, fy_ffi_stream *out);
+/* fy_ffi_stream and these functions are declared in ffi.h. */
 int fy_ffi_stream_info(double id, fy_ffi_stream *out) {
   fy_worker *w = fy_worker_current;
   fy_stream *s = w ? w->hook_stream : NULL;
-  if (s == NULL || (double)s->id != id) return -1;
+  if (s == NULL || (double)s->id != id) return FY_FFI_EGONE;
   out->sni = s->sni.sni;
   out->alpn = s->sni.alpn_count ? s->sni.alpn[0] : "";
   out->listener = s->listener->name;
@@ -425,7 +421,6 @@ int fy_ffi_stream_info(double id, fy_ffi_stream *out) {
   return 0;
 }
 
-__attribute__((visibility("default"))) const char *fy_ffi_stream_vpce(double id);
 const char *fy_ffi_stream_vpce(double id) {
   fy_worker *w = fy_worker_current;
   fy_stream *s = w ? w->hook_stream : NULL;

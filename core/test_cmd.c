@@ -14,8 +14,13 @@
  * Host rules, target parsing, hop-by-hop stripping) into a fy_conn held in a
  * userdata, and makes one of them the worker's hook_req, so ferry.core's
  * request handle and the fy_ffi_* functions work on it exactly as during a
- * real hook. The worker is a zeroed fy_worker that only serves as that
- * context: no loop runs in `ferry test`. For the response and log hooks,
+ * real hook. A PROXY protocol header a spec describes is written as a load
+ * balancer sends it and read by ferry's parser into conn.pp, as conn.c
+ * does; a TLS session it describes becomes the worker's hook_tls, which
+ * fy_ffi_req_tls reads instead of a socket's session (the server name kept
+ * as tls.c keeps it). The worker is a zeroed fy_worker that only serves as
+ * that context: no loop runs in `ferry test`. The hooks are entered in
+ * their own phase (route, select, retry, response, log). For the response and log hooks,
  * an upstream response is put where proxy.c keeps it (conn.rheaders,
  * conn.ustatus) and the request entered in that hook's phase, so ferry.core's
  * res handle and the fy_ffi_res_* functions work on it too.
@@ -25,6 +30,8 @@
 #include "conn.h"
 #include "http.h"
 #include "lua_host.h"
+#include "proxy_protocol.h"
+#include "tls.h"
 #include "worker.h"
 
 #include <lauxlib.h>
@@ -59,6 +66,10 @@ typedef struct fy_testbed_req {
   fy_conn conn;
   fy_listener listener;
   char method[32];
+  bool has_tls;
+  fy_tls_info tls; /* what the request's TLS session said (strings below and in tls_strings) */
+  char sni[256];
+  char *tls_strings[4]; /* version, cipher, alpn, client_subject */
 } fy_testbed_req;
 
 /* ---- ferry.testbed --------------------------------------------------------- */
@@ -131,9 +142,119 @@ static int fy_tb_add_headers(lua_State *L, int idx, fy_headers *h, const char *w
   }
 }
 
+/* A string field of the table at t, or NULL when absent. */
+static const char *fy_tb_opt_str(lua_State *L, int t, const char *key, size_t *len) {
+  lua_getfield(L, t, key);
+  const char *s = lua_isnil(L, -1) ? NULL : luaL_checklstring(L, -1, len);
+  lua_pop(L, 1); /* still referenced by the table */
+  return s;
+}
+
+static int fy_tb_opt_int(lua_State *L, int t, const char *key, int def) {
+  lua_getfield(L, t, key);
+  int v = lua_isnil(L, -1) ? def : (int)luaL_checkinteger(L, -1);
+  lua_pop(L, 1);
+  return v;
+}
+
+static bool fy_tb_opt_bool(lua_State *L, int t, const char *key) {
+  lua_getfield(L, t, key);
+  bool v = lua_toboolean(L, -1);
+  lua_pop(L, 1);
+  return v;
+}
+
+static void fy_tb_addr(lua_State *L, int t, const char *key, int port, struct sockaddr_storage *ss) {
+  size_t len = 0;
+  const char *ip = fy_tb_opt_str(L, t, key, &len);
+  memset(ss, 0, sizeof *ss);
+  if (ip && uv_ip4_addr(ip, port, (struct sockaddr_in *)ss) == 0) return;
+  if (ip && uv_ip6_addr(ip, port, (struct sockaddr_in6 *)ss) == 0) return;
+  luaL_error(L, "t.request: proxy.%s '%s' is not an IP address", key, ip ? ip : "(none)");
+}
+
+/* Appends a v2 TLV (type, then subtype if >= 0, then value) and fixes the header's length field. */
+static size_t fy_tb_tlv(uint8_t *buf, size_t n, int type, int subtype, const char *val, size_t vlen) {
+  size_t len = vlen + (subtype >= 0);
+  buf[n] = (uint8_t)type;
+  buf[n + 1] = (uint8_t)(len >> 8);
+  buf[n + 2] = (uint8_t)len;
+  n += 3;
+  if (subtype >= 0) buf[n++] = (uint8_t)subtype;
+  memcpy(buf + n, val, vlen);
+  n += vlen;
+  buf[14] = (uint8_t)((n - 16) >> 8);
+  buf[15] = (uint8_t)(n - 16);
+  return n;
+}
+
+/*
+ * The PROXY protocol header of the table at t (ferry.testing's proxy, its
+ * defaults filled in: version, local, source, source_port, destination,
+ * destination_port, vpce_id, authority, alpn): written as a load balancer
+ * sends it, then read by ferry's parser into c->pp, the client address
+ * taken from it as conn.c does. NULL, or why ferry would close such a
+ * connection.
+ */
+static const char *fy_tb_proxy(lua_State *L, int t, fy_conn *c) {
+  int version = fy_tb_opt_int(L, t, "version", 2);
+  bool local = fy_tb_opt_bool(L, t, "local");
+  uint8_t buf[FY_PP_MAX_HEADER];
+  size_t n;
+  if (local) {
+    n = fy_proxy_protocol_write(2, NULL, NULL, NULL, buf);
+  } else {
+    struct sockaddr_storage src, dst;
+    fy_tb_addr(L, t, "source", fy_tb_opt_int(L, t, "source_port", 0), &src);
+    fy_tb_addr(L, t, "destination", fy_tb_opt_int(L, t, "destination_port", 0), &dst);
+    if (src.ss_family != dst.ss_family)
+      luaL_error(L,
+                 "t.request: proxy.source and proxy.destination: one header's addresses are of one family");
+    n = fy_proxy_protocol_write(version, &src, &dst, NULL, buf);
+    static const struct {
+      const char *key;
+      int type, subtype;
+    } tlvs[] = {{"vpce_id", 0xEA, 0x01}, {"authority", 0x02, -1}, {"alpn", 0x01, -1}};
+    for (size_t i = 0; i < FY_ARRAY_SIZE(tlvs); i++) {
+      size_t len = 0;
+      const char *v = fy_tb_opt_str(L, t, tlvs[i].key, &len);
+      if (v == NULL) continue;
+      if (version != 2) luaL_error(L, "t.request: proxy.%s: a v1 header has no TLVs", tlvs[i].key);
+      if (n + 4 + len > sizeof buf)
+        luaL_error(L, "t.request: proxy.%s: too long for a PROXY header", tlvs[i].key);
+      n = fy_tb_tlv(buf, n, tlvs[i].type, tlvs[i].subtype, v, len);
+    }
+  }
+  c->pp = fy_calloc(1, sizeof *c->pp);
+  int rc = fy_proxy_protocol_parse(buf, n, c->pp);
+  if (rc <= 0) return rc < 0 ? fy_proxy_protocol_strerror(rc) : "the header is incomplete";
+  if (!c->pp->local && (c->pp->family == AF_INET || c->pp->family == AF_INET6))
+    fy_addr_name(&c->pp->src, c->client_ip, sizeof c->client_ip, &c->client_port);
+  return NULL;
+}
+
+/* The TLS session of the table at t (ferry.testing's tls, defaults filled in), as fy_tls_get_info gives it.
+ */
+static void fy_tb_tls(lua_State *L, int t, fy_testbed_req *tb) {
+  static const char *const keys[] = {"version", "cipher", "alpn", "client_subject"};
+  const char **fields[] = {&tb->tls.version, &tb->tls.cipher, &tb->tls.alpn, &tb->tls.client_subject};
+  for (size_t i = 0; i < FY_ARRAY_SIZE(keys); i++) {
+    size_t len = 0;
+    const char *v = fy_tb_opt_str(L, t, keys[i], &len);
+    tb->tls_strings[i] = v ? fy_strdup(v) : NULL;
+    *fields[i] = tb->tls_strings[i];
+  }
+  size_t len = 0;
+  const char *sni = fy_tb_opt_str(L, t, "sni", &len);
+  tb->tls.sni = sni && fy_tls_sni_name((const unsigned char *)sni, len, tb->sni) ? tb->sni : NULL;
+  tb->tls.client_verified = fy_tb_opt_bool(L, t, "client_verified");
+  tb->tls.resumed = fy_tb_opt_bool(L, t, "resumed");
+  tb->has_tls = true;
+}
+
 /*
  * testbed.new{ method=, target=, headers={{name, value}, ...}, client_addr=,
- *              client_port=, listener=, id= }
+ *              client_port=, listener=, id=, proxy=, tls= }
  * -> request userdata, or nil and why ferry would refuse such a request.
  */
 static int fy_tb_new(lua_State *L) {
@@ -216,6 +337,20 @@ static int fy_tb_new(lua_State *L) {
   memcpy(t->listener.name, listener, len + 1);
   c->listener = &t->listener;
 
+  lua_getfield(L, 1, "proxy");
+  if (!lua_isnil(L, -1)) {
+    const char *why = fy_tb_proxy(L, lua_gettop(L), c);
+    if (why) {
+      lua_pushnil(L);
+      lua_pushfstring(L, "proxy: ferry closes a connection whose PROXY header is like this (%s)", why);
+      return 2;
+    }
+  }
+  lua_pop(L, 1);
+  lua_getfield(L, 1, "tls");
+  if (!lua_isnil(L, -1)) fy_tb_tls(L, lua_gettop(L), t);
+  lua_pop(L, 1);
+
   /* Body framing as llhttp reports it to conn.c: chunked wins over Content-Length. */
   r->chunked = fy_headers_find(h, "transfer-encoding", 17, 0) >= 0;
   ssize_t cl = fy_headers_find(h, "content-length", 14, 0);
@@ -238,29 +373,36 @@ static fy_testbed_req *fy_tb_check(lua_State *L, int i) { return luaL_checkudata
 static int fy_tb_gc(lua_State *L) {
   fy_testbed_req *t = fy_tb_check(L, 1);
   fy_req *r = &t->conn.req;
-  if (fy_testbed_worker.hook_req == r) fy_testbed_worker.hook_req = NULL;
+  if (fy_testbed_worker.hook_req == r) fy_testbed_worker.hook_req = NULL, fy_testbed_worker.hook_tls = NULL;
   fy_buf_free(&r->url);
   fy_headers_free(&r->headers);
   fy_buf_free(&r->respond_headers);
   fy_buf_free(&r->respond_body);
   fy_headers_free(&t->conn.rheaders);
+  free(t->conn.pp);
+  t->conn.pp = NULL;
+  for (size_t i = 0; i < FY_ARRAY_SIZE(t->tls_strings); i++) {
+    free(t->tls_strings[i]);
+    t->tls_strings[i] = NULL;
+  }
   return 0;
 }
 
 /*
  * testbed.enter(request [, hook]): it becomes the request whose hook is
- * running. hook is "route" (the default: specs may answer from any hook
- * they drive), "response" or "log": the phase lua_api.c checks (res is
- * readable in response and log, editable only in response; only route may
- * call req:respond).
+ * running. hook is "route" (the default), "select", "retry", "response" or
+ * "log": the phase lua_api.c checks (only route may call req:respond;
+ * request headers are editable until the request goes upstream; res is
+ * readable in response and log, editable only in response).
  */
 static int fy_tb_enter(lua_State *L) {
   fy_testbed_req *t = fy_tb_check(L, 1);
-  static const char *const hooks[] = {"route", "response", "log", NULL};
-  static const int hook_ids[] = {FY_HOOK_ROUTE, FY_HOOK_RESPONSE, FY_HOOK_LOG};
+  static const char *const hooks[] = {"route", "select", "retry", "response", "log", NULL};
+  static const int hook_ids[] = {FY_HOOK_ROUTE, FY_HOOK_SELECT, FY_HOOK_RETRY, FY_HOOK_RESPONSE, FY_HOOK_LOG};
   int hook = hook_ids[luaL_checkoption(L, 2, "route", hooks)];
   fy_worker_current = &fy_testbed_worker;
   fy_testbed_worker.hook_req = &t->conn.req;
+  fy_testbed_worker.hook_tls = t->has_tls ? &t->tls : NULL;
   fy_testbed_worker.hook = hook;
   return 0;
 }
@@ -268,6 +410,7 @@ static int fy_tb_enter(lua_State *L) {
 /* testbed.leave(): no request is current; handles raise "request is gone". */
 static int fy_tb_leave(lua_State *L) {
   fy_testbed_worker.hook_req = NULL;
+  fy_testbed_worker.hook_tls = NULL;
   return 0;
 }
 
@@ -372,40 +515,6 @@ static int fy_tb_response_head(lua_State *L) {
   return 2;
 }
 
-/* The C checks themselves, so specs can compare ferry.testing's Lua copies with them. */
-static int fy_tb_host_normalize(lua_State *L) {
-  size_t len;
-  const char *s = luaL_checklstring(L, 1, &len);
-  char out[256];
-  ssize_t n = fy_http_host_normalize(s, len, out, sizeof out);
-  if (n < 0)
-    lua_pushnil(L);
-  else
-    lua_pushlstring(L, out, (size_t)n);
-  return 1;
-}
-
-static int fy_tb_name_ok(lua_State *L) {
-  size_t len;
-  const char *s = luaL_checklstring(L, 1, &len);
-  lua_pushboolean(L, fy_http_name_ok(s, len));
-  return 1;
-}
-
-static int fy_tb_value_ok(lua_State *L) {
-  size_t len;
-  const char *s = luaL_checklstring(L, 1, &len);
-  lua_pushboolean(L, fy_http_value_ok(s, len));
-  return 1;
-}
-
-static int fy_tb_is_hop_by_hop(lua_State *L) {
-  size_t len;
-  const char *s = luaL_checklstring(L, 1, &len);
-  lua_pushboolean(L, fy_http_is_hop_by_hop(s, len));
-  return 1;
-}
-
 static int fy_tb_open(lua_State *L) {
   if (luaL_newmetatable(L, FY_TESTBED_MT)) {
     lua_pushcfunction(L, fy_tb_gc);
@@ -424,10 +533,6 @@ static int fy_tb_open(lua_State *L) {
       {"set_response", fy_tb_set_response},
       {"strip_response", fy_tb_strip_response},
       {"response_head", fy_tb_response_head},
-      {"host_normalize", fy_tb_host_normalize},
-      {"name_ok", fy_tb_name_ok},
-      {"value_ok", fy_tb_value_ok},
-      {"is_hop_by_hop", fy_tb_is_hop_by_hop},
       {NULL, NULL},
   };
   lua_newtable(L);

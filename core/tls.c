@@ -210,6 +210,15 @@ static fy_tls_cert *fy_tls_find_cert(fy_tls_server_ctx *ctx, const char *name) {
 }
 
 struct fy_tls;
+size_t fy_tls_sni_name(const unsigned char *name, size_t len, char *out) {
+  out[0] = '\0';
+  if (len == 0 || len >= 256) return 0;
+  for (size_t i = 0; i < len; i++)
+    out[i] = (char)tolower(name[i]);
+  out[len] = '\0';
+  return len;
+}
+
 static int fy_tls_sni_cb(void *p, mbedtls_ssl_context *ssl, const unsigned char *name, size_t len);
 
 void fy_tls_server_ctx_unref(fy_tls_server_ctx *ctx) {
@@ -433,10 +442,7 @@ struct fy_tls {
 static int fy_tls_sni_cb(void *p, mbedtls_ssl_context *ssl, const unsigned char *name, size_t len) {
   fy_tls_server_ctx *ctx = p;
   fy_tls *t = ssl->p_bio;
-  if (len == 0 || len >= sizeof t->sni) return 0;
-  for (size_t i = 0; i < len; i++)
-    t->sni[i] = (char)tolower(name[i]);
-  t->sni[len] = '\0';
+  if (fy_tls_sni_name(name, len, t->sni) == 0) return 0;
   fy_tls_cert *c = fy_tls_find_cert(ctx, t->sni);
   return c ? mbedtls_ssl_set_hs_own_cert(ssl, &c->crt, &c->key) : 0;
 }

@@ -115,6 +115,9 @@ typedef struct fy_tls_info {
   bool client_verified, resumed;
 } fy_tls_info;
 bool fy_tls_get_info(fy_tls *t, fy_tls_info *out);
+/* The server name a client sent, as ferry keeps it: lower-cased into out (256 bytes); 0 (none) unless 1..255
+ * bytes. */
+size_t fy_tls_sni_name(const unsigned char *name, size_t len, char *out);
 
 int fy_sock_read_start(fy_sock *s, uv_alloc_cb alloc, uv_read_cb read);
 void fy_sock_read_stop(fy_sock *s);

@@ -67,6 +67,8 @@ typedef struct fy_worker {
   struct fy_req *hook_req;
   struct fy_stream *hook_stream; /* the stream whose route_stream runs */
   int hook;
+  /* `ferry test` only: the TLS session its request stands for (a test request has no socket). */
+  const struct fy_tls_info *hook_tls;
   uv_timer_t deadline; /* drain delay, then drain deadline */
   uv_check_t check;    /* runs the deferred queue */
   uv_idle_t idle;      /* keeps poll from blocking while work is queued */

@@ -410,7 +410,7 @@ end
 -- Cross-field rules and normalisation into the shape config.c reads.
 local function normalise(cfg, base, errs)
   local out = { limits = cfg.limits, log = cfg.log, reload = cfg.reload, drain = cfg.drain, listeners = {}, upstreams = {},
-                policies = {}, dns = { min_ttl = cfg.dns.min_ttl, max_ttl = cfg.dns.max_ttl, timeout = cfg.dns.timeout } }
+                policies = {}, policy_keys = {}, dns = { min_ttl = cfg.dns.min_ttl, max_ttl = cfg.dns.max_ttl, timeout = cfg.dns.timeout } }
   if cfg.dns.servers then out.dns.servers = table.concat(cfg.dns.servers, ",") end
   if cfg.dns.min_ttl > cfg.dns.max_ttl then errs[#errs + 1] = "dns.min_ttl: must not exceed dns.max_ttl" end
   if cfg.admin then
@@ -426,6 +426,7 @@ local function normalise(cfg, base, errs)
     local full = resolve(base, path)
     if not policy_index[full] then
       out.policies[#out.policies + 1] = full
+      out.policy_keys[#out.policies] = where -- the key naming the file, for the loader's errors
       policy_index[full] = #out.policies
     end
     return policy_index[full]
@@ -438,7 +439,8 @@ local function normalise(cfg, base, errs)
     local host, port = split_hostport(l.address or "")
     local where = path_join("listeners", i)
     out.listeners[i] = { name = name, type = l.type, host = host or "", port = port or 0,
-                         policy = policy(l.policy or cfg.policy, where),
+                         policy = policy(l.policy or cfg.policy,
+                                         l.policy and path_join(where, "policy") or cfg.policy and "policy" or where),
                          proxy_trusted = l.proxy_protocol and l.proxy_protocol.trusted or nil,
                          tls = listener_tls(l, base, where, errs) }
   end
@@ -546,9 +548,14 @@ function M.load(file)
   end
   local errs = {}
   local checked = check_value(schema, cfg, "", errs)
+  -- A value of the wrong type comes out of the schema as nil: the cross-field
+  -- rules and the warnings below only ever see a config that passed it.
+  if #errs > 0 then checked = nil end
 
   local out = checked and normalise(checked, dirname(file), errs)
   if out then
+    -- "file:line: key.path" of each policy, which the loader's errors start with.
+    for i, key in ipairs(out.policy_keys) do out.policy_keys[i] = M.locate_error(file, key .. ":"):sub(1, -2) end
     out.warnings = {}
     warn_timeouts(checked, out.warnings)
     for i, w in ipairs(out.warnings) do
@@ -571,4 +578,5 @@ function M.locate_error(file, e)
 end
 
 M.split_hostport = split_hostport
+M.schema = schema -- read by the specs that hold every key to its error message
 return M

@@ -8,64 +8,74 @@
 local ffi = require "ffi"
 local C = ffi.C
 
-ffi.cdef [[
-int fy_ffi_req_str(double id, int field, const char **out, size_t *len);
-int fy_ffi_req_client_port(double id);
-int fy_ffi_req_content_length(double id, double *out);
-int fy_ffi_req_header_get(double id, const char *name, size_t nlen, int nth,
-                          const char **out, size_t *len);
-int fy_ffi_req_header_set(double id, int mode, const char *name, size_t nlen,
-                          const char *val, size_t vlen);
-int fy_ffi_req_respond_header(double id, const char *name, size_t nlen,
-                              const char *val, size_t vlen);
-int fy_ffi_req_respond(double id, int status, const char *body, size_t blen);
-void fy_ffi_log(int level, const char *msg, size_t len);
-typedef struct fy_ffi_server {
-  const char *name; size_t name_len;
-  const char *address; size_t address_len;
-  int weight, active, in_service, fails;
-  double latency_ms;
-} fy_ffi_server;
-int fy_ffi_group_server(double id, int group, int index, fy_ffi_server *out);
-int fy_ffi_res_info(double id, int *status, double *bytes);
-int fy_ffi_req_ctx(double id);
-typedef struct fy_ffi_proxy {
-  int version, local, source_port, destination_port;
-  char source[46], destination[46];
-  const char *vpce_id, *authority, *alpn;
-} fy_ffi_proxy;
-int fy_ffi_req_proxy(double id, fy_ffi_proxy *out);
-typedef struct fy_ffi_tls {
-  const char *sni, *version, *cipher, *alpn, *client_subject;
-  int client_verified, resumed;
-} fy_ffi_tls;
-int fy_ffi_req_tls(double id, fy_ffi_tls *out);
-typedef struct fy_ffi_stream {
-  const char *sni, *alpn, *listener, *client_addr;
-  int client_port, local_port, has_proxy;
-} fy_ffi_stream;
-int fy_ffi_stream_info(double id, fy_ffi_stream *out);
-const char *fy_ffi_stream_vpce(double id);
-int fy_ffi_res_header_get(double id, const char *name, size_t nlen, int nth,
-                          const char **out, size_t *len);
-int fy_ffi_res_header_set(double id, int mode, const char *name, size_t nlen,
-                          const char *val, size_t vlen);
-]]
+-- The FFI surface is declared once, in core/ffi.h; its declarations are
+-- embedded as ferry.cdef. The codes, field numbers and hook bits below are
+-- read from its enums by name.
+local CDEF = require "ferry.cdef"
+ffi.cdef(CDEF)
+
+-- Each constant of an enum of ffi.h whose names start with prefix:
+-- { [lower-case rest of the name] = value }.
+local function enum(prefix)
+  local t = {}
+  for rest in CDEF:gmatch("%f[%w_]" .. prefix .. "([%u_]+)%f[^%w_]") do t[rest:lower()] = C[prefix .. rest] end
+  return t
+end
+
+-- The layouts of the structs of ffi.h as LuaJIT sees them, against what the
+-- C compiler made (a list of { type =, field =, offset =, size = }, field nil
+-- for a struct's size): the first difference, or nil.
+local function layout_difference(entries)
+  for _, e in ipairs(entries) do
+    local ok, got = pcall(function()
+      if e.field then return ffi.offsetof(e.type, e.field) end
+      return ffi.sizeof(e.type)
+    end)
+    local want = e.field and e.offset or e.size
+    if not ok or got ~= want then
+      return string.format("%s%s: %s %s in C, %s in the cdef", e.type, e.field and ("." .. e.field) or "",
+                           e.field and "offset" or "size", tostring(want), ok and got and tostring(got) or "absent")
+    end
+  end
+  return nil
+end
+
+local function c_layout()
+  local n = ffi.new("int[1]")
+  local p = C.fy_ffi_abi_layout(n)
+  local out = {}
+  for i = 0, n[0] - 1 do
+    local e = p[i]
+    out[i + 1] = { type = ffi.string(e.type), field = e.field ~= nil and ffi.string(e.field) or nil,
+                   offset = tonumber(e.offset), size = tonumber(e.size) }
+  end
+  return out
+end
+
+do
+  local diff = layout_difference(c_layout())
+  if diff then error("ferry.core: the FFI structs differ between C and LuaJIT (" .. diff .. ")", 0) end
+end
 
 local M = {}
 
 local policies = {}    -- policy number -> hook table
 local group_index = {} -- group name -> 0-based index in the generation
+local group_names = {} -- 0-based index in the generation -> group name
 local RESPONDED = setmetatable({}, { __tostring = function() return "response" end })
 
 local sptr = ffi.new("const char *[1]")
 local slen = ffi.new("size_t[1]")
 local dnum = ffi.new("double[1]")
 
+local NO_ANSWER, FAILED = C.FY_HOOK_NO_ANSWER, C.FY_HOOK_FAILED -- what the hooks below return to C
+M.NO_ANSWER, M.FAILED = NO_ANSWER, FAILED
+
 local failures = {
-  [-1] = "request is gone (a req handle is only valid during its hook)",
-  [-2] = "not allowed here",
-  [-3] = "invalid argument",
+  [C.FY_FFI_EGONE] = "request is gone (a req handle is only valid during its hook)",
+  [C.FY_FFI_EPHASE] = "not allowed here",
+  [C.FY_FFI_EINVAL] = "invalid argument",
+  [C.FY_FFI_EROUTE] = "only route(req) may do this",
 }
 
 -- level: where the caller's caller is (3 for a method called by the policy).
@@ -74,7 +84,8 @@ local function check(rc, what, level)
   return rc
 end
 
-local FIELDS = { method = 0, host = 1, path = 2, query = 3, uri = 4, client_addr = 5, listener = 6 }
+local FIELDS = enum("FY_FFI_FIELD_") -- { method = FY_FFI_FIELD_METHOD, ... }
+local HDR = enum("FY_FFI_HDR_")      -- { set =, add =, remove = }
 
 -- headers: req.headers and res.headers ---------------------------------------
 
@@ -110,7 +121,7 @@ local function headers_class(get, set, prefix)
 
   local function edit(self, mode, name, value, op)
     header_name(name, op)
-    if mode ~= 2 then
+    if mode ~= HDR.remove then
       if type(value) == "number" then value = tostring(value) end
       if type(value) ~= "string" then error(op .. ": header value must be a string", 3) end
     else
@@ -119,14 +130,14 @@ local function headers_class(get, set, prefix)
     check(set(self._id, mode, name, #name, value, #value), op, 4)
   end
 
-  function m:set(name, value) edit(self, 0, name, value, what.set) end
-  function m:add(name, value) edit(self, 1, name, value, what.add) end
-  function m:remove(name) edit(self, 2, name, nil, what.remove) end
+  function m:set(name, value) edit(self, HDR.set, name, value, what.set) end
+  function m:add(name, value) edit(self, HDR.add, name, value, what.add) end
+  function m:remove(name) edit(self, HDR.remove, name, nil, what.remove) end
   return { __index = m }
 end
 
 local headers_mt = headers_class(C.fy_ffi_req_header_get, C.fy_ffi_req_header_set, "headers")
-local res_headers_mt -- after the cdef of the res functions, below
+local res_headers_mt -- below, with the res handle
 
 -- req -------------------------------------------------------------------
 
@@ -140,8 +151,8 @@ function req_methods:respond(status, body, headers)
   if type(body) ~= "string" then error("req:respond: body must be a string", 2) end
   if headers ~= nil and type(headers) ~= "table" then error("req:respond: headers must be a table", 2) end
   local rc = C.fy_ffi_req_respond(self._id, status, body, #body)
-  if rc == -2 then error("req:respond: the request was already answered", 2) end
-  if rc == -4 then error("req:respond: only route(req) may answer a request", 2) end
+  if rc == C.FY_FFI_EPHASE then error("req:respond: the request was already answered", 2) end
+  if rc == C.FY_FFI_EROUTE then error("req:respond: only route(req) may answer a request", 2) end
   check(rc, "req:respond")
   for k, v in pairs(headers or {}) do
     k, v = tostring(k), tostring(v)
@@ -234,6 +245,7 @@ function req_mt.__tostring(self) return "ferry request " .. string.format("%d", 
 
 M.req_mt = req_mt
 M.RESPONDED = RESPONDED
+M.layout_difference, M.c_layout = layout_difference, c_layout -- for the specs
 
 -- called from C ----------------------------------------------------------
 
@@ -260,9 +272,14 @@ local function add_package_dir(path)
   if not package.path:find(entry, 1, true) then package.path = entry .. package.path end
 end
 
--- Compiles and runs a policy file; returns its number or nil and "file:line: message".
-function M.load_policy(path)
+-- Compiles and runs a policy file; returns its hook table or nil and "file:line: message".
+-- where ("config-file:line: key.path") names the config key that gave the path:
+-- a file that cannot be read is the config's error, reported there.
+function M.compile_policy(path, where)
   add_package_dir(path)
+  local f, why = io.open(path, "r")
+  if not f then return nil, (where and where .. ": " or "") .. "cannot open " .. why end
+  f:close()
   local chunk, err = loadfile(path, "t")
   if not chunk then
     return nil, err:find("wrong mode", 1, true) and (path .. ": precompiled bytecode is not accepted") or err
@@ -281,35 +298,59 @@ function M.load_policy(path)
   if type(mod.route) ~= "function" and type(mod.route_stream) ~= "function" then
     return nil, path .. ": the policy has neither a route(req) nor a route_stream(conn) hook"
   end
+  return mod
+end
+
+-- As compile_policy, keeping the policy: its number, or nil and the message.
+function M.load_policy(path, where)
+  local mod, err = M.compile_policy(path, where)
+  if not mod then return nil, err end
   policies[#policies + 1] = mod
   return #policies
 end
 
-function M.set_groups(names)
+-- names: the generation's group names, in order. With open (ferry.testing
+-- given no list of groups) every name a hook returns is a group, numbered
+-- as it first comes.
+function M.set_groups(names, open)
   group_index, group_names = {}, {}
   for i, name in ipairs(names) do
     group_index[name] = i - 1
     group_names[i - 1] = name
   end
+  if open then
+    local n = #names
+    setmetatable(group_index, { __index = function(t, name)
+      if type(name) ~= "string" then return nil end
+      t[name], group_names[n], n = n, name, n + 1
+      return t[name]
+    end })
+  end
   return true
 end
 
--- route(req) returns a group name and, optionally, a key for "hash" balancing.
-function M.route(policy, id)
+function M.group_name(g) return group_names[g] end
+
+-- route(req) of hook table mod on request id: a group index and, optionally,
+-- a key for "hash" balancing; NO_ANSWER when it answered; FAILED and why.
+local function route_with(mod, id)
   local req = setmetatable({ _id = id }, req_mt)
-  local ok, res, key = xpcall(policies[policy].route, traceback, req)
-  if not ok then return -2, tostring(res) end
-  if res == RESPONDED then return -1 end
+  local ok, res, key = xpcall(mod.route, traceback, req)
+  if not ok then return FAILED, tostring(res) end
+  if res == RESPONDED then return NO_ANSWER end
   local g = group_index[res]
   if g then
     if key ~= nil then key = tostring(key) end
     return g, nil, key
   end
-  if type(res) == "string" then return -2, "route returned unknown upstream group '" .. res .. "'" end
-  return -2, "route must return an upstream group name or req:respond(...), got " .. type(res)
+  if type(res) == "string" then return FAILED, "route returned unknown upstream group '" .. res .. "'" end
+  return FAILED, "route must return an upstream group name or req:respond(...), got " .. type(res)
 end
+M.route_with = route_with
 
-local HAS = { select = 1, retry = 2, response = 4, log = 8, route = 16, route_stream = 32 }
+function M.route(policy, id) return route_with(policies[policy], id) end
+
+local HAS = enum("FY_HOOK_HAS_") -- { select = FY_HOOK_HAS_SELECT, ... }
 
 function M.hooks(policy)
   local p, mask = policies[policy], 0
@@ -338,28 +379,28 @@ function res_mt.__index(self, k)
   return nil
 end
 
-local function notify(hook)
-  return function(policy, id)
-    local req = setmetatable({ _id = id }, req_mt)
-    local res = setmetatable({ _id = id }, res_mt)
-    local ok, err = xpcall(policies[policy][hook], traceback, req, res)
-    if not ok then return -2, tostring(err) end
-    return 0
-  end
+-- response(req, res) or log(req, res) of hook table mod on request id: 0, or FAILED and the error.
+local function notify_with(mod, hook, id)
+  local req = setmetatable({ _id = id }, req_mt)
+  local res = setmetatable({ _id = id }, res_mt)
+  local ok, err = xpcall(mod[hook], traceback, req, res)
+  if not ok then return FAILED, tostring(err) end
+  return 0
 end
+M.notify_with = notify_with
 
-M.response = notify("response")
-M.log_hook = notify("log")
+M.response = function(policy, id) return notify_with(policies[policy], "response", id) end
+M.log_hook = function(policy, id) return notify_with(policies[policy], "log", id) end
 M.res_mt = res_mt
 
-local group_names = {}
 local server_info = ffi.new("fy_ffi_server")
 
--- The view of a group that select() gets: a table built only for policies that have select.
-local function group_view(id, g)
+-- The view of a group that select() gets, named name: fill(i, s) fills the
+-- fy_ffi_server s with server i (0-based) and says whether there is one.
+local function group_view_of(name, fill)
   local servers = {}
   local i = 0
-  while C.fy_ffi_group_server(id, g, i, server_info) == 1 do
+  while fill(i, server_info) do
     local s = server_info
     servers[i + 1] = {
       name = ffi.string(s.name, s.name_len), address = ffi.string(s.address, s.address_len),
@@ -368,33 +409,48 @@ local function group_view(id, g)
     }
     i = i + 1
   end
-  return { name = group_names[g], servers = servers }
+  return { name = name, servers = servers }
+end
+M.group_view_of = group_view_of
+
+-- The view of group g of the generation: built only for policies that have select.
+local function group_view(id, g)
+  return group_view_of(group_names[g], function(i, s) return C.fy_ffi_group_server(id, g, i, s) == 1 end)
 end
 
--- select(req, group, attempt) returns one of group.servers (or its address), or nil for the balancer.
-function M.select(policy, id, g, attempt)
+-- select(req, group, attempt) of hook table mod, group being a view: the
+-- index of the server it returned (one of group.servers, or its address),
+-- NO_ANSWER for nil (the balancer picks), or FAILED and why the answer is refused.
+local function select_with(mod, id, group, attempt)
   local req = setmetatable({ _id = id }, req_mt)
-  local group = group_view(id, g)
-  local ok, res = xpcall(policies[policy].select, traceback, req, group, attempt)
-  if not ok then return -2, tostring(res) end
-  if res == nil then return -1 end
+  local ok, res = xpcall(mod.select, traceback, req, group, attempt)
+  if not ok then return FAILED, tostring(res) end
+  if res == nil then return NO_ANSWER end
   if type(res) == "table" and res._index then return res._index end
   if type(res) == "string" then
     for _, s in ipairs(group.servers) do
       if s.address == res then return s._index end
     end
-    return -2, "select returned '" .. res .. "', which is not an address of group " .. group.name
+    return FAILED, "select returned '" .. res .. "', which is not an address of group " .. group.name
   end
-  return -2, "select must return a server of the group (or nil), got " .. type(res)
+  return FAILED, "select must return a server of the group (or nil), got " .. type(res)
 end
+M.select_with = select_with
+
+function M.select(policy, id, g, attempt) return select_with(policies[policy], id, group_view(id, g), attempt) end
+
+-- retry(req, attempt, failure) of hook table mod: 1 to try again, 0 not, FAILED and the error.
+local function retry_with(mod, id, attempt, failure)
+  local req = setmetatable({ _id = id }, req_mt)
+  local ok, res = xpcall(mod.retry, traceback, req, attempt, failure)
+  if not ok then return FAILED, tostring(res) end
+  return res and 1 or 0
+end
+M.retry_with = retry_with
 
 -- retry(req, attempt, failure) says whether to try again after a failed attempt.
 function M.retry(policy, id, attempt, kind, status, server)
-  local req = setmetatable({ _id = id }, req_mt)
-  local failure = { kind = kind, status = status ~= 0 and status or nil, server = server }
-  local ok, res = xpcall(policies[policy].retry, traceback, req, attempt, failure)
-  if not ok then return -2, tostring(res) end
-  return res and 1 or 0
+  return retry_with(policies[policy], id, attempt, { kind = kind, status = status ~= 0 and status or nil, server = server })
 end
 
 -- route_stream(conn) for tcp listeners: a group name, or nil to close -------
@@ -402,7 +458,7 @@ end
 local stream_info = ffi.new("fy_ffi_stream")
 
 function M.route_stream(policy, id)
-  if C.fy_ffi_stream_info(id, stream_info) ~= 0 then return -2, "the connection is gone" end
+  if C.fy_ffi_stream_info(id, stream_info) ~= 0 then return FAILED, "the connection is gone" end
   local i = stream_info
   local function text(ptr) local t = ffi.string(ptr) return t ~= "" and t or nil end
   local conn = {
@@ -411,11 +467,11 @@ function M.route_stream(policy, id)
     proxy = i.has_proxy == 1 and { vpce_id = text(C.fy_ffi_stream_vpce(id)) } or nil,
   }
   local ok, res = xpcall(policies[policy].route_stream, traceback, conn)
-  if not ok then return -2, tostring(res) end
-  if res == nil then return -1 end
+  if not ok then return FAILED, tostring(res) end
+  if res == nil then return NO_ANSWER end
   local g = group_index[res]
   if g then return g end
-  return -2, "route_stream returned " .. (type(res) == "string" and "unknown upstream group '" .. res .. "'"
+  return FAILED, "route_stream returned " .. (type(res) == "string" and "unknown upstream group '" .. res .. "'"
                                           or type(res) .. ", expected a group name or nil")
 end
 

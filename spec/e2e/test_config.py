@@ -152,8 +152,16 @@ return {
     # -- invalid policy -------------------------------------------------------------
 
     def test_missing_policy_file_is_named(self):
+        # As every config error: the config's file:line and the key that names the file.
         d = self.make(config(policy='"nope/missing_policy.lua"'))
-        self.assertCheckFails(d, "nope/missing_policy.lua")
+        out = self.assertCheckFails(d, "nope/missing_policy.lua")
+        self.assertRegex(out, r"(?m)^%s:\d+: policy: cannot open %s: No such file or directory$"
+                         % (re.escape(d.conf_path), re.escape(d.path("nope/missing_policy.lua"))))
+        listener = '{ { name = "edge", address = "127.0.0.1:$port", policy = "gone.lua" } }'
+        d = self.make(config(listeners=listener))
+        out = self.assertCheckFails(d)
+        self.assertRegex(out, r"(?m)^%s:\d+: listeners\[1\]\.policy: cannot open %s: "
+                         % (re.escape(d.conf_path), re.escape(d.path("gone.lua"))))
 
     def test_policy_syntax_error_is_file_line_message(self):
         bad = "local M = {}\nfunction M.route(req)\n  return = 'x'\nend\nreturn M\n"

@@ -239,10 +239,18 @@ return {
     res.headers:remove("X-Upstream")
     local ok, err = pcall(res.headers.set, res.headers, "Content-Length", "1")
     res.headers:set("X-Framing-Refused", tostring(not ok))
+    -- The request went upstream before this hook: editing its headers is refused.
+    local ok1, e1 = pcall(req.headers.set, req.headers, "X-Late", "1")
+    local ok2, e2 = pcall(req.headers.add, req.headers, "X-Late", "1")
+    local ok3, e3 = pcall(req.headers.remove, req.headers, "X-Late")
+    res.headers:set("X-Req-Edit", tostring(ok1) .. tostring(ok2) .. tostring(ok3) .. " " .. tostring(e1))
+    res.headers:set("X-Req-Read", tostring(req.headers:get("host")))
   end,
   log = function(req, res)
     ferry.log.info("log hook:", req.method, req.path, res.status, res.bytes,
                    res.headers:get("x-policy") or "-")
+    local ok, err = pcall(req.headers.remove, req.headers, "Host")
+    ferry.log.info("log hook req edit:", ok, err)
   end,
 }
 """
@@ -261,6 +269,14 @@ class ResponseAndLogHooksTest(E2ECase):
         self.assertIsNone(r.header("x-upstream"))
         self.assertEqual(r.header("x-framing-refused"), "true")
         self.assertEqual(len(r.body), int(r.header("content-length")))
+
+    def test_request_header_edits_after_the_request_went_upstream_are_refused(self):
+        r = curl(self.ferry.url("/echo"), host="hooks.test", timeout=10)
+        self.assertEqual((r.rc, r.status), (0, 200), r)
+        self.assertRegex(r.header("x-req-edit"), r"^falsefalsefalse (\S+:\d+: )?headers:set: not allowed here$")
+        self.assertEqual(r.header("x-req-read"), "hooks.test")
+        m = self.ferry.wait_log(r"log hook req edit: false (\S+:\d+: )?headers:remove: not allowed here", timeout=3)
+        self.assertIsNotNone(m, self.ferry.log_tail())
 
     def test_log_hook_sees_the_exchange(self):
         r = curl(self.ferry.url("/status?code=201"), host="hooks.test", timeout=10)

@@ -224,6 +224,23 @@ return {
             self.assertEqual(get(ferry.port, headers={"X-Pin": b.addr})[1], "b")
             self.assertEqual(get(ferry.port, headers={"X-Pin": a.addr})[1], "a")
 
+    def test_select_hook_sees_the_group_name(self):
+        # group.name is the config's name of the group route chose.
+        a, b = self.start_upstream("a"), self.start_upstream("b")
+        policy = """
+return {
+  route = function(req) return "pool" end,
+  select = function(req, group, attempt)
+    if group.name ~= "pool" then error("group.name is " .. tostring(group.name)) end
+    return group.servers[req.headers:get("x-pick") == "b" and 2 or 1]
+  end,
+}
+"""
+        ferry = self.start_group('"%s", "%s"' % (a.addr, b.addr), policy=policy)
+        for _ in range(3):
+            self.assertEqual(get(ferry.port, headers={"X-Pick": "b"})[:2], (200, "b"))
+            self.assertEqual(get(ferry.port, headers={"X-Pick": "a"})[:2], (200, "a"))
+
 
 RETRY_POLICY = """
 local ferry = require "ferry"

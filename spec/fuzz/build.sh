@@ -50,7 +50,7 @@ mkdir -p "$OBJ"
 # The Lua modules of lua/ferry, embedded the same way as the CMake build does it.
 mapfile -t lua_files < <(find lua/ferry -name '*.lua' | LC_ALL=C sort)
 lua_list=$(IFS=';'; echo "${lua_files[*]}")
-cmake -DOUT="$OBJ/lua_embedded.c" -DROOT="$PWD" "-DFILES=$lua_list" -P cmake/embed_lua.cmake
+cmake -DOUT="$OBJ/lua_embedded.c" -DROOT="$PWD" "-DFILES=$lua_list" -DCDEF=core/ffi.h -P cmake/embed_lua.cmake
 
 sources=()
 for src in core/*.c; do

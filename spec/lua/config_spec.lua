@@ -100,18 +100,18 @@ describe("config", function()
     end
     for _, net in ipairs({ "10.0.0.0/8", "::1", "::/0", "fe80::1:2/64", "::ffff:10.1.2.3/128", "1:2:3:4:5:6:7:8" }) do
       local src = minimal:gsub('address = "127.0.0.1:8080"', 'address = "127.0.0.1:8080", proxy_protocol = { trusted = { "' .. net .. '" } }')
-      with_file(src, function(cfg, errs) assert.is_nil(errs, net) end)
+      with_file(src, function(_, errs) assert.is_nil(errs, net) end)
     end
   end)
 
   it("names the file on every error line, one line each", function()
-    with_file('error("boom", 0)', function(cfg, errs, path)
+    with_file('error("boom", 0)', function(_, errs, path)
       assert.equal(path .. ": boom", errs[1])
     end)
-    with_file('error({})', function(cfg, errs, path)
+    with_file('error({})', function(_, errs, path)
       assert.equal(path .. ": the config raised a table", errs[1])
     end)
-    with_file('return { ["a\nb"] = 1 }', function(cfg, errs, path)
+    with_file('return { ["a\nb"] = 1 }', function(_, errs, path)
       for _, e in ipairs(errs) do
         assert.equal(path, e:sub(1, #path))
         assert.is_nil(e:find("\n"))
@@ -138,7 +138,7 @@ describe("config", function()
   end)
 
   it("does not let the config rewrite the libraries the schema uses", function()
-    with_file('string.format = nil; table.concat = nil\n' .. minimal, function(cfg, errs)
+    with_file('string.format = nil; table.concat = nil\n' .. minimal, function(_, errs)
       assert.is_nil(errs)
       assert.equal("function", type(string.format))
     end)

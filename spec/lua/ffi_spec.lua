@@ -1,0 +1,37 @@
+-- The FFI surface (core/ffi.h): ferry.core binds the header's own text and
+-- checks the struct layouts C compiled when it loads.
+local ffi = require "ffi"
+local core = require "ferry.core"
+
+describe("the FFI surface", function()
+  it("is core/ffi.h's declarations, as built into this binary", function()
+    local f = assert(io.open("core/ffi.h", "r"))
+    local header = f:read("*a")
+    f:close()
+    local region = header:match("(/%* FY_FFI_CDEF_BEGIN %*/.-)/%* FY_FFI_CDEF_END %*/")
+    assert.is_string(region)
+    assert.equal(region, require "ferry.cdef")
+  end)
+
+  it("has the layouts C compiled, every struct and field", function()
+    local entries = core.c_layout()
+    local types = {}
+    for _, e in ipairs(entries) do types[e.type] = true end
+    assert.same({ fy_ffi_proxy = true, fy_ffi_tls = true, fy_ffi_server = true, fy_ffi_stream = true,
+                  fy_ffi_layout = true }, types)
+    assert.is_nil(core.layout_difference(entries))
+    for _, e in ipairs(entries) do
+      if e.field then assert.equal(ffi.offsetof(e.type, e.field), e.offset, e.type .. "." .. e.field) end
+    end
+  end)
+
+  it("would refuse to load on a difference", function()
+    local entries = core.c_layout()
+    entries[#entries + 1] = { type = "fy_ffi_proxy", field = "alpn", offset = 1, size = 8 }
+    assert.matches("fy_ffi_proxy.alpn: offset 1 in C, %d+ in the cdef", core.layout_difference(entries))
+    assert.equal("fy_ffi_tls: size 1 in C, " .. ffi.sizeof("fy_ffi_tls") .. " in the cdef",
+                 core.layout_difference { { type = "fy_ffi_tls", size = 1 } })
+    assert.equal("fy_ffi_tls.nope: offset 0 in C, absent in the cdef",
+                 core.layout_difference { { type = "fy_ffi_tls", field = "nope", offset = 0, size = 4 } })
+  end)
+end)
