@@ -15,226 +15,50 @@ static void fy_conn_update_reading(fy_conn *c);
 static void fy_conn_retime(fy_conn *c, bool activity);
 static void fy_conn_client_eof(fy_conn *c, ssize_t err);
 static void fy_conn_release_memory(fy_conn *c);
+static void fy_conn_client_pump(fy_conn *c);
+static void fy_conn_flush_client(fy_conn *c);
+static void fy_conn_exchange_maybe_done(fy_conn *c);
+static bool fy_conn_will_close(fy_conn *c);
+static void fy_conn_req_client(fy_conn *c);
 
-static inline fy_conn *fy_conn_of(llhttp_t *p) { return p->data; }
 static inline const fy_limits *fy_conn_limits(fy_conn *c) { return &c->gen->cfg->limits; }
 
 uint64_t fy_now_ms(fy_conn *c) { return uv_now(c->w->loop); }
 
-/* ---- body output ------------------------------------------------------- */
+/* ---- the request reader's callbacks ------------------------------------- */
 
-void fy_bodyout_add(fy_bodyout *o, const char *at, size_t len) {
-  if (o->chunked) {
-    fy_http_chunk(&o->copy, at, len);
-    return;
-  }
-  if (o->span == NULL && o->copy.len == 0) {
-    o->span = at;
-    o->span_len = len;
-    return;
-  }
-  if (o->span) {
-    fy_buf_append(&o->copy, o->span, o->span_len);
-    o->span = NULL;
-  }
-  fy_buf_append(&o->copy, at, len);
-}
-
-unsigned fy_bodyout_bufs(fy_buf *head, fy_bodyout *o, uv_buf_t *bufs) {
-  unsigned n = 0;
-  if (head->len) bufs[n++] = uv_buf_init(head->data, (unsigned)head->len);
-  if (o->span)
-    bufs[n++] = uv_buf_init((char *)o->span, (unsigned)o->span_len);
-  else if (o->copy.len)
-    bufs[n++] = uv_buf_init(o->copy.data, (unsigned)o->copy.len);
-  return n;
-}
-
-void fy_bodyout_reset(fy_bodyout *o) {
-  o->span = NULL;
-  o->span_len = 0;
-  fy_buf_reset(&o->copy);
-}
-
-/* ---- request parser callbacks ---------------------------------------- */
-
-static int fy_conn_refuse(fy_conn *c, int status) {
-  c->error_status = status;
-  return -1;
-}
-
-static int fy_on_message_begin(llhttp_t *p) {
-  fy_conn *c = fy_conn_of(p);
+static void fy_conn_request_begun(fy_req_reader *rd) {
+  fy_conn *c = rd->data;
+  fy_conn_req_client(c); /* a PROXY header and a TLS handshake come before the first byte */
   if (c->req.started_ms == 0) c->req.started_ms = fy_now_ms(c);
   fy_conn_retime(c, false); /* from keep-alive idle to the header deadline */
-  return 0;
 }
 
-static int fy_on_method_complete(llhttp_t *p) {
-  fy_conn_of(p)->req.head = p->method == HTTP_HEAD; /* from here on, a refusal of a HEAD has no body */
-  return 0;
+static void fy_conn_request_body(fy_req_reader *rd, const char *at, size_t len) {
+  fy_exchange_body(&((fy_conn *)rd->data)->ex, at, len);
 }
 
-static int fy_on_url(llhttp_t *p, const char *at, size_t len) {
-  fy_conn *c = fy_conn_of(p);
-  if (c->req.url.len + len > fy_conn_limits(c)->max_request_line) return fy_conn_refuse(c, 414);
-  fy_buf_append(&c->req.url, at, len);
-  return 0;
-}
+static void fy_conn_request_ended(fy_req_reader *rd) { fy_exchange_body_end(&((fy_conn *)rd->data)->ex); }
 
-static int fy_on_header_field(llhttp_t *p, const char *at, size_t len) {
-  fy_conn *c = fy_conn_of(p);
-  c->req.header_bytes += len;
-  if (c->req.header_bytes > fy_conn_limits(c)->max_header_bytes) return fy_conn_refuse(c, 431);
-  if (!fy_headers_collect_name(&c->req.headers, at, len, fy_conn_limits(c)->max_headers))
-    return fy_conn_refuse(c, 431);
-  return 0;
-}
-
-static int fy_on_header_field_complete(llhttp_t *p) {
-  fy_conn *c = fy_conn_of(p);
-  if (!fy_headers_collect_name_end(&c->req.headers)) return fy_conn_refuse(c, 400); /* ": x" */
-  return 0;
-}
-
-static int fy_on_header_value(llhttp_t *p, const char *at, size_t len) {
-  fy_conn *c = fy_conn_of(p);
-  c->req.header_bytes += len;
-  if (c->req.header_bytes > fy_conn_limits(c)->max_header_bytes) return fy_conn_refuse(c, 431);
-  if (!fy_http_value_ok(at, len)) return fy_conn_refuse(c, 400);
-  fy_headers_collect_value(&c->req.headers, at, len);
-  return 0;
-}
-
-/* Host from the absolute-form target, else from the single Host header. */
-static int fy_conn_find_host(fy_conn *c) {
-  fy_req *r = &c->req;
-  fy_headers *h = &r->headers;
-  ssize_t i = fy_headers_find(h, "host", 4, 0);
-  if (i >= 0 && fy_headers_find(h, "host", 4, (size_t)i + 1) >= 0) return -1;
-  if (i < 0 && r->http_minor >= 1) return -1;
-  const char *src = r->target.authority;
-  size_t len = r->target.authority_len;
-  if (src == NULL && i >= 0) {
-    src = fy_hdr_val(h, &h->v[i]);
-    len = h->v[i].val_len;
-  }
-  if (src == NULL) {
-    r->host[0] = '\0';
-    r->host_len = 0;
-    return 0;
-  }
-  ssize_t n = fy_http_host_normalize(src, len, r->host, sizeof r->host);
-  if (n < 0) return -1;
-  r->host_len = (size_t)n;
-  return 0;
-}
-
-/* Every Expect header must be 100-continue, which ferry answers itself: none is passed on. */
-static int fy_conn_check_expect(fy_conn *c) {
-  fy_req *r = &c->req;
-  fy_headers *h = &r->headers;
-  bool expect = false;
-  for (ssize_t i = fy_headers_find(h, "expect", 6, 0); i >= 0;
-       i = fy_headers_find(h, "expect", 6, (size_t)i + 1)) {
-    if (!fy_http_token_eq(fy_hdr_val(h, &h->v[i]), h->v[i].val_len, "100-continue", 12)) return -1;
-    expect = true;
-  }
-  r->expect_continue = expect && r->has_body && r->http_minor >= 1;
-  fy_headers_remove(h, "expect", 6);
-  return 0;
-}
-
-/*
- * Transfer-Encoding, beyond what llhttp checks (RFC 9112 6.1). In HTTP/1.0 it
- * is faulty framing: an HTTP/1.0 hop in front of ferry may have read that
- * body up to the close, so the bytes after it are not known to be a request;
- * refused, as nginx does. A coding other than chunked would be lost on the
- * way, since ferry re-frames every body: 501. A header with no coding at all
- * leaves the body length unknown.
- */
-static int fy_conn_check_transfer_encoding(fy_conn *c) {
-  enum fy_http_te te = fy_http_transfer_encoding(&c->req.headers);
-  if (te == FY_TE_NONE) return 0;
-  if (c->req.http_minor == 0 || te == FY_TE_BAD) return fy_conn_refuse(c, 400);
-  if (te == FY_TE_UNSUPPORTED) return fy_conn_refuse(c, 501);
-  return 0;
-}
-
-static int fy_on_headers_complete(llhttp_t *p) {
-  fy_conn *c = fy_conn_of(p);
-  fy_req *r = &c->req;
-  if (p->http_major != 1) return fy_conn_refuse(c, 505);
-  if (p->method == HTTP_CONNECT) return fy_conn_refuse(c, 405);
-  r->http_minor = p->http_minor;
-  r->method = llhttp_method_name(p->method);
-  r->head = p->method == HTTP_HEAD;
-  r->chunked = (p->flags & F_CHUNKED) != 0;
-  r->has_content_length = (p->flags & F_CONTENT_LENGTH) != 0;
-  r->content_length = r->has_content_length ? p->content_length : 0;
-  r->has_body = r->chunked || (r->has_content_length && p->content_length > 0);
-  r->keepalive = llhttp_should_keep_alive(p) && !llhttp_get_upgrade(p);
-  if (fy_conn_check_transfer_encoding(c) != 0) return -1;
-  if (fy_http_target_parse(r->url.data, r->url.len, &r->target) != 0) return fy_conn_refuse(c, 400);
-  if (fy_conn_find_host(c) != 0) return fy_conn_refuse(c, 400);
-  if (fy_http_strip_hop_by_hop(&r->headers)) return fy_conn_refuse(c, 400); /* Connection named Host */
-  if (fy_conn_check_expect(c) != 0) return fy_conn_refuse(c, 417);
-  c->rq = FY_RQ_BODY;
-  /* Without a body the message completes at once; on_message_complete pauses. */
-  return r->has_body ? HPE_PAUSED : 0;
-}
-
-static int fy_on_body(llhttp_t *p, const char *at, size_t len) {
-  fy_conn *c = fy_conn_of(p);
-  if (c->up) fy_bodyout_add(&c->ubody, at, len);
-  return 0;
-}
-
-/* The last chunk: a pause, so the pump checks the trailer lines from here like a head's. */
-static int fy_on_chunk_header(llhttp_t *p) {
-  fy_conn *c = fy_conn_of(p);
-  if (p->content_length != 0) return 0;
-  c->in_trailers = true;
-  fy_http_head_scan_trailers(&c->head_scan);
-  return HPE_PAUSED;
-}
-
-static int fy_on_message_complete(llhttp_t *p) {
-  fy_conn *c = fy_conn_of(p);
-  if (c->up && c->req.chunked) fy_http_chunk_end(&c->ubody.copy);
-  c->rq = FY_RQ_DONE;
-  return HPE_PAUSED;
-}
-
-static const llhttp_settings_t fy_request_settings = {
-    .on_message_begin = fy_on_message_begin,
-    .on_method_complete = fy_on_method_complete,
-    .on_url = fy_on_url,
-    .on_header_field = fy_on_header_field,
-    .on_header_field_complete = fy_on_header_field_complete,
-    .on_header_value = fy_on_header_value,
-    .on_headers_complete = fy_on_headers_complete,
-    .on_body = fy_on_body,
-    .on_chunk_header = fy_on_chunk_header,
-    .on_message_complete = fy_on_message_complete,
+static const fy_req_reader_cb fy_conn_reader_cb = {
+    .begin = fy_conn_request_begun,
+    .body = fy_conn_request_body,
+    .end = fy_conn_request_ended,
 };
 
 /* ---- parsing loop ------------------------------------------------------ */
 
-static void fy_conn_parse_error(fy_conn *c, llhttp_errno_t err) {
-  int status = c->error_status ? c->error_status : 400;
-  fy_log_info("client %s:%d: request refused with %d: %s", c->client_ip, c->client_port, status,
-              c->error_status ? fy_http_reason(status) : llhttp_get_error_reason(&c->parser));
-  (void)err;
+static void fy_conn_parse_error(fy_conn *c, int status, const char *why) {
+  fy_log_info("client %s:%d: request refused with %d: %s", c->client_ip, c->client_port, status, why);
   c->close_after = true;
-  fy_proxy_abort(c);
+  fy_proxy_abort(&c->ex);
   fy_conn_respond_simple(c, status, fy_http_reason(status));
 }
 
 static bool fy_conn_can_parse(fy_conn *c) {
   if (c->closing || c->rpos >= c->rlen) return false;
-  if (c->rq == FY_RQ_HEAD) return c->rs == FY_RS_NONE;
-  return c->rq == FY_RQ_BODY && fy_proxy_can_read_body(c);
+  if (c->rd.rq == FY_RQ_HEAD) return c->ex.rs == FY_RS_NONE;
+  return c->rd.rq == FY_RQ_BODY && fy_proxy_can_read_body(&c->ex);
 }
 
 static fy_tls_server_ctx *fy_conn_tls_ctx(fy_conn *c) {
@@ -277,46 +101,44 @@ static bool fy_conn_read_proxy_header(fy_conn *c) {
   return true;
 }
 
-void fy_conn_client_pump(fy_conn *c) {
+/* The head is read: the admin listener answers itself; any other hands the request to its exchange. */
+static void fy_conn_request_ready(fy_conn *c) {
+  if (c->listener->admin) {
+    fy_admin_handle(c);
+    return;
+  }
+  c->req.policy = c->req.gen->cfg->listeners[c->listener->index].policy;
+  fy_proxy_start(&c->ex);
+}
+
+static void fy_conn_client_pump(fy_conn *c) {
   if (c->pp_pending && !fy_conn_read_proxy_header(c)) {
     if (!c->closing) fy_conn_update_reading(c);
     return;
   }
   while (fy_conn_can_parse(c)) {
-    const char *data = c->rbuf + c->rpos;
-    size_t len = c->rlen - c->rpos;
-    enum fy_req_state before = c->rq;
-    bool scan = before == FY_RQ_HEAD || c->in_trailers; /* llhttp pauses where a head or trailers end */
-    llhttp_errno_t err = llhttp_execute(&c->parser, data, len);
-    size_t used = err == HPE_OK ? len : (size_t)(llhttp_get_error_pos(&c->parser) - data);
+    enum fy_req_state before = c->rd.rq;
+    size_t used;
+    const char *why = NULL;
+    int status = fy_req_reader_execute(&c->rd, c->rbuf + c->rpos, c->rlen - c->rpos, &used, &why);
     c->rpos += used;
-    if (scan && !fy_http_head_check(&c->head_scan, data, used)) {
-      c->error_status = 400; /* the earlier fault, whatever a callback found after it */
-      fy_conn_parse_error(c, err);
+    if (status != 0) {
+      fy_conn_parse_error(c, status, why);
       return;
     }
-    if (err != HPE_PAUSED && err != HPE_PAUSED_UPGRADE && err != HPE_OK) {
-      fy_conn_parse_error(c, err);
-      return;
-    }
-    if (err == HPE_PAUSED) {
-      llhttp_resume(&c->parser);
-    } else if (err == HPE_PAUSED_UPGRADE) {
-      llhttp_resume_after_upgrade(&c->parser);
-      c->rq = FY_RQ_DONE;
-    }
-    if (before == FY_RQ_HEAD && c->rq != FY_RQ_HEAD) fy_proxy_start(c);
+    c->ex.req_done = c->rd.rq == FY_RQ_DONE;
+    if (before == FY_RQ_HEAD && c->rd.rq != FY_RQ_HEAD) fy_conn_request_ready(c);
   }
   if (c->closing) return;
-  if (c->client_eof && c->rq == FY_RQ_HEAD && c->rs == FY_RS_NONE && c->rpos == c->rlen) {
+  if (c->client_eof && c->rd.rq == FY_RQ_HEAD && c->ex.rs == FY_RS_NONE && c->rpos == c->rlen) {
     fy_conn_client_eof(c, UV_EOF); /* no complete request is left to answer */
     return;
   }
-  if (c->client_eof && c->rq == FY_RQ_BODY && c->rpos == c->rlen && fy_proxy_can_read_body(c)) {
+  if (c->client_eof && c->rd.rq == FY_RQ_BODY && c->rpos == c->rlen && fy_proxy_can_read_body(&c->ex)) {
     fy_conn_close(c); /* every byte the client sent is taken, and its body is not complete */
     return;
   }
-  fy_proxy_flush_upstream(c);
+  fy_proxy_flush_upstream(&c->ex);
   fy_conn_update_reading(c);
   fy_conn_retime(c, false);
   fy_conn_exchange_maybe_done(c);
@@ -334,7 +156,7 @@ static void fy_conn_alloc_cb(uv_handle_t *h, size_t suggested, uv_buf_t *buf) {
     return;
   }
   if (c->rbuf == NULL) c->rbuf = fy_pool_get();
-  if (c->uw_pending) {
+  if (c->ex.uw_pending) {
     /* A write to the upstream may point into rbuf: append only. */
   } else if (c->rpos == c->rlen) {
     c->rpos = c->rlen = 0;
@@ -351,16 +173,16 @@ static void fy_conn_client_eof(fy_conn *c, ssize_t err) {
     fy_log_info("client %s:%d: TLS: %s", c->client_ip, c->client_port, fy_tls_error(c->sock.tls));
   else if (err != UV_EOF)
     fy_log_debug("client %s:%d: read: %s", c->client_ip, c->client_port, uv_strerror((int)err));
-  if (c->rq == FY_RQ_HEAD && c->rpos == c->rlen && c->req.url.len == 0) {
+  if (c->rd.rq == FY_RQ_HEAD && c->rpos == c->rlen && c->req.url.len == 0) {
     fy_conn_close(c); /* an idle client went away */
     return;
   }
-  if (c->rq == FY_RQ_HEAD) {
+  if (c->rd.rq == FY_RQ_HEAD) {
     c->close_after = true;
     fy_conn_respond_simple(c, 400, "incomplete request\n");
     return;
   }
-  if (err == UV_EOF && (c->rq == FY_RQ_DONE || c->rpos < c->rlen)) {
+  if (err == UV_EOF && (c->rd.rq == FY_RQ_DONE || c->rpos < c->rlen)) {
     /* The client half-closed after its request(s), or after body bytes not
      * forwarded yet (the upstream is still connecting): answer what it sent,
      * then close. */
@@ -395,8 +217,8 @@ static void fy_conn_read_cb(uv_stream_t *s, ssize_t n, const uv_buf_t *buf) {
  * per request would cost epoll_ctl calls on every exchange.
  */
 static void fy_conn_update_reading(fy_conn *c) {
-  if (c->rpos == c->rlen && !c->uw_pending) c->rpos = c->rlen = 0; /* nothing refers to rbuf */
-  bool room = c->rbuf == NULL || c->rlen < FY_CONN_RBUF_SIZE || (c->rpos > 0 && !c->uw_pending);
+  if (c->rpos == c->rlen && !c->ex.uw_pending) c->rpos = c->rlen = 0; /* nothing refers to rbuf */
+  bool room = c->rbuf == NULL || c->rlen < FY_CONN_RBUF_SIZE || (c->rpos > 0 && !c->ex.uw_pending);
   bool want = !c->closing && !c->lingering && !c->client_eof && room;
   if (want == c->reading) return;
   c->reading = want;
@@ -412,9 +234,9 @@ static void fy_conn_update_reading(fy_conn *c) {
 static enum fy_conn_wait fy_conn_waiting_for(fy_conn *c) {
   if (c->lingering) return FY_WAIT_LINGER;
   if (c->cw_pending) return FY_WAIT_SEND;
-  if (c->rq == FY_RQ_HEAD && c->rs == FY_RS_NONE)
+  if (c->rd.rq == FY_RQ_HEAD && c->ex.rs == FY_RS_NONE)
     return c->req.started_ms ? FY_WAIT_HEADER : FY_WAIT_KEEPALIVE;
-  if (c->rq == FY_RQ_BODY && fy_proxy_can_read_body(c) && c->rpos == c->rlen) return FY_WAIT_BODY;
+  if (c->rd.rq == FY_RQ_BODY && fy_proxy_can_read_body(&c->ex) && c->rpos == c->rlen) return FY_WAIT_BODY;
   return FY_WAIT_NONE; /* waiting on the upstream, whose own timers run */
 }
 
@@ -434,8 +256,8 @@ static void fy_conn_timeout_cb(fy_deadline *d) {
   case FY_WAIT_BODY:
     fy_log_info("client %s:%d: request body timeout", c->client_ip, c->client_port);
     c->close_after = true;
-    fy_proxy_abort(c);
-    c->rs = c->rs == FY_RS_WAIT ? FY_RS_NONE : c->rs;
+    fy_proxy_abort(&c->ex);
+    if (c->ex.rs == FY_RS_WAIT) fy_exchange_enter(&c->ex, FY_RS_NONE);
     fy_conn_respond_simple(c, 408, "request body timeout\n");
     break;
   case FY_WAIT_KEEPALIVE:
@@ -479,7 +301,9 @@ static void fy_conn_retime(fy_conn *c, bool activity) {
 
 /* ---- writing ------------------------------------------------------------ */
 
-static bool fy_conn_output_queued(fy_conn *c) { return c->chead.len || c->cbody.span || c->cbody.copy.len; }
+static bool fy_conn_output_queued(fy_conn *c) {
+  return c->ex.chead.len || c->ex.cbody.span || c->ex.cbody.copy.len;
+}
 
 static void fy_conn_write_cb(fy_write_req *wr, int status) {
   fy_conn *c = FY_CONTAINER_OF(wr, fy_conn, cwrite);
@@ -492,14 +316,14 @@ static void fy_conn_write_cb(fy_write_req *wr, int status) {
   }
   fy_buf_reset(&c->cw_head);
   fy_buf_reset(&c->cw_copy);
-  if (c->up) c->up->pinned = false;
+  fy_exchange_pin(&c->ex, false);
   fy_conn_retime(c, true);
   if (fy_conn_output_queued(c))
     fy_conn_flush_client(c); /* queued while this write ran */
-  else if (c->rs == FY_RS_DONE)
+  else if (c->ex.rs == FY_RS_DONE)
     fy_conn_exchange_maybe_done(c);
   else
-    fy_proxy_response_written(c);
+    fy_proxy_response_written(&c->ex);
 }
 
 static void fy_buf_swap(fy_buf *a, fy_buf *b) {
@@ -514,16 +338,17 @@ static void fy_buf_swap(fy_buf *a, fy_buf *b) {
  * queued while it runs lands in fresh buffers and never moves memory the
  * kernel is still reading.
  */
-void fy_conn_flush_client(fy_conn *c) {
+static void fy_conn_flush_client(fy_conn *c) {
   if (c->cw_pending || c->closing) return;
+  fy_exchange *x = &c->ex;
   uv_buf_t bufs[2];
-  unsigned n = fy_bodyout_bufs(&c->chead, &c->cbody, bufs);
+  unsigned n = fy_bodyout_bufs(&x->chead, &x->cbody, bufs);
   if (n == 0) return;
-  fy_buf_swap(&c->chead, &c->cw_head);
-  fy_buf_swap(&c->cbody.copy, &c->cw_copy);
-  if (c->cbody.span && c->up) c->up->pinned = true; /* the span lives in the upstream's rbuf */
-  if (c->rs == FY_RS_BODY || c->rs == FY_RS_DONE) c->resp_sent = true;
-  c->cbody.span = NULL;
+  fy_buf_swap(&x->chead, &c->cw_head);
+  fy_buf_swap(&x->cbody.copy, &c->cw_copy);
+  if (x->cbody.span) fy_exchange_pin(x, true); /* the span lives in the upstream's rbuf */
+  if (x->rs == FY_RS_BODY || x->rs == FY_RS_DONE) x->resp_sent = true;
+  x->cbody.span = NULL;
   for (unsigned i = 0; i < n; i++)
     c->req.bytes_out += bufs[i].len;
   int rc = fy_sock_write(&c->sock, &c->cwrite, bufs, n, fy_conn_write_cb);
@@ -535,24 +360,24 @@ void fy_conn_flush_client(fy_conn *c) {
   fy_conn_retime(c, true);
 }
 
-bool fy_conn_will_close(fy_conn *c) {
-  return c->close_after || (c->client_eof && c->rpos == c->rlen) || !c->req.keepalive ||
-         c->rq != FY_RQ_DONE || c->w->stopping || c->nreq + 1 >= fy_conn_limits(c)->keepalive_requests;
+static bool fy_conn_will_close(fy_conn *c) {
+  return c->close_after || c->ex.close_after || (c->client_eof && c->rpos == c->rlen) || !c->req.keepalive ||
+         c->rd.rq != FY_RQ_DONE || c->w->stopping || c->nreq + 1 >= fy_conn_limits(c)->keepalive_requests;
 }
 
 void fy_conn_respond_with(fy_conn *c, int status, const char *headers, size_t hlen, const char *body,
                           size_t blen) {
   if (c->closing) return;
-  if (c->rs == FY_RS_BODY || c->rs == FY_RS_DONE) {
+  if (c->ex.rs == FY_RS_BODY || c->ex.rs == FY_RS_DONE) {
     fy_conn_close(c); /* a response is already under way: all we can do is cut it */
     return;
   }
-  if (c->rq != FY_RQ_DONE) c->close_after = true;
-  fy_buf_reset(&c->chead);
-  fy_bodyout_reset(&c->cbody);
-  fy_http_write_simple(&c->chead, status, headers, hlen, body, blen, c->req.head, fy_conn_will_close(c));
+  if (c->rd.rq != FY_RQ_DONE) c->close_after = true;
+  fy_buf_reset(&c->ex.chead);
+  fy_bodyout_reset(&c->ex.cbody);
+  fy_http_write_simple(&c->ex.chead, status, headers, hlen, body, blen, c->req.head, fy_conn_will_close(c));
   c->req.status = status;
-  c->rs = FY_RS_DONE;
+  fy_exchange_enter(&c->ex, FY_RS_DONE);
   fy_conn_flush_client(c);
   fy_conn_update_reading(c);
 }
@@ -573,7 +398,7 @@ static void fy_conn_access_log(fy_conn *c) {
   fy_req *r = &c->req;
   if (!c->listener->admin) /* the admin listener's own answers are not traffic */
     c->w->stats.responses[r->status >= 100 && r->status < 600 ? r->status / 100 : 0]++;
-  fy_proxy_log_hook(c);
+  fy_proxy_log_hook(&c->ex);
   if (!c->gen->cfg->access_log) return;
   /* The target fields are set once the head is parsed (method set with them). */
   fy_target t = r->method ? r->target : (fy_target){0};
@@ -588,14 +413,13 @@ static void fy_conn_access_log(fy_conn *c) {
 
 static void fy_conn_request_end(fy_conn *c) {
   fy_req *r = &c->req;
-  fy_retry_end(c);
+  fy_exchange_end(&c->ex);
   if (r->has_ctx && r->gen) fy_lua_release(&r->gen->lua, r->id);
   r->has_ctx = false;
   fy_buf_reset(&r->url);
   fy_headers_reset(&r->headers);
   fy_buf_reset(&r->respond_headers);
   fy_buf_reset(&r->respond_body);
-  fy_headers_reset(&c->rheaders);
   if (r->gen) fy_gen_unref(r->gen);
   r->gen = NULL;
 }
@@ -626,11 +450,11 @@ static void fy_conn_close_gracefully(fy_conn *c) {
   if (fy_sock_shutdown(&c->sock, &c->shutdown_req, fy_conn_shutdown_cb) < 0) fy_conn_close(c);
 }
 
-void fy_conn_exchange_maybe_done(fy_conn *c) {
-  if (c->closing || c->lingering || c->rs != FY_RS_DONE || c->cw_pending) return;
-  if (c->rq != FY_RQ_DONE && !c->close_after) return;
+static void fy_conn_exchange_maybe_done(fy_conn *c) {
+  if (c->closing || c->lingering || c->ex.rs != FY_RS_DONE || c->cw_pending) return;
+  if (c->rd.rq != FY_RQ_DONE && !c->close_after && !c->ex.close_after) return;
   bool close = fy_conn_will_close(c);
-  fy_proxy_finish(c);
+  fy_proxy_finish(&c->ex);
   fy_conn_access_log(c);
   fy_conn_request_end(c);
   c->nreq++;
@@ -649,13 +473,12 @@ void fy_conn_exchange_maybe_done(fy_conn *c) {
  * on a busy connection.
  */
 static void fy_conn_release_memory(fy_conn *c) {
-  fy_buf *bufs[] = {
-      &c->req.url, &c->req.respond_headers, &c->req.respond_body, &c->chead, &c->uhead, &c->cw_head,
-      &c->cw_copy, &c->cbody.copy,          &c->ubody.copy};
+  fy_buf *bufs[] = {&c->req.url, &c->req.respond_headers, &c->req.respond_body, &c->cw_head, &c->cw_copy};
   for (size_t i = 0; i < FY_ARRAY_SIZE(bufs); i++)
     fy_buf_free(bufs[i]);
+  fy_exchange_trim(&c->ex);
   fy_headers_free(&c->req.headers);
-  fy_headers_free(&c->rheaders);
+  fy_headers_free(&c->req.rheaders);
 }
 
 static void fy_conn_request_begin(fy_conn *c) {
@@ -677,12 +500,10 @@ static void fy_conn_request_begin(fy_conn *c) {
   r->started_ms = 0;
   r->respond_status = 0;
   r->has_body = r->chunked = r->keepalive = r->expect_continue = r->head = r->has_content_length = false;
-  c->error_status = 0;
-  c->resp_sent = false;
-  fy_http_head_scan_init(&c->head_scan);
-  c->in_trailers = false;
-  c->rq = FY_RQ_HEAD;
-  c->rs = FY_RS_NONE;
+  fy_conn_req_client(c);
+  c->rd.limits = fy_conn_limits(c);
+  fy_req_reader_begin(&c->rd);
+  fy_exchange_begin(&c->ex);
   if (c->nreq == 0) r->started_ms = fy_now_ms(c); /* the first request's clock starts at accept */
   c->wait = FY_WAIT_NONE;
   fy_conn_retime(c, false);
@@ -747,6 +568,61 @@ static void fy_conn_delete(fy_conn *c) {
 }
 #endif
 
+/* ---- what the exchange sees of the connection ---------------------------- */
+
+/* The client as the policy sees it: the socket's address or the PROXY header's, listener, TLS session. */
+static void fy_conn_req_client(fy_conn *c) {
+  c->req.client_ip = c->client_ip;
+  c->req.client_port = c->client_port;
+  c->req.listener = c->listener->name;
+  c->req.pp = c->pp;
+  c->req.tls = c->sock.tls;
+}
+
+static void fy_conn_x_pump(fy_exchange *x) { fy_conn_client_pump(x->data); }
+static void fy_conn_x_flush(fy_exchange *x) { fy_conn_flush_client(x->data); }
+static void fy_conn_x_done(fy_exchange *x) { fy_conn_exchange_maybe_done(x->data); }
+static bool fy_conn_x_will_close(fy_exchange *x) { return fy_conn_will_close(x->data); }
+static bool fy_conn_x_sending(fy_exchange *x) { return ((fy_conn *)x->data)->cw_pending; }
+
+static void fy_conn_x_respond(fy_exchange *x, int status, const char *headers, size_t hlen, const char *body,
+                              size_t blen) {
+  fy_conn_respond_with(x->data, status, headers, hlen, body, blen);
+}
+
+static void fy_conn_x_cut(fy_exchange *x) {
+  fy_conn *c = x->data;
+  c->reset_on_close = true;
+  fy_conn_close(c);
+}
+
+static void fy_conn_x_addresses(fy_exchange *x, struct sockaddr_storage *src, struct sockaddr_storage *dst) {
+  fy_conn *c = x->data;
+  const fy_proxy_info *pp = c->pp;
+  if (pp && !pp->local && pp->family != AF_UNSPEC) {
+    *src = pp->src;
+    *dst = pp->dst;
+    return;
+  }
+  int len = sizeof *src;
+  memset(src, 0, sizeof *src);
+  memset(dst, 0, sizeof *dst);
+  uv_tcp_getpeername(&c->sock.tcp, (struct sockaddr *)src, &len);
+  len = sizeof *dst;
+  uv_tcp_getsockname(&c->sock.tcp, (struct sockaddr *)dst, &len);
+}
+
+static const fy_exchange_client fy_conn_exchange_client = {
+    .pump = fy_conn_x_pump,
+    .flush = fy_conn_x_flush,
+    .done = fy_conn_x_done,
+    .respond = fy_conn_x_respond,
+    .cut = fy_conn_x_cut,
+    .will_close = fy_conn_x_will_close,
+    .sending = fy_conn_x_sending,
+    .addresses = fy_conn_x_addresses,
+};
+
 /* ---- accept and close ------------------------------------------------- */
 
 /* True when the connection was refused: PROXY headers are taken only from trusted networks. */
@@ -769,15 +645,12 @@ static void fy_conn_free(fy_conn *c) {
   fy_conn_request_end(c);
   fy_buf_free(&c->req.url);
   fy_headers_free(&c->req.headers);
-  fy_headers_free(&c->rheaders);
+  fy_headers_free(&c->req.rheaders);
   fy_buf_free(&c->req.respond_headers);
   fy_buf_free(&c->req.respond_body);
-  fy_buf_free(&c->chead);
-  fy_buf_free(&c->uhead);
-  fy_buf_free(&c->cbody.copy);
   fy_buf_free(&c->cw_head);
   fy_buf_free(&c->cw_copy);
-  fy_buf_free(&c->ubody.copy);
+  fy_exchange_free(&c->ex);
   fy_gen_unref(c->gen);
   fy_pool_put(c->rbuf);
   free(c->pp);
@@ -785,8 +658,7 @@ static void fy_conn_free(fy_conn *c) {
   fy_conn_delete(c);
 }
 
-static void fy_conn_close_cb(uv_handle_t *h) {
-  fy_conn *c = h->data;
+static void fy_conn_handle_closed(fy_conn *c) {
   if (--c->handles_open == 0) {
     fy_worker *w = c->w;
     fy_conn_free(c);
@@ -794,19 +666,23 @@ static void fy_conn_close_cb(uv_handle_t *h) {
   }
 }
 
+static void fy_conn_close_cb(uv_handle_t *h) { fy_conn_handle_closed(h->data); }
+
+static void fy_conn_exchange_closed(uv_handle_t *h) { fy_conn_handle_closed(((fy_exchange *)h->data)->data); }
+
 void fy_conn_close(fy_conn *c) {
   if (c->closing) return;
-  if (c->rs != FY_RS_DONE && c->rq != FY_RQ_HEAD) {
+  if (c->ex.rs != FY_RS_DONE && c->rd.rq != FY_RQ_HEAD) {
     c->req.status = c->req.status ? c->req.status : 499;
     fy_conn_access_log(c);
   }
   c->closing = true;
   fy_write_forget(&c->cwrite);
-  fy_proxy_abort(c);
+  fy_proxy_abort(&c->ex);
   fy_list_remove(&c->link);
   fy_sock_close(&c->sock, fy_conn_close_cb, c->reset_on_close);
   uv_close((uv_handle_t *)&c->timer, fy_conn_close_cb);
-  uv_close((uv_handle_t *)&c->retry_timer, fy_conn_close_cb);
+  fy_exchange_close(&c->ex, fy_conn_exchange_closed);
 }
 
 void fy_conn_accept(fy_listener *l) {
@@ -825,8 +701,7 @@ void fy_conn_accept(fy_listener *l) {
     return;
   }
   fy_deadline_init(w->loop, &c->timer, fy_conn_timeout_cb, c);
-  uv_timer_init(w->loop, &c->retry_timer);
-  c->retry_timer.data = c;
+  fy_exchange_init(&c->ex, w, &c->req, &fy_conn_exchange_client, c);
   c->handles_open = 3;
   fy_list_insert_head(&w->conns, &c->link);
   uv_tcp_nodelay(&c->sock.tcp, 1);
@@ -836,10 +711,9 @@ void fy_conn_accept(fy_listener *l) {
   memset(&ss, 0, sizeof ss);
   if (uv_tcp_getpeername(&c->sock.tcp, (struct sockaddr *)&ss, &sslen) == 0)
     fy_addr_name(&ss, c->client_ip, sizeof c->client_ip, &c->client_port);
-  llhttp_init(&c->parser, HTTP_REQUEST, &fy_request_settings);
-  c->parser.data = c;
+  fy_req_reader_init(&c->rd, &c->req, fy_conn_limits(c), &fy_conn_reader_cb, c);
   fy_headers_init(&c->req.headers);
-  fy_headers_init(&c->rheaders);
+  fy_headers_init(&c->req.rheaders);
   fy_conn_request_begin(c);
   if (!l->admin && fy_conn_expect_proxy_header(c, &ss)) return;
   if (!c->pp_pending && fy_conn_tls_ctx(c)) fy_tls_accept(&c->sock, fy_conn_tls_ctx(c), NULL, 0);

@@ -9,7 +9,9 @@
  */
 #include "ffi.h"
 
-#include "conn.h"
+#include "req.h"
+#include "tls.h"
+#include "worker.h"
 #include "log.h"
 
 #include <stdio.h>
@@ -23,20 +25,17 @@ static fy_req *fy_ffi_req(double id) {
   return r && (double)r->id == id ? r : NULL;
 }
 
-static fy_conn *fy_ffi_conn(fy_req *r) { return FY_CONTAINER_OF(r, fy_conn, req); }
-
 int fy_ffi_req_str(double id, int field, const char **out, size_t *len) {
   fy_req *r = fy_ffi_req(id);
   if (r == NULL) return FY_FFI_EGONE;
-  fy_conn *c = fy_ffi_conn(r);
   switch (field) {
   case FY_FFI_FIELD_METHOD: *out = r->method, *len = strlen(r->method); return 1;
   case FY_FFI_FIELD_HOST: *out = r->host, *len = r->host_len; return 1;
   case FY_FFI_FIELD_PATH: *out = r->target.path, *len = r->target.path_len; return 1;
   case FY_FFI_FIELD_QUERY: *out = r->target.query, *len = r->target.query_len; return r->target.query != NULL;
   case FY_FFI_FIELD_URI: *out = r->url.data, *len = r->url.len; return 1;
-  case FY_FFI_FIELD_CLIENT_ADDR: *out = c->client_ip, *len = strlen(c->client_ip); return 1;
-  case FY_FFI_FIELD_LISTENER: *out = c->listener->name, *len = strlen(c->listener->name); return 1;
+  case FY_FFI_FIELD_CLIENT_ADDR: *out = r->client_ip, *len = strlen(r->client_ip); return 1;
+  case FY_FFI_FIELD_LISTENER: *out = r->listener, *len = strlen(r->listener); return 1;
   default: return FY_FFI_EINVAL;
   }
 }
@@ -44,7 +43,7 @@ int fy_ffi_req_str(double id, int field, const char **out, size_t *len) {
 int fy_ffi_req_proxy(double id, fy_ffi_proxy *out) {
   fy_req *r = fy_ffi_req(id);
   if (r == NULL) return FY_FFI_EGONE;
-  const fy_proxy_info *pp = fy_ffi_conn(r)->pp;
+  const fy_proxy_info *pp = r->pp;
   if (pp == NULL) return 0;
   memset(out, 0, sizeof *out);
   out->version = pp->version;
@@ -65,7 +64,7 @@ int fy_ffi_req_tls(double id, fy_ffi_tls *out) {
   fy_tls_info info;
   if (fy_worker_current->hook_tls)
     info = *fy_worker_current->hook_tls;
-  else if (!fy_tls_get_info(fy_ffi_conn(r)->sock.tls, &info))
+  else if (!fy_tls_get_info(r->tls, &info))
     return 0;
   out->sni = info.sni;
   out->version = info.version;
@@ -87,7 +86,7 @@ int fy_ffi_req_ctx(double id) {
 
 int fy_ffi_req_client_port(double id) {
   fy_req *r = fy_ffi_req(id);
-  return r ? fy_ffi_conn(r)->client_port : FY_FFI_EGONE;
+  return r ? r->client_port : FY_FFI_EGONE;
 }
 
 /* The request's Content-Length: 1 (in *out), or 0 when the body is chunked or absent. */
@@ -152,7 +151,7 @@ int fy_ffi_req_respond(double id, int status, const char *body, size_t blen) {
 
 /* ---- the response, for the response and log hooks ------------------------ */
 
-static fy_headers *fy_ffi_res_headers(fy_req *r) { return &fy_ffi_conn(r)->rheaders; }
+static fy_headers *fy_ffi_res_headers(fy_req *r) { return &r->rheaders; }
 
 static bool fy_ffi_res_phase(bool edit) {
   int hook = fy_worker_current->hook;
@@ -164,8 +163,7 @@ int fy_ffi_res_info(double id, int *status, double *bytes) {
   fy_req *r = fy_ffi_req(id);
   if (r == NULL) return FY_FFI_EGONE;
   if (!fy_ffi_res_phase(false)) return FY_FFI_EPHASE;
-  fy_conn *c = fy_ffi_conn(r);
-  *status = r->status ? r->status : c->ustatus;
+  *status = r->status ? r->status : r->ustatus;
   *bytes = (double)r->bytes_out;
   return 0;
 }

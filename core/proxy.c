@@ -3,7 +3,7 @@
  * a server of the chosen group, forward the request head and body, parse the
  * response and relay it to the client with ferry's own framing.
  */
-#include "conn.h"
+#include "exchange.h"
 
 #include "log.h"
 
@@ -11,53 +11,53 @@
 
 #define FY_MAX_RESPONSE_HEADER_BYTES (64 * 1024)
 
-static void fy_proxy_connect(fy_conn *c);
-static void fy_proxy_upstream_pump(fy_conn *c);
+static void fy_proxy_connect(fy_exchange *x);
+static void fy_proxy_upstream_pump(fy_exchange *x);
 
-static inline fy_conn *fy_proxy_conn_of(llhttp_t *p) { return p->data; }
-static inline const fy_cfg_group *fy_proxy_group(fy_conn *c) {
-  return &c->req.gen->cfg->groups[c->req.group];
+static inline fy_exchange *fy_proxy_exchange_of(llhttp_t *p) { return p->data; }
+static inline const fy_cfg_group *fy_proxy_group(fy_exchange *x) {
+  return &x->req->gen->cfg->groups[x->req->group];
 }
 
 /* ---- failure ------------------------------------------------------------ */
 
-static void fy_proxy_detach(fy_conn *c, bool reusable) {
-  fy_uconn *uc = c->up;
+static void fy_proxy_detach(fy_exchange *x, bool reusable) {
+  fy_uconn *uc = x->up;
   if (uc == NULL) return;
-  c->up = NULL;
-  c->uw_pending = false;
-  fy_buf_reset(&c->uhead);
-  fy_bodyout_reset(&c->ubody);
+  x->up = NULL;
+  x->uw_pending = false;
+  fy_buf_reset(&x->uhead);
+  fy_bodyout_reset(&x->ubody);
   uc->owner = NULL;
   fy_upstream_release(uc, reusable);
 }
 
-void fy_proxy_abort(fy_conn *c) { fy_proxy_detach(c, false); }
+void fy_proxy_abort(fy_exchange *x) { fy_proxy_detach(x, false); }
 
 /*
  * A retry starts outside the client parsing loop, so when it gets a pooled
  * connection (ready at once) nothing else would send the request: pump here.
  */
-static void fy_proxy_reconnect(fy_conn *c) {
-  fy_proxy_connect(c);
-  if (!c->closing && c->up && c->up->state == FY_UC_ACTIVE) fy_conn_client_pump(c);
+static void fy_proxy_reconnect(fy_exchange *x) {
+  fy_proxy_connect(x);
+  if (x->up && x->up->state == FY_UC_ACTIVE) x->client->pump(x);
 }
 
 static void fy_proxy_retry_timer_cb(uv_timer_t *t) { fy_proxy_reconnect(t->data); }
 
 /* Starts the next attempt, after a backoff; the failed upstream is already detached. */
-static void fy_proxy_retry(fy_conn *c) {
-  c->attempt++;
-  c->w->stats.retries++;
-  if (!c->retrying) c->counted->retries++;
-  c->retrying = true;
-  c->rs = FY_RS_NONE;
-  c->replay_pending = c->replay.len > 0;
-  uint64_t ms = fy_retry_backoff_ms(c);
+static void fy_proxy_retry(fy_exchange *x) {
+  x->attempt++;
+  x->w->stats.retries++;
+  if (!x->retrying) x->counted->retries++;
+  x->retrying = true;
+  fy_exchange_enter(x, FY_RS_NONE);
+  x->replay_pending = x->replay.len > 0;
+  uint64_t ms = fy_retry_backoff_ms(x);
   if (ms == 0)
-    fy_proxy_reconnect(c);
+    fy_proxy_reconnect(x);
   else
-    uv_timer_start(&c->retry_timer, fy_proxy_retry_timer_cb, ms, 0);
+    uv_timer_start(&x->retry_timer, fy_proxy_retry_timer_cb, ms, 0);
 }
 
 static enum fy_failure fy_proxy_classify(fy_uconn *uc, int err) {
@@ -75,52 +75,51 @@ static enum fy_failure fy_proxy_classify(fy_uconn *uc, int err) {
  * (504 for a timeout). After the response has started, the client
  * connection is cut so that a truncated response can never look complete.
  */
-static void fy_proxy_fail(fy_conn *c, int err) {
-  fy_uconn *uc = c->up;
+static void fy_proxy_fail(fy_exchange *x, int err) {
+  fy_uconn *uc = x->up;
   enum fy_failure f = fy_proxy_classify(uc, err);
-  c->w->stats.failures[f]++;
+  x->w->stats.failures[f]++;
   /* A reused keep-alive connection the server had closed: not the server's fault. */
   bool stale = uc && uc->requests > 1 && f == FY_FAIL_RESET;
-  const char *server = c->server ? c->server->addr_text : "-";
-  fy_proxy_abort(c);
-  if (c->rs == FY_RS_BODY && !c->resp_sent) {
+  const char *server = x->server ? x->server->addr_text : "-";
+  fy_proxy_abort(x);
+  if (x->rs == FY_RS_BODY && !x->resp_sent) {
     /* The head was parsed but not one byte went out (the failure came in the
      * same read): the client can still get a clean 502, or another try. */
-    fy_buf_reset(&c->chead);
-    fy_bodyout_reset(&c->cbody);
-    c->req.status = 0;
-    c->rs = FY_RS_WAIT;
+    fy_buf_reset(&x->chead);
+    fy_bodyout_reset(&x->cbody);
+    x->req->status = 0;
+    fy_exchange_enter(x, FY_RS_WAIT);
   }
-  if (c->rs == FY_RS_WAIT || c->rs == FY_RS_NONE) {
-    if (c->server && !stale) fy_server_failed(c->server, fy_now_ms(c));
-    if (fy_retry_decide(c, f, 0, stale)) {
-      fy_proxy_retry(c);
+  if (x->rs == FY_RS_WAIT || x->rs == FY_RS_NONE) {
+    if (x->server && !stale) fy_server_failed(x->server, fy_exchange_now_ms(x));
+    if (fy_retry_decide(x, f, 0, stale)) {
+      fy_proxy_retry(x);
       return;
     }
     int status = f == FY_FAIL_TIMEOUT || f == FY_FAIL_CONNECT_TIMEOUT ? 504 : 502;
-    fy_log_warn("request %llu: upstream %s: %s (%s) -> %d after %u attempt%s", (unsigned long long)c->req.id,
-                server, fy_strerror(err), fy_failure_name(f), status, c->attempt, c->attempt > 1 ? "s" : "");
-    c->rs = FY_RS_NONE;
-    fy_conn_respond_simple(c, status, fy_http_reason(status));
+    fy_log_warn("request %llu: upstream %s: %s (%s) -> %d after %u attempt%s", (unsigned long long)x->req->id,
+                server, fy_strerror(err), fy_failure_name(f), status, x->attempt, x->attempt > 1 ? "s" : "");
+    fy_exchange_enter(x, FY_RS_NONE);
+    fy_exchange_respond_simple(x, status, fy_http_reason(status));
     return;
   }
   fy_log_warn("request %llu: upstream %s failed mid-response: %s; closing the client connection",
-              (unsigned long long)c->req.id, server, fy_strerror(err));
-  if (c->server) fy_server_failed(c->server, fy_now_ms(c));
-  c->req.status = c->req.status ? c->req.status : 502;
-  c->reset_on_close = true; /* a FIN would end a close-delimited body as if it were complete */
-  fy_conn_close(c);
+              (unsigned long long)x->req->id, server, fy_strerror(err));
+  if (x->server) fy_server_failed(x->server, fy_exchange_now_ms(x));
+  x->req->status = x->req->status ? x->req->status : 502;
+  x->client->cut(x); /* a FIN would end a close-delimited body as if it were complete */
 }
 
 /* ---- response parser ---------------------------------------------------- */
 
 static int fy_on_resp_begin(llhttp_t *p) {
-  fy_headers_reset(&fy_proxy_conn_of(p)->rheaders);
+  fy_headers_reset(&fy_proxy_exchange_of(p)->req->rheaders);
   return 0;
 }
 
 static int fy_on_resp_field(llhttp_t *p, const char *at, size_t len) {
-  fy_headers *h = &fy_proxy_conn_of(p)->rheaders;
+  fy_headers *h = &fy_proxy_exchange_of(p)->req->rheaders;
   if (h->buf.len + len > FY_MAX_RESPONSE_HEADER_BYTES) return -1;
   fy_headers_collect_name(h, at, len, SIZE_MAX);
   return 0;
@@ -128,41 +127,41 @@ static int fy_on_resp_field(llhttp_t *p, const char *at, size_t len) {
 
 static int fy_on_resp_field_complete(llhttp_t *p) {
   /* An empty header name: not a response ferry relays. */
-  return fy_headers_collect_name_end(&fy_proxy_conn_of(p)->rheaders) ? 0 : -1;
+  return fy_headers_collect_name_end(&fy_proxy_exchange_of(p)->req->rheaders) ? 0 : -1;
 }
 
 static int fy_on_resp_value(llhttp_t *p, const char *at, size_t len) {
-  fy_headers *h = &fy_proxy_conn_of(p)->rheaders;
+  fy_headers *h = &fy_proxy_exchange_of(p)->req->rheaders;
   if (h->buf.len + len > FY_MAX_RESPONSE_HEADER_BYTES) return -1;
   fy_headers_collect_value(h, at, len);
   return 0;
 }
 
 /* Writes the response head for the client, choosing the framing of the body. */
-static void fy_proxy_write_response_head(fy_conn *c, llhttp_t *p) {
-  fy_req *r = &c->req;
-  fy_buf *o = &c->chead;
+static void fy_proxy_write_response_head(fy_exchange *x, llhttp_t *p) {
+  fy_req *r = x->req;
+  fy_buf *o = &x->chead;
   int status = p->status_code;
   bool cl = (p->flags & F_CONTENT_LENGTH) && !(p->flags & F_CHUNKED);
   bool bodiless = r->head || status == 204 || status == 304;
-  if (c->rq != FY_RQ_DONE) c->close_after = true; /* answered before the request ended */
-  c->cbody.chunked = false;
+  if (!x->req_done) x->close_after = true; /* answered before the request ended */
+  x->cbody.chunked = false;
   if (!bodiless && !cl) {
     if (r->http_minor >= 1)
-      c->cbody.chunked = true;
+      x->cbody.chunked = true;
     else
-      c->close_after = true; /* HTTP/1.0 client: the end of the body is the close */
+      x->close_after = true; /* HTTP/1.0 client: the end of the body is the close */
   }
-  bool close = fy_conn_will_close(c);
-  fy_http_strip_hop_by_hop(&c->rheaders);
+  bool close = x->client->will_close(x);
+  fy_http_strip_hop_by_hop(&x->req->rheaders);
   fy_buf_reset(o);
   fy_http_status_line(o, status);
-  for (size_t i = 0; i < c->rheaders.n; i++) {
-    const fy_hdr *e = &c->rheaders.v[i];
+  for (size_t i = 0; i < x->req->rheaders.n; i++) {
+    const fy_hdr *e = &x->req->rheaders.v[i];
     if (e->flags & FY_HDR_REMOVED) continue;
-    fy_buf_append(o, fy_hdr_name(&c->rheaders, e), e->name_len);
+    fy_buf_append(o, fy_hdr_name(&x->req->rheaders, e), e->name_len);
     fy_buf_append(o, ": ", 2);
-    fy_buf_append(o, fy_hdr_val(&c->rheaders, e), e->val_len);
+    fy_buf_append(o, fy_hdr_val(&x->req->rheaders, e), e->val_len);
     fy_buf_append(o, "\r\n", 2);
   }
   if (cl && status != 204) {
@@ -170,7 +169,7 @@ static void fy_proxy_write_response_head(fy_conn *c, llhttp_t *p) {
     fy_buf_u64(o, p->content_length);
     fy_buf_append(o, "\r\n", 2);
   }
-  if (c->cbody.chunked) fy_buf_puts(o, "Transfer-Encoding: chunked\r\n");
+  if (x->cbody.chunked) fy_buf_puts(o, "Transfer-Encoding: chunked\r\n");
   if (close)
     fy_buf_puts(o, "Connection: close\r\n");
   else if (r->http_minor == 0)
@@ -180,8 +179,8 @@ static void fy_proxy_write_response_head(fy_conn *c, llhttp_t *p) {
 }
 
 /* The policy's response(req, res) hook may edit the headers before they go out. */
-static bool fy_proxy_response_hook(fy_conn *c) {
-  fy_req *r = &c->req;
+static bool fy_proxy_response_hook(fy_exchange *x) {
+  fy_req *r = x->req;
   if (!fy_lua_has_hook(&r->gen->lua, r->policy, FY_HOOK_HAS_RESPONSE)) return true;
   fy_buf err;
   fy_buf_init(&err);
@@ -193,8 +192,8 @@ static bool fy_proxy_response_hook(fy_conn *c) {
   return out == FY_HOOK_OK;
 }
 
-void fy_proxy_log_hook(fy_conn *c) {
-  fy_req *r = &c->req;
+void fy_proxy_log_hook(fy_exchange *x) {
+  fy_req *r = x->req;
   if (r->gen == NULL || r->method == NULL || !fy_lua_has_hook(&r->gen->lua, r->policy, FY_HOOK_HAS_LOG))
     return;
   fy_buf err;
@@ -213,7 +212,7 @@ static bool fy_proxy_status_listed(const fy_cfg_group *cfg, int status) {
 }
 
 static int fy_on_resp_headers_complete(llhttp_t *p) {
-  fy_conn *c = fy_proxy_conn_of(p);
+  fy_exchange *x = fy_proxy_exchange_of(p);
   int status = p->status_code;
   /*
    * 1xx, 204 and 304 never have a body, whatever their headers say; llhttp
@@ -224,39 +223,39 @@ static int fy_on_resp_headers_complete(llhttp_t *p) {
    */
   if (status < 100 || status == 101) return -1; /* not HTTP; ferry never asks for an upgrade */
   if (status < 200) return 1;                   /* interim responses are dropped */
-  uint64_t now = fy_now_ms(c);
+  uint64_t now = fy_exchange_now_ms(x);
   if (status >= 500)
-    fy_server_failed(c->server, now);
+    fy_server_failed(x->server, now);
   else
-    fy_server_succeeded(c->server, (double)(uv_hrtime() - c->attempt_ns) / 1e6, now);
-  if (fy_proxy_status_listed(fy_proxy_group(c), status) &&
-      fy_retry_decide(c, FY_FAIL_STATUS, status, false)) {
-    c->retry_status = status; /* handled once llhttp returns: this answer is dropped */
-    c->w->stats.failures[FY_FAIL_STATUS]++;
+    fy_server_succeeded(x->server, (double)(uv_hrtime() - x->attempt_ns) / 1e6, now);
+  if (fy_proxy_status_listed(fy_proxy_group(x), status) &&
+      fy_retry_decide(x, FY_FAIL_STATUS, status, false)) {
+    x->retry_status = status; /* handled once llhttp returns: this answer is dropped */
+    x->w->stats.failures[FY_FAIL_STATUS]++;
     return HPE_PAUSED;
   }
-  c->ustatus = status;
-  if (!fy_proxy_response_hook(c)) {
-    c->response_failed = true; /* handled once llhttp returns */
+  x->req->ustatus = status;
+  if (!fy_proxy_response_hook(x)) {
+    x->response_failed = true; /* handled once llhttp returns */
     return HPE_PAUSED;
   }
-  fy_proxy_write_response_head(c, p);
-  c->rs = FY_RS_BODY;
-  return c->req.head || status == 204 || status == 304 ? 1 : 0;
+  fy_proxy_write_response_head(x, p);
+  fy_exchange_enter(x, FY_RS_BODY);
+  return x->req->head || status == 204 || status == 304 ? 1 : 0;
 }
 
 static int fy_on_resp_body(llhttp_t *p, const char *at, size_t len) {
-  fy_conn *c = fy_proxy_conn_of(p);
-  if (c->rs != FY_RS_BODY) return -1; /* a body with no head relayed before it: never pass it on */
-  fy_bodyout_add(&c->cbody, at, len);
+  fy_exchange *x = fy_proxy_exchange_of(p);
+  if (x->rs != FY_RS_BODY) return -1; /* a body with no head relayed before it: never pass it on */
+  fy_bodyout_add(&x->cbody, at, len);
   return 0;
 }
 
 static int fy_on_resp_complete(llhttp_t *p) {
-  fy_conn *c = fy_proxy_conn_of(p);
-  if (c->rs != FY_RS_BODY) return 0; /* the end of an interim response */
-  if (c->cbody.chunked) fy_http_chunk_end(&c->cbody.copy);
-  c->rs = FY_RS_DONE;
+  fy_exchange *x = fy_proxy_exchange_of(p);
+  if (x->rs != FY_RS_BODY) return 0; /* the end of an interim response */
+  if (x->cbody.chunked) fy_http_chunk_end(&x->cbody.copy);
+  fy_exchange_enter(x, FY_RS_DONE);
   return HPE_PAUSED;
 }
 
@@ -272,66 +271,65 @@ static const llhttp_settings_t fy_response_settings = {
 
 /* ---- relaying the response ---------------------------------------------- */
 
-static void fy_proxy_upstream_pump(fy_conn *c) {
-  fy_uconn *uc = c->up;
-  while (uc->rpos < uc->rlen && c->rs != FY_RS_DONE && !c->cw_pending) {
+static void fy_proxy_upstream_pump(fy_exchange *x) {
+  fy_uconn *uc = x->up;
+  while (uc->rpos < uc->rlen && x->rs != FY_RS_DONE && !x->client->sending(x)) {
     const char *data = uc->rbuf + uc->rpos;
     size_t len = uc->rlen - uc->rpos;
     llhttp_errno_t err = llhttp_execute(&uc->parser, data, len);
     uc->rpos += err == HPE_OK ? len : (size_t)(llhttp_get_error_pos(&uc->parser) - data);
-    if (err == HPE_PAUSED && c->response_failed) {
-      c->response_failed = false;
-      fy_proxy_abort(c);
-      c->rs = FY_RS_NONE;
-      fy_conn_respond_simple(c, 500, "policy error\n");
+    if (err == HPE_PAUSED && x->response_failed) {
+      x->response_failed = false;
+      fy_proxy_abort(x);
+      fy_exchange_enter(x, FY_RS_NONE);
+      fy_exchange_respond_simple(x, 500, "policy error\n");
       return;
     }
-    if (err == HPE_PAUSED && c->retry_status) {
-      c->retry_status = 0;
-      fy_proxy_abort(c); /* the rest of that answer is not wanted */
-      fy_proxy_retry(c);
+    if (err == HPE_PAUSED && x->retry_status) {
+      x->retry_status = 0;
+      fy_proxy_abort(x); /* the rest of that answer is not wanted */
+      fy_proxy_retry(x);
       return;
     }
     if (err == HPE_PAUSED) {
       llhttp_resume(&uc->parser);
     } else if (err != HPE_OK) {
-      fy_log_warn("request %llu: bad response from %s: %s", (unsigned long long)c->req.id,
+      fy_log_warn("request %llu: bad response from %s: %s", (unsigned long long)x->req->id,
                   uc->server->addr_text, llhttp_get_error_reason(&uc->parser));
-      fy_proxy_fail(c, FY_EUPSTREAM);
+      fy_proxy_fail(x, FY_EUPSTREAM);
       return;
     }
   }
-  if (c->rs == FY_RS_DONE) fy_uconn_timer(uc, 0);
-  fy_conn_flush_client(c);
-  if (c->closing) return;
-  if (c->up) fy_uconn_update_reading(c->up);
-  fy_conn_exchange_maybe_done(c);
+  if (x->rs == FY_RS_DONE) fy_uconn_timer(uc, 0);
+  x->client->flush(x);
+  if (x->up) fy_uconn_update_reading(x->up); /* not if the flush ended the client connection */
+  x->client->done(x);
 }
 
 static void fy_proxy_on_read(fy_uconn *uc, ssize_t n) {
-  fy_conn *c = uc->owner;
+  fy_exchange *x = uc->owner;
   if (n > 0) {
-    fy_uconn_timer(uc, fy_proxy_group(c)->read_timeout);
-    fy_proxy_upstream_pump(c);
+    fy_uconn_timer(uc, fy_proxy_group(x)->read_timeout);
+    fy_proxy_upstream_pump(x);
     return;
   }
-  if (c->rs == FY_RS_DONE) return; /* closed after a complete answer: just not reusable */
-  if (n == UV_EOF && c->rs == FY_RS_BODY && llhttp_message_needs_eof(&uc->parser)) {
+  if (x->rs == FY_RS_DONE) return; /* closed after a complete answer: just not reusable */
+  if (n == UV_EOF && x->rs == FY_RS_BODY && llhttp_message_needs_eof(&uc->parser)) {
     llhttp_finish(&uc->parser); /* the end of a close-delimited body: on_message_complete runs */
   }
-  if (n == UV_EOF && c->rs == FY_RS_DONE) {
+  if (n == UV_EOF && x->rs == FY_RS_DONE) {
     /* That ended the message. Anything else (in the middle of trailers, say) is a cut,
      * and waiting for more would hang the client. */
     uc->parser.flags &= ~F_CONNECTION_KEEP_ALIVE;
-    fy_conn_flush_client(c);
-    fy_conn_exchange_maybe_done(c);
+    x->client->flush(x);
+    x->client->done(x);
     return;
   }
-  fy_proxy_fail(c, (int)n);
+  fy_proxy_fail(x, (int)n);
 }
 
-void fy_proxy_response_written(fy_conn *c) {
-  if (c->up) fy_proxy_upstream_pump(c);
+void fy_proxy_response_written(fy_exchange *x) {
+  if (x->up) fy_proxy_upstream_pump(x);
 }
 
 static void fy_proxy_on_timeout(fy_uconn *uc) { fy_proxy_fail(uc->owner, FY_ETIMEDOUT); }
@@ -346,22 +344,22 @@ static bool fy_proxy_skip_header(const fy_headers *h, const fy_hdr *e) {
          fy_http_token_eq(n, len, "x-forwarded-proto", 17);
 }
 
-static void fy_proxy_write_xff(fy_conn *c, fy_buf *o) {
-  const fy_headers *h = &c->req.headers;
+static void fy_proxy_write_xff(fy_exchange *x, fy_buf *o) {
+  const fy_headers *h = &x->req->headers;
   fy_buf_puts(o, "X-Forwarded-For: ");
   for (ssize_t i = fy_headers_find(h, "x-forwarded-for", 15, 0); i >= 0;
        i = fy_headers_find(h, "x-forwarded-for", 15, (size_t)i + 1)) {
     fy_buf_append(o, fy_hdr_val(h, &h->v[i]), h->v[i].val_len);
     fy_buf_append(o, ", ", 2);
   }
-  fy_buf_puts(o, c->client_ip);
-  fy_buf_puts(o, c->sock.tls ? "\r\nX-Forwarded-Proto: https\r\n" : "\r\nX-Forwarded-Proto: http\r\n");
+  fy_buf_puts(o, x->req->client_ip);
+  fy_buf_puts(o, x->req->tls ? "\r\nX-Forwarded-Proto: https\r\n" : "\r\nX-Forwarded-Proto: http\r\n");
 }
 
-static void fy_proxy_write_request_head(fy_conn *c, fy_server *s) {
-  fy_req *r = &c->req;
+static void fy_proxy_write_request_head(fy_exchange *x, fy_server *s) {
+  fy_req *r = x->req;
   const fy_headers *h = &r->headers;
-  fy_buf *o = &c->uhead;
+  fy_buf *o = &x->uhead;
   fy_buf_reset(o);
   fy_buf_puts(o, r->method);
   fy_buf_append(o, " ", 1);
@@ -387,7 +385,7 @@ static void fy_proxy_write_request_head(fy_conn *c, fy_server *s) {
     fy_buf_append(o, fy_hdr_val(h, e), e->val_len);
     fy_buf_append(o, "\r\n", 2);
   }
-  fy_proxy_write_xff(c, o);
+  fy_proxy_write_xff(x, o);
   if (r->chunked)
     fy_buf_puts(o, "Transfer-Encoding: chunked\r\n");
   else if (r->has_body) {
@@ -400,85 +398,87 @@ static void fy_proxy_write_request_head(fy_conn *c, fy_server *s) {
 
 static void fy_proxy_upstream_write_cb(fy_write_req *wr, int status) {
   fy_uconn *uc = FY_CONTAINER_OF(wr, fy_uconn, write_req);
-  fy_conn *c = uc->owner;
-  if (c == NULL) return; /* detached while the write was in flight */
-  c->uw_pending = false;
+  fy_exchange *x = uc->owner;
+  if (x == NULL) return; /* detached while the write was in flight */
+  x->uw_pending = false;
   if (status < 0) {
-    fy_proxy_fail(c, status);
+    fy_proxy_fail(x, status);
     return;
   }
-  fy_buf_reset(&c->uhead);
-  fy_bodyout_reset(&c->ubody);
+  fy_buf_reset(&x->uhead);
+  fy_bodyout_reset(&x->ubody);
   /* The read timeout runs once the whole request is sent; until then the
    * client's body timeout bounds the wait. */
-  bool sent = c->rq == FY_RQ_DONE;
-  fy_uconn_timer(uc, c->rs == FY_RS_WAIT && sent ? fy_proxy_group(c)->read_timeout : 0);
-  fy_conn_client_pump(c);
+  bool sent = x->req_done;
+  fy_uconn_timer(uc, x->rs == FY_RS_WAIT && sent ? fy_proxy_group(x)->read_timeout : 0);
+  x->client->pump(x);
 }
 
-void fy_proxy_flush_upstream(fy_conn *c) {
-  fy_uconn *uc = c->up;
-  if (uc == NULL || uc->state != FY_UC_ACTIVE || c->uw_pending) return;
+void fy_proxy_flush_upstream(fy_exchange *x) {
+  fy_uconn *uc = x->up;
+  if (uc == NULL || uc->state != FY_UC_ACTIVE || x->uw_pending) return;
   uv_buf_t bufs[3];
   unsigned n = 0;
-  if (c->uhead.len) bufs[n++] = uv_buf_init(c->uhead.data, (unsigned)c->uhead.len);
-  if (c->replay_pending) { /* a retry: the body bytes the failed attempt had sent */
-    bufs[n++] = uv_buf_init(c->replay.data, (unsigned)c->replay.len);
-    c->replay_pending = false;
+  if (x->uhead.len) bufs[n++] = uv_buf_init(x->uhead.data, (unsigned)x->uhead.len);
+  if (x->replay_pending) { /* a retry: the body bytes the failed attempt had sent */
+    bufs[n++] = uv_buf_init(x->replay.data, (unsigned)x->replay.len);
+    x->replay_pending = false;
   }
   fy_buf none;
   fy_buf_init(&none);
-  unsigned nbody = fy_bodyout_bufs(&none, &c->ubody, bufs + n);
-  if (c->req.has_body) fy_replay_add(c, bufs + n, nbody);
+  unsigned nbody = fy_bodyout_bufs(&none, &x->ubody, bufs + n);
+  if (x->req->has_body) fy_replay_add(x, bufs + n, nbody);
   n += nbody;
   if (n == 0) return;
   int rc = fy_sock_write(&uc->sock, &uc->write_req, bufs, n, fy_proxy_upstream_write_cb);
   if (rc < 0) {
-    fy_proxy_fail(c, rc);
+    fy_proxy_fail(x, rc);
     return;
   }
-  c->uw_pending = true;
-  fy_uconn_timer(uc, fy_proxy_group(c)->write_timeout);
+  x->uw_pending = true;
+  fy_uconn_timer(uc, fy_proxy_group(x)->write_timeout);
 }
 
-bool fy_proxy_can_read_body(fy_conn *c) { return c->up && c->up->state == FY_UC_ACTIVE && !c->uw_pending; }
+bool fy_proxy_can_read_body(fy_exchange *x) {
+  return x->up && x->up->state == FY_UC_ACTIVE && !x->uw_pending;
+}
 
 /* The connection is usable: queue the head; the caller pumps the body. */
-static void fy_proxy_upstream_ready(fy_conn *c) {
-  fy_uconn *uc = c->up;
+static void fy_proxy_upstream_ready(fy_exchange *x) {
+  fy_uconn *uc = x->up;
   llhttp_init(&uc->parser, HTTP_RESPONSE, &fy_response_settings);
-  uc->parser.data = c;
+  uc->parser.data = x;
   uc->requests++;
-  c->rs = FY_RS_WAIT;
-  c->ubody.chunked = c->req.chunked;
-  c->attempt_ns = uv_hrtime();
-  fy_proxy_write_request_head(c, uc->server);
-  if (c->req.expect_continue && !c->continue_sent) {
-    c->continue_sent = true;
-    fy_buf_puts(&c->chead, "HTTP/1.1 100 Continue\r\n\r\n");
-    fy_conn_flush_client(c);
+  fy_exchange_enter(x, FY_RS_WAIT);
+  x->ubody.chunked = x->req->chunked;
+  x->attempt_ns = uv_hrtime();
+  fy_proxy_write_request_head(x, uc->server);
+  if (x->req->expect_continue && !x->continue_sent) {
+    x->continue_sent = true;
+    fy_buf_puts(&x->chead, "HTTP/1.1 100 Continue\r\n\r\n");
+    x->client->flush(x);
   }
 }
 
 static void fy_proxy_on_ready(fy_uconn *uc, int status) {
-  fy_conn *c = uc->owner;
+  fy_exchange *x = uc->owner;
   if (status < 0) {
-    fy_proxy_fail(c, status);
+    fy_proxy_fail(x, status);
     return;
   }
-  fy_proxy_upstream_ready(c);
-  fy_conn_client_pump(c);
+  fy_proxy_upstream_ready(x);
+  x->client->pump(x);
 }
 
 /* The server for this attempt: the policy's select hook if it has one, else the balancer. */
-static fy_server *fy_proxy_pick(fy_conn *c) {
-  fy_req *r = &c->req;
+static fy_server *fy_proxy_pick(fy_exchange *x) {
+  fy_req *r = x->req;
   fy_group *g = &r->gen->groups[r->group];
   if (fy_lua_has_hook(&r->gen->lua, r->policy, FY_HOOK_HAS_SELECT)) {
     int index = -1;
     fy_buf err;
     fy_buf_init(&err);
-    enum fy_hook_outcome out = fy_lua_select(&r->gen->lua, r->policy, r, r->group, c->attempt, &index, &err);
+    enum fy_hook_outcome out = fy_lua_select(&r->gen->lua, r->policy, r, r->group, x->attempt, &index, &err);
     if (out != FY_HOOK_OK)
       fy_log_error("request %llu: select: %s: %.*s", (unsigned long long)r->id, fy_hook_outcome_name(out),
                    (int)err.len, err.data);
@@ -486,7 +486,7 @@ static fy_server *fy_proxy_pick(fy_conn *c) {
     if (out != FY_HOOK_OK) return NULL;
     if (index >= 0 && (size_t)index < g->nservers) return g->servers[index];
   }
-  return fy_group_pick(g, c->key, c->has_key, c->tried, c->ntried, fy_now_ms(c));
+  return fy_group_pick(g, x->key, x->has_key, x->tried, x->ntried, fy_exchange_now_ms(x));
 }
 
 /*
@@ -494,105 +494,90 @@ static fy_server *fy_proxy_pick(fy_conn *c) {
  * the client as ferry knows it (from the PROXY header ferry received, if
  * any, else the socket) and the AWS endpoint id passed on.
  */
-static void fy_proxy_write_preface(fy_conn *c, fy_uconn *uc) {
+static void fy_proxy_write_preface(fy_exchange *x, fy_uconn *uc) {
   struct sockaddr_storage src, dst;
-  const fy_proxy_info *pp = c->pp;
-  if (pp && !pp->local && pp->family != AF_UNSPEC) {
-    src = pp->src;
-    dst = pp->dst;
-  } else {
-    int len = sizeof src;
-    memset(&src, 0, sizeof src);
-    memset(&dst, 0, sizeof dst);
-    uv_tcp_getpeername(&c->sock.tcp, (struct sockaddr *)&src, &len);
-    len = sizeof dst;
-    uv_tcp_getsockname(&c->sock.tcp, (struct sockaddr *)&dst, &len);
-  }
+  const fy_proxy_info *pp = x->req->pp;
+  x->client->addresses(x, &src, &dst);
   uint8_t header[FY_PP_WRITE_MAX];
   size_t n =
-      fy_proxy_protocol_write(fy_proxy_group(c)->proxy_protocol, &src, &dst, pp ? pp->vpce_id : NULL, header);
+      fy_proxy_protocol_write(fy_proxy_group(x)->proxy_protocol, &src, &dst, pp ? pp->vpce_id : NULL, header);
   fy_buf_reset(fy_uconn_preface(uc));
   fy_buf_append(fy_uconn_preface(uc), header, n);
 }
 
-static void fy_proxy_connect(fy_conn *c) {
-  fy_server *s = fy_proxy_pick(c);
+static void fy_proxy_connect(fy_exchange *x) {
+  fy_server *s = fy_proxy_pick(x);
   if (s == NULL) {
-    c->rs = FY_RS_NONE;
-    fy_conn_respond_simple(c, 500, "policy error\n");
+    fy_exchange_enter(x, FY_RS_NONE);
+    fy_exchange_respond_simple(x, 500, "policy error\n");
     return;
   }
-  c->server = s;
-  c->req.server = s->addr_text;
-  c->w->stats.attempts++;
-  if (c->ntried < FY_ARRAY_SIZE(c->tried)) c->tried[c->ntried++] = s;
-  c->rs = FY_RS_WAIT;
+  x->server = s;
+  x->req->server = s->addr_text;
+  x->w->stats.attempts++;
+  if (x->ntried < FY_ARRAY_SIZE(x->tried)) x->tried[x->ntried++] = s;
+  fy_exchange_enter(x, FY_RS_WAIT);
   fy_uconn *uc;
-  int rc = fy_upstream_acquire(c->w->loop, s, c, false, fy_proxy_on_ready, fy_proxy_on_read,
+  int rc = fy_upstream_acquire(x->w->loop, s, x, false, fy_proxy_on_ready, fy_proxy_on_read,
                                fy_proxy_on_timeout, &uc);
   if (rc < 0) {
-    fy_proxy_fail(c, rc);
+    fy_proxy_fail(x, rc);
     return;
   }
-  c->up = uc;
-  if (rc == 0 && fy_proxy_group(c)->proxy_protocol) fy_proxy_write_preface(c, uc);
-  if (rc == 1) fy_proxy_upstream_ready(c);
+  x->up = uc;
+  if (rc == 0 && fy_proxy_group(x)->proxy_protocol) fy_proxy_write_preface(x, uc);
+  if (rc == 1) fy_proxy_upstream_ready(x);
 }
 
 /* A pooled connection is ready at once; a new one reports through fy_proxy_on_ready. */
-static void fy_proxy_first_attempt(fy_conn *c) {
-  fy_group *g = &c->req.gen->groups[c->req.group];
-  c->attempt = 1;
-  c->ntried = 0;
-  c->server = NULL;
-  c->retry_status = 0;
-  c->continue_sent = false;
-  c->replayable = fy_retry_may_replay(c);
-  c->counted = g;
+static void fy_proxy_first_attempt(fy_exchange *x) {
+  fy_group *g = &x->req->gen->groups[x->req->group];
+  x->attempt = 1;
+  x->ntried = 0;
+  x->server = NULL;
+  x->retry_status = 0;
+  x->continue_sent = false;
+  x->replayable = fy_retry_may_replay(x);
+  x->counted = g;
   g->requests++;
-  fy_proxy_connect(c);
+  fy_proxy_connect(x);
 }
 
 /* ---- routing ------------------------------------------------------------ */
 
-void fy_proxy_start(fy_conn *c) {
-  fy_req *r = &c->req;
-  if (c->listener->admin) {
-    fy_admin_handle(c);
-    return;
-  }
+void fy_proxy_start(fy_exchange *x) {
+  fy_req *r = x->req;
   fy_buf err;
   fy_buf_init(&err);
-  r->policy = r->gen->cfg->listeners[c->listener->index].policy;
   int group = -1;
   fy_buf key;
   fy_buf_init(&key);
   enum fy_hook_outcome out = fy_lua_route(&r->gen->lua, r->policy, r, &group, &key, &err);
-  c->has_key = key.len > 0;
-  c->key = c->has_key ? fy_hash_bytes(key.data, key.len) : 0;
+  x->has_key = key.len > 0;
+  x->key = x->has_key ? fy_hash_bytes(key.data, key.len) : 0;
   fy_buf_free(&key);
   if (out != FY_HOOK_OK) {
     fy_log_error("request %llu: route: %s: %.*s", (unsigned long long)r->id, fy_hook_outcome_name(out),
                  (int)err.len, err.data);
     fy_buf_free(&err);
-    fy_conn_respond_simple(c, 500, "policy error\n");
+    fy_exchange_respond_simple(x, 500, "policy error\n");
     return;
   }
   fy_buf_free(&err);
   if (group < 0 || r->respond_status) { /* req:respond() wins over a group returned after it */
-    fy_conn_respond_with(c, r->respond_status, r->respond_headers.data, r->respond_headers.len,
-                         r->respond_body.data, r->respond_body.len);
+    x->client->respond(x, r->respond_status, r->respond_headers.data, r->respond_headers.len,
+                       r->respond_body.data, r->respond_body.len);
     return;
   }
   r->group = group;
-  fy_proxy_first_attempt(c);
+  fy_proxy_first_attempt(x);
 }
 
-void fy_proxy_finish(fy_conn *c) {
-  fy_uconn *uc = c->up;
+void fy_proxy_finish(fy_exchange *x) {
+  fy_uconn *uc = x->up;
   if (uc == NULL) return;
-  bool reusable = c->rs == FY_RS_DONE && c->rq == FY_RQ_DONE && !c->uw_pending && !c->w->stopping &&
+  bool reusable = x->rs == FY_RS_DONE && x->req_done && !x->uw_pending && !x->w->stopping &&
                   uc->rpos == uc->rlen && llhttp_should_keep_alive(&uc->parser) &&
                   llhttp_get_errno(&uc->parser) == HPE_OK;
-  fy_proxy_detach(c, reusable);
+  fy_proxy_detach(x, reusable);
 }

@@ -11,23 +11,23 @@
  * closed here and the exit status returned to main.
  *
  * ferry.testbed builds requests the way conn.c does (same header checks,
- * Host rules, target parsing, hop-by-hop stripping) into a fy_conn held in a
+ * Host rules, target parsing, hop-by-hop stripping) into a fy_req held in a
  * userdata, and makes one of them the worker's hook_req, so ferry.core's
  * request handle and the fy_ffi_* functions work on it exactly as during a
  * real hook. A PROXY protocol header a spec describes is written as a load
- * balancer sends it and read by ferry's parser into conn.pp, as conn.c
+ * balancer sends it and read by ferry's parser into its pp, as conn.c
  * does; a TLS session it describes becomes the worker's hook_tls, which
  * fy_ffi_req_tls reads instead of a socket's session (the server name kept
  * as tls.c keeps it). The worker is a zeroed fy_worker that only serves as
  * that context: no loop runs in `ferry test`. The hooks are entered in
  * their own phase (route, select, retry, response, log). For the response and log hooks,
- * an upstream response is put where proxy.c keeps it (conn.rheaders,
- * conn.ustatus) and the request entered in that hook's phase, so ferry.core's
+ * an upstream response is put where proxy.c keeps it (req.rheaders,
+ * req.ustatus) and the request entered in that hook's phase, so ferry.core's
  * res handle and the fy_ffi_res_* functions work on it too.
  */
 #include "test_cmd.h"
 
-#include "conn.h"
+#include "req.h"
 #include "http.h"
 #include "lua_host.h"
 #include "proxy_protocol.h"
@@ -63,7 +63,10 @@ static const char *const fy_test_cpath[] = {
 static fy_worker fy_testbed_worker; /* the hook context; nothing else of it is used */
 
 typedef struct fy_testbed_req {
-  fy_conn conn;
+  fy_req req;
+  char client_ip[INET6_ADDRSTRLEN];
+  int client_port;
+  fy_proxy_info *pp;
   fy_listener listener;
   char method[32];
   bool has_tls;
@@ -196,7 +199,7 @@ static size_t fy_tb_tlv(uint8_t *buf, size_t n, int type, int subtype, const cha
  * taken from it as conn.c does. NULL, or why ferry would close such a
  * connection.
  */
-static const char *fy_tb_proxy(lua_State *L, int t, fy_conn *c) {
+static const char *fy_tb_proxy(lua_State *L, int t, fy_testbed_req *c) {
   int version = fy_tb_opt_int(L, t, "version", 2);
   bool local = fy_tb_opt_bool(L, t, "local");
   uint8_t buf[FY_PP_MAX_HEADER];
@@ -261,13 +264,13 @@ static int fy_tb_new(lua_State *L) {
   luaL_checktype(L, 1, LUA_TTABLE);
   fy_testbed_req *t = lua_newuserdata(L, sizeof *t);
   memset(t, 0, sizeof *t);
-  fy_conn *c = &t->conn;
-  fy_req *r = &c->req;
+  fy_testbed_req *c = t;
+  fy_req *r = &t->req;
   fy_buf_init(&r->url);
   fy_headers_init(&r->headers);
   fy_buf_init(&r->respond_headers);
   fy_buf_init(&r->respond_body);
-  fy_headers_init(&c->rheaders);
+  fy_headers_init(&r->rheaders);
   luaL_getmetatable(L, FY_TESTBED_MT);
   lua_setmetatable(L, -2); /* from here __gc frees the buffers */
 
@@ -335,7 +338,9 @@ static int fy_tb_new(lua_State *L) {
   const char *listener = fy_tb_field_str(L, 1, "listener", "edge", &len);
   if (len >= sizeof t->listener.name) return luaL_error(L, "testbed.new: listener name too long");
   memcpy(t->listener.name, listener, len + 1);
-  c->listener = &t->listener;
+  r->client_ip = c->client_ip;
+  r->client_port = c->client_port;
+  r->listener = t->listener.name;
 
   lua_getfield(L, 1, "proxy");
   if (!lua_isnil(L, -1)) {
@@ -347,6 +352,8 @@ static int fy_tb_new(lua_State *L) {
     }
   }
   lua_pop(L, 1);
+  r->pp = c->pp;
+  r->client_port = c->client_port; /* the PROXY header's source */
   lua_getfield(L, 1, "tls");
   if (!lua_isnil(L, -1)) fy_tb_tls(L, lua_gettop(L), t);
   lua_pop(L, 1);
@@ -372,15 +379,15 @@ static fy_testbed_req *fy_tb_check(lua_State *L, int i) { return luaL_checkudata
 
 static int fy_tb_gc(lua_State *L) {
   fy_testbed_req *t = fy_tb_check(L, 1);
-  fy_req *r = &t->conn.req;
+  fy_req *r = &t->req;
   if (fy_testbed_worker.hook_req == r) fy_testbed_worker.hook_req = NULL, fy_testbed_worker.hook_tls = NULL;
   fy_buf_free(&r->url);
   fy_headers_free(&r->headers);
   fy_buf_free(&r->respond_headers);
   fy_buf_free(&r->respond_body);
-  fy_headers_free(&t->conn.rheaders);
-  free(t->conn.pp);
-  t->conn.pp = NULL;
+  fy_headers_free(&r->rheaders);
+  free(t->pp);
+  t->pp = NULL;
   for (size_t i = 0; i < FY_ARRAY_SIZE(t->tls_strings); i++) {
     free(t->tls_strings[i]);
     t->tls_strings[i] = NULL;
@@ -401,7 +408,7 @@ static int fy_tb_enter(lua_State *L) {
   static const int hook_ids[] = {FY_HOOK_ROUTE, FY_HOOK_SELECT, FY_HOOK_RETRY, FY_HOOK_RESPONSE, FY_HOOK_LOG};
   int hook = hook_ids[luaL_checkoption(L, 2, "route", hooks)];
   fy_worker_current = &fy_testbed_worker;
-  fy_testbed_worker.hook_req = &t->conn.req;
+  fy_testbed_worker.hook_req = &t->req;
   fy_testbed_worker.hook_tls = t->has_tls ? &t->tls : NULL;
   fy_testbed_worker.hook = hook;
   return 0;
@@ -416,7 +423,7 @@ static int fy_tb_leave(lua_State *L) {
 
 /* testbed.id(request) -> the id a handle of this request carries. */
 static int fy_tb_id(lua_State *L) {
-  lua_pushnumber(L, (lua_Number)fy_tb_check(L, 1)->conn.req.id);
+  lua_pushnumber(L, (lua_Number)fy_tb_check(L, 1)->req.id);
   return 1;
 }
 
@@ -438,13 +445,13 @@ static void fy_tb_push_headers(lua_State *L, const fy_headers *h) {
 
 /* testbed.headers(request) -> {{name, value}, ...}: the live headers, in order. */
 static int fy_tb_headers(lua_State *L) {
-  fy_tb_push_headers(L, &fy_tb_check(L, 1)->conn.req.headers);
+  fy_tb_push_headers(L, &fy_tb_check(L, 1)->req.headers);
   return 1;
 }
 
 /* testbed.response(request) -> status, body, {{name, value}, ...}, or nil. */
 static int fy_tb_response(lua_State *L) {
-  const fy_req *r = &fy_tb_check(L, 1)->conn.req;
+  const fy_req *r = &fy_tb_check(L, 1)->req;
   if (r->respond_status == 0) {
     lua_pushnil(L);
     return 1;
@@ -472,7 +479,7 @@ static int fy_tb_response(lua_State *L) {
  * testbed.set_response(request, status, {{name, value}, ...} [, bytes])
  * -> true, or nil and why ferry would not take such a response from an
  * upstream. Fills what proxy.c has when the response hook runs: the
- * upstream's status (conn.ustatus) and headers (conn.rheaders), nothing sent
+ * upstream's status (req.ustatus) and headers (req.rheaders), nothing sent
  * yet. With bytes, what it has when the log hook runs: status is also what
  * the client got (req.status) and bytes what was sent to it (req.bytes_out).
  */
@@ -484,7 +491,7 @@ static int fy_tb_set_response(lua_State *L) {
   lua_Number bytes = sent ? luaL_checknumber(L, 4) : 0;
   luaL_argcheck(L, bytes >= 0 && bytes < 9007199254740992.0 && bytes == (lua_Number)(uint64_t)bytes, 4,
                 "bytes is a whole number");
-  fy_conn *c = &t->conn;
+  fy_req *c = &t->req;
   fy_headers_reset(&c->rheaders);
   const char *bad = NULL;
   int rc = fy_tb_add_headers(L, 3, &c->rheaders, "testbed.set_response", &bad);
@@ -495,21 +502,21 @@ static int fy_tb_set_response(lua_State *L) {
     return 2;
   }
   c->ustatus = (int)status;
-  c->req.status = sent ? (int)status : 0;
-  c->req.bytes_out = (uint64_t)bytes;
+  c->status = sent ? (int)status : 0;
+  c->bytes_out = (uint64_t)bytes;
   lua_pushboolean(L, 1);
   return 1;
 }
 
 /* testbed.strip_response(request): what proxy.c does to the headers when it writes the head. */
 static int fy_tb_strip_response(lua_State *L) {
-  fy_http_strip_hop_by_hop(&fy_tb_check(L, 1)->conn.rheaders);
+  fy_http_strip_hop_by_hop(&fy_tb_check(L, 1)->req.rheaders);
   return 0;
 }
 
 /* testbed.response_head(request) -> status, {{name, value}, ...}: the response's live head. */
 static int fy_tb_response_head(lua_State *L) {
-  fy_conn *c = &fy_tb_check(L, 1)->conn;
+  fy_req *c = &fy_tb_check(L, 1)->req;
   lua_pushinteger(L, c->ustatus);
   fy_tb_push_headers(L, &c->rheaders);
   return 2;

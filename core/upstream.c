@@ -459,7 +459,7 @@ static fy_uconn *fy_pool_take(fy_server *s) {
   return uc;
 }
 
-int fy_upstream_acquire(uv_loop_t *loop, fy_server *s, struct fy_conn *owner, bool fresh,
+int fy_upstream_acquire(uv_loop_t *loop, fy_server *s, struct fy_exchange *owner, bool fresh,
                         fy_uconn_ready_cb ready, fy_uconn_read_cb on_read, fy_uconn_timeout_cb on_timeout,
                         fy_uconn **out) {
   fy_uconn *uc = fresh ? NULL : fy_pool_take(s);

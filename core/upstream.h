@@ -27,7 +27,7 @@
 #include <uv.h>
 
 struct fy_gen;
-struct fy_conn;
+struct fy_exchange;
 struct fy_uconn;
 
 /*
@@ -115,7 +115,7 @@ typedef struct fy_uconn {
   uv_connect_t connect_req;
   fy_write_req write_req;
   fy_server *server;
-  struct fy_conn *owner;
+  struct fy_exchange *owner;
   fy_uconn_ready_cb on_ready;
   fy_uconn_read_cb on_read;
   fy_uconn_timeout_cb on_timeout;
@@ -168,7 +168,7 @@ void fy_health_stop(fy_server *s);
  * 0: ready is called once when the connect ends). A negative return is an
  * error, and ready is never called.
  */
-int fy_upstream_acquire(uv_loop_t *loop, fy_server *s, struct fy_conn *owner, bool fresh,
+int fy_upstream_acquire(uv_loop_t *loop, fy_server *s, struct fy_exchange *owner, bool fresh,
                         fy_uconn_ready_cb ready, fy_uconn_read_cb on_read, fy_uconn_timeout_cb on_timeout,
                         fy_uconn **out);
 /*

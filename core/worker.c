@@ -307,7 +307,7 @@ static void fy_worker_close_listeners(fy_worker *w) {
   while (e != &w->conns) {
     fy_conn *c = FY_CONTAINER_OF(e, fy_conn, link);
     e = e->next;
-    if (c->rq == FY_RQ_HEAD && c->req.url.len == 0 && c->rpos == c->rlen) fy_conn_close(c);
+    if (c->rd.rq == FY_RQ_HEAD && c->req.url.len == 0 && c->rpos == c->rlen) fy_conn_close(c);
   }
   fy_groups_drop_idle(w->gen->groups, w->gen->cfg->ngroups);
   fy_groups_stop(w->gen->groups, w->gen->cfg->ngroups);
