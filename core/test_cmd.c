@@ -10,17 +10,16 @@
  * (an error with no message) instead of calling os.exit, so the state is
  * closed here and the exit status returned to main.
  *
- * ferry.testbed builds requests the way conn.c does (same header checks,
- * Host rules, target parsing, hop-by-hop stripping) into a fy_req held in a
- * userdata, and makes one of them the worker's hook_req, so ferry.core's
- * request handle and the fy_ffi_* functions work on it exactly as during a
- * real hook. A PROXY protocol header a spec describes is written as a load
- * balancer sends it and read by ferry's parser into its pp, as conn.c
- * does; a TLS session it describes becomes the worker's hook_tls, which
- * fy_ffi_req_tls reads instead of a socket's session (the server name kept
- * as tls.c keeps it). The worker is a zeroed fy_worker that only serves as
- * that context: no loop runs in `ferry test`. The hooks are entered in
- * their own phase (route, select, retry, response, log). For the response and log hooks,
+ * ferry.testbed builds requests with the code conn.c uses: the head a
+ * spec describes is written as a client sends it and read by req.c's
+ * fy_req_reader (llhttp and every check of a request head, with the
+ * config's default limits) into a fy_req held in a userdata, and makes
+ * one of them the worker's hook_req, so ferry.core's request handle and the fy_ffi_* functions work on it
+ * exactly as during a real hook. A PROXY protocol header a spec describes is written as a load balancer sends
+ * it and read by ferry's parser into its pp, as conn.c does; a TLS session it describes becomes the worker's
+ * hook_tls, which fy_ffi_req_tls reads instead of a socket's session (the server name kept as tls.c keeps
+ * it). The worker is a zeroed fy_worker that only serves as that context: no loop runs in `ferry test`. The
+ * hooks are entered in their own phase (route, select, retry, response, log). For the response and log hooks,
  * an upstream response is put where proxy.c keeps it (req.rheaders,
  * req.ustatus) and the request entered in that hook's phase, so ferry.core's
  * res handle and the fy_ffi_res_* functions work on it too.
@@ -61,6 +60,7 @@ static const char *const fy_test_cpath[] = {
     "/usr/local/lib/lua/5.1/?.so", "/usr/lib/" FY_TEST_TRIPLET "/lua/5.1/?.so", "/usr/lib/lua/5.1/?.so"};
 
 static fy_worker fy_testbed_worker; /* the hook context; nothing else of it is used */
+static fy_limits fy_testbed_limits; /* the config's defaults (ferry.config's schema) */
 
 typedef struct fy_testbed_req {
   fy_req req;
@@ -73,6 +73,7 @@ typedef struct fy_testbed_req {
   fy_tls_info tls; /* what the request's TLS session said (strings below and in tls_strings) */
   char sni[256];
   char *tls_strings[4]; /* version, cipher, alpn, client_subject */
+  fy_buf wire, head;    /* the head as a client would send it (header lines, then all of it) */
 } fy_testbed_req;
 
 /* ---- ferry.testbed --------------------------------------------------------- */
@@ -91,12 +92,16 @@ static const char *fy_tb_field_str(lua_State *L, int t, const char *key, const c
 }
 
 /* nil and a message: what ferry would do instead of running a hook. */
-static int fy_tb_refused(lua_State *L, const char *fmt, const char *detail) {
+static int fy_tb_refused_with(lua_State *L, int status, const char *fmt, const char *detail) {
   lua_pushnil(L);
-  lua_pushstring(L, "ferry answers 400 before any hook runs: ");
+  lua_pushfstring(L, "ferry answers %d before any hook runs: ", status);
   lua_pushfstring(L, fmt, detail);
   lua_concat(L, 2);
   return 2;
+}
+
+static int fy_tb_refused(lua_State *L, const char *fmt, const char *detail) {
+  return fy_tb_refused_with(L, 400, fmt, detail);
 }
 
 static bool fy_tb_target_ok(const char *t, size_t len) {
@@ -112,11 +117,14 @@ static const char *const fy_tb_headers_why[] = {NULL, "header name '%s' is not a
 
 /*
  * Adds the list {{name, value}, ...} at stack index idx (nil: none) to h,
- * with the checks conn.c makes of headers from the wire. Returns
- * FY_TB_HEADERS_OK, or which check failed, *bad then being the header's
- * name (a string of the list, so it stays valid). The stack is as it was.
+ * or as header lines to wire when h is NULL, checked as llhttp and the
+ * reader check headers from the wire (so that a line written to wire is one
+ * header). Returns FY_TB_HEADERS_OK, or which check failed, *bad then being
+ * the header's name (a string of the list, so it stays valid). The stack is
+ * as it was.
  */
-static int fy_tb_add_headers(lua_State *L, int idx, fy_headers *h, const char *who, const char **bad) {
+static int fy_tb_add_headers(lua_State *L, int idx, fy_headers *h, fy_buf *wire, const char *who,
+                             const char **bad) {
   if (lua_isnil(L, idx)) return FY_TB_HEADERS_OK;
   luaL_checktype(L, idx, LUA_TTABLE);
   for (int i = 1;; i++) {
@@ -140,7 +148,14 @@ static int fy_tb_add_headers(lua_State *L, int idx, fy_headers *h, const char *w
       lua_pop(L, 3);
       return rc;
     }
-    fy_headers_add(h, name, nlen, val, vlen);
+    if (h) {
+      fy_headers_add(h, name, nlen, val, vlen);
+    } else {
+      fy_buf_append(wire, name, nlen);
+      fy_buf_append(wire, ": ", 2);
+      fy_buf_append(wire, val, vlen);
+      fy_buf_append(wire, "\r\n", 2);
+    }
     lua_pop(L, 3);
   }
 }
@@ -255,6 +270,19 @@ static void fy_tb_tls(lua_State *L, int t, fy_testbed_req *tb) {
   tb->has_tls = true;
 }
 
+/* Whether the header lines name Host. */
+static bool fy_tb_has_host(const char *p, size_t len) {
+  const char *end = p + len;
+  while (p < end) {
+    const char *colon = memchr(p, ':', (size_t)(end - p));
+    const char *eol = memchr(p, '\n', (size_t)(end - p));
+    if (colon == NULL || eol == NULL) return false;
+    if (fy_http_token_eq(p, (size_t)(colon - p), "host", 4)) return true;
+    p = eol + 1;
+  }
+  return false;
+}
+
 /*
  * testbed.new{ method=, target=, headers={{name, value}, ...}, client_addr=,
  *              client_port=, listener=, id=, proxy=, tls= }
@@ -271,6 +299,8 @@ static int fy_tb_new(lua_State *L) {
   fy_buf_init(&r->respond_headers);
   fy_buf_init(&r->respond_body);
   fy_headers_init(&r->rheaders);
+  fy_buf_init(&t->wire);
+  fy_buf_init(&t->head);
   luaL_getmetatable(L, FY_TESTBED_MT);
   lua_setmetatable(L, -2); /* from here __gc frees the buffers */
 
@@ -286,41 +316,29 @@ static int fy_tb_new(lua_State *L) {
   if (!fy_http_name_ok(method, len) || len >= sizeof t->method)
     return fy_tb_refused(L, "method '%s' is not a token", method);
   memcpy(t->method, method, len + 1);
-  r->method = t->method;
 
+  /* The head as a client sends it, read by the reader conn.c uses; a
+   * request without a Host header is taken for HTTP/1.0 (where it is
+   * allowed) rather than refused. */
   const char *target = fy_tb_field_str(L, 1, "target", "/", &len);
   if (!fy_tb_target_ok(target, len)) return fy_tb_refused(L, "request target '%s'", target);
-  fy_buf_append(&r->url, target, len);
-  if (fy_http_target_parse(r->url.data, r->url.len, &r->target) != 0)
-    return fy_tb_refused(L, "request target '%s' is not origin-form, absolute-form or '*'", target);
-
+  fy_buf *wire = &t->wire, *head = &t->head; /* freed by __gc, also when an error is raised */
   lua_getfield(L, 1, "headers");
   const char *bad = NULL;
-  int hrc = fy_tb_add_headers(L, lua_gettop(L), &r->headers, "testbed.new", &bad);
-  if (hrc != FY_TB_HEADERS_OK) return fy_tb_refused(L, fy_tb_headers_why[hrc], bad);
+  int hrc = fy_tb_add_headers(L, lua_gettop(L), NULL, wire, "testbed.new", &bad);
   lua_pop(L, 1);
-
-  /* Host: as conn.c's fy_conn_find_host, except that a request without one
-   * is taken for HTTP/1.0 (where it is allowed) rather than refused. */
-  fy_headers *h = &r->headers;
-  ssize_t hi = fy_headers_find(h, "host", 4, 0);
-  if (hi >= 0 && fy_headers_find(h, "host", 4, (size_t)hi + 1) >= 0)
-    return fy_tb_refused(L, "%s", "more than one Host header");
-  r->http_minor = hi >= 0 ? 1 : 0;
-  const char *src = r->target.authority;
-  size_t slen = r->target.authority_len;
-  if (src == NULL && hi >= 0) {
-    src = fy_hdr_val(h, &h->v[hi]);
-    slen = h->v[hi].val_len;
-  }
-  if (src != NULL) {
-    ssize_t n = fy_http_host_normalize(src, slen, r->host, sizeof r->host);
-    if (n < 0) {
-      lua_pushlstring(L, src, slen);
-      return fy_tb_refused(L, "Host '%s' is malformed", lua_tostring(L, -1));
-    }
-    r->host_len = (size_t)n;
-  }
+  if (hrc != FY_TB_HEADERS_OK) return fy_tb_refused(L, fy_tb_headers_why[hrc], bad);
+  fy_buf_puts(head, t->method);
+  fy_buf_append(head, " ", 1);
+  fy_buf_append(head, target, len);
+  fy_buf_puts(head, fy_tb_has_host(wire->data, wire->len) ? " HTTP/1.1\r\n" : " HTTP/1.0\r\n");
+  fy_buf_append(head, wire->data, wire->len);
+  fy_buf_append(head, "\r\n", 2);
+  fy_req_reader rd;
+  fy_req_reader_init(&rd, r, &fy_testbed_limits, NULL, NULL);
+  const char *refusal = NULL;
+  int status = fy_req_reader_parse_head(&rd, head->data, head->len, &refusal);
+  if (status != 0) return fy_tb_refused_with(L, status, "%s", refusal);
 
   const char *addr = fy_tb_field_str(L, 1, "client_addr", "127.0.0.1", &len);
   unsigned char bin[16];
@@ -358,19 +376,6 @@ static int fy_tb_new(lua_State *L) {
   if (!lua_isnil(L, -1)) fy_tb_tls(L, lua_gettop(L), t);
   lua_pop(L, 1);
 
-  /* Body framing as llhttp reports it to conn.c: chunked wins over Content-Length. */
-  r->chunked = fy_headers_find(h, "transfer-encoding", 17, 0) >= 0;
-  ssize_t cl = fy_headers_find(h, "content-length", 14, 0);
-  if (cl >= 0 && !r->chunked) {
-    char digits[32];
-    snprintf(digits, sizeof digits, "%.*s", (int)FY_MIN(h->v[cl].val_len, 31u), fy_hdr_val(h, &h->v[cl]));
-    r->has_content_length = true;
-    r->content_length = strtoull(digits, NULL, 10);
-  }
-  r->has_body = r->chunked || r->content_length > 0;
-
-  /* What conn.c does once the head is in. */
-  if (fy_http_strip_hop_by_hop(&r->headers)) return fy_tb_refused(L, "a Connection header names %s", "Host");
   lua_settop(L, 2);
   return 1;
 }
@@ -386,6 +391,8 @@ static int fy_tb_gc(lua_State *L) {
   fy_buf_free(&r->respond_headers);
   fy_buf_free(&r->respond_body);
   fy_headers_free(&r->rheaders);
+  fy_buf_free(&t->wire);
+  fy_buf_free(&t->head);
   free(t->pp);
   t->pp = NULL;
   for (size_t i = 0; i < FY_ARRAY_SIZE(t->tls_strings); i++) {
@@ -494,7 +501,7 @@ static int fy_tb_set_response(lua_State *L) {
   fy_req *c = &t->req;
   fy_headers_reset(&c->rheaders);
   const char *bad = NULL;
-  int rc = fy_tb_add_headers(L, 3, &c->rheaders, "testbed.set_response", &bad);
+  int rc = fy_tb_add_headers(L, 3, &c->rheaders, NULL, "testbed.set_response", &bad);
   if (rc != FY_TB_HEADERS_OK) {
     fy_headers_reset(&c->rheaders);
     lua_pushnil(L);
@@ -522,7 +529,26 @@ static int fy_tb_response_head(lua_State *L) {
   return 2;
 }
 
+/* The default of limits.<key> in ferry.config's schema, which the config loader fills in. */
+static size_t fy_tb_limit_default(lua_State *L, const char *key) {
+  lua_getglobal(L, "require");
+  lua_pushliteral(L, "ferry.config");
+  lua_call(L, 1, 1);
+  lua_getfield(L, -1, "schema");
+  lua_getfield(L, -1, "fields");
+  lua_getfield(L, -1, "limits");
+  lua_getfield(L, -1, "fields");
+  lua_getfield(L, -1, key);
+  lua_getfield(L, -1, "default");
+  size_t v = (size_t)luaL_checknumber(L, -1);
+  lua_pop(L, 7);
+  return v;
+}
+
 static int fy_tb_open(lua_State *L) {
+  fy_testbed_limits.max_request_line = fy_tb_limit_default(L, "max_request_line");
+  fy_testbed_limits.max_header_bytes = fy_tb_limit_default(L, "max_header_bytes");
+  fy_testbed_limits.max_headers = fy_tb_limit_default(L, "max_headers");
   if (luaL_newmetatable(L, FY_TESTBED_MT)) {
     lua_pushcfunction(L, fy_tb_gc);
     lua_setfield(L, -2, "__gc");

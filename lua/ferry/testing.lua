@@ -233,7 +233,8 @@ end
     (req.proxy: the PROXY protocol header of a listener with proxy_protocol),
   tls = { sni = "metrics.observability.internal", ... } (req.tls: an https listener's TLS)
 A request ferry would refuse before any hook (bad header, malformed Host, two
-Host headers...) raises "ferry answers 400 before any hook runs: ...". ]]
+Host headers...) raises "ferry answers 400 before any hook runs: ..." (or the
+other status ferry refuses it with): ferry's own request reader reads it. ]]
 function M.request(opts)
   opts = opts or {}
   local list = {}

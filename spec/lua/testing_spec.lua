@@ -84,10 +84,27 @@ describe("ferry.testing (" .. t.backend .. " backend)", function()
       end
     end)
 
+    it("reads the head with ferry's own request reader: its status and reason when it refuses", function()
+      local cases = {
+        { { host = "a", headers = { ["Content-Length"] = "5", ["Transfer-Encoding"] = "chunked" } },
+          "ferry answers 400 before any hook runs: Content-Length can't be present with Transfer-Encoding" },
+        { { host = "a", headers = { ["Transfer-Encoding"] = "gzip, chunked" } },
+          "ferry answers 501 before any hook runs" },
+        { { host = "a", headers = { Expect = "something-else" } }, "ferry answers 417 before any hook runs" },
+        { { headers = { ["Transfer-Encoding"] = "chunked" } }, "ferry answers 400 before any hook runs" },
+        { { host = "a", path = "/" .. string.rep("a", 9000) }, "ferry answers 414 before any hook runs" },
+      }
+      for _, case in ipairs(cases) do
+        local ok, err = pcall(t.request, case[1])
+        assert.is_false(ok)
+        assert.matches(case[2], err, 1, true)
+      end
+    end)
+
     it("hides hop-by-hop headers and those named in Connection, as ferry does before route", function()
       local req = t.request { host = "a", headers = {
         Connection = "keep-alive, X-Private", ["X-Private"] = "secret", ["Keep-Alive"] = "timeout=5",
-        ["Content-Length"] = "5", ["Transfer-Encoding"] = "chunked", TE = "trailers", ["X-Kept"] = "yes" } }
+        ["Transfer-Encoding"] = "chunked", TE = "trailers", ["X-Kept"] = "yes" } }
       for _, n in ipairs { "connection", "x-private", "keep-alive", "content-length", "transfer-encoding", "te" } do
         assert.is_nil(req.headers:get(n), n)
       end
