@@ -2,6 +2,7 @@
 
 #include "log.h"
 #include "lua_embed.h"
+#include "proxy_protocol.h"
 
 #include <stdio.h>
 #include <uv.h>
@@ -51,6 +52,14 @@ bool fy_cfg_listener_trusts(const fy_cfg_listener *cl, const struct sockaddr *pe
   for (size_t i = 0; i < cl->nproxy_trusted; i++)
     if (fy_cidr_contains(&cl->proxy_trusted[i], peer)) return true;
   return false;
+}
+
+int fy_cfg_listener_expect_proxy(const fy_cfg_listener *cl, const struct sockaddr *peer, fy_proxy_info **pp) {
+  *pp = NULL;
+  if (cl->nproxy_trusted == 0) return 0;
+  if (!fy_cfg_listener_trusts(cl, peer)) return -1;
+  *pp = fy_calloc(1, sizeof **pp);
+  return 0;
 }
 
 static char *fy_cfg_str(lua_State *L, int idx, const char *key) {

@@ -40,6 +40,15 @@ bool fy_cidr_parse(const char *text, fy_cidr *out);
 bool fy_cidr_contains(const fy_cidr *net, const struct sockaddr *sa);
 /* Whether peer is in one of the listener's proxy_protocol.trusted networks. */
 bool fy_cfg_listener_trusts(const fy_cfg_listener *cl, const struct sockaddr *peer);
+struct fy_proxy_info;
+/*
+ * Whether a connection from peer to cl starts with a PROXY protocol header:
+ * 0 and *pp NULL (the listener takes none), 0 and *pp a new zeroed
+ * fy_proxy_info for fy_proxy_protocol_accept (the caller frees it), or -1:
+ * refused, since PROXY headers are taken only from trusted networks.
+ */
+int fy_cfg_listener_expect_proxy(const fy_cfg_listener *cl, const struct sockaddr *peer,
+                                 struct fy_proxy_info **pp);
 
 typedef struct fy_cfg_server {
   char *name; /* "host:port" as written */

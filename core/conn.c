@@ -81,19 +81,17 @@ static void fy_conn_start_tls(fy_conn *c, const char *seed, size_t len) {
  * an HTTP client). Afterwards the client's address is the header's source.
  */
 static bool fy_conn_read_proxy_header(fy_conn *c) {
-  size_t avail = c->rlen - c->rpos;
-  int n = fy_proxy_protocol_parse((const uint8_t *)c->rbuf + c->rpos, avail, c->pp);
-  if (n == 0 && avail < FY_PP_MAX_HEADER) return false; /* more to come */
-  if (n <= 0) {
+  int n = fy_proxy_protocol_accept((const uint8_t *)c->rbuf + c->rpos, c->rlen - c->rpos, c->pp, c->client_ip,
+                                   sizeof c->client_ip, &c->client_port);
+  if (n == 0) return false; /* more to come */
+  if (n < 0) {
     fy_log_warn("listener %s: bad PROXY protocol header from %s:%d: %s; closing", c->listener->name,
-                c->client_ip, c->client_port, fy_proxy_protocol_strerror(n ? n : FY_PP_ETOOBIG));
+                c->client_ip, c->client_port, fy_proxy_protocol_strerror(n));
     fy_conn_close(c);
     return false;
   }
   c->rpos += (size_t)n;
   c->pp_pending = false;
-  if (!c->pp->local && (c->pp->family == AF_INET || c->pp->family == AF_INET6))
-    fy_addr_name(&c->pp->src, c->client_ip, sizeof c->client_ip, &c->client_port);
   if (fy_conn_tls_ctx(c)) { /* what follows the header is the TLS handshake */
     fy_conn_start_tls(c, c->rbuf + c->rpos, c->rlen - c->rpos);
     return false;
@@ -628,15 +626,13 @@ static const fy_exchange_client fy_conn_exchange_client = {
 /* True when the connection was refused: PROXY headers are taken only from trusted networks. */
 static bool fy_conn_expect_proxy_header(fy_conn *c, const struct sockaddr_storage *peer) {
   const fy_cfg_listener *cl = &c->gen->cfg->listeners[c->listener->index];
-  if (cl->nproxy_trusted == 0) return false;
-  if (!fy_cfg_listener_trusts(cl, (const struct sockaddr *)peer)) {
+  if (fy_cfg_listener_expect_proxy(cl, (const struct sockaddr *)peer, &c->pp) < 0) {
     fy_log_warn("listener %s: %s:%d is not in proxy_protocol.trusted; closing", cl->name, c->client_ip,
                 c->client_port);
     fy_conn_close(c);
     return true;
   }
-  c->pp = fy_calloc(1, sizeof *c->pp);
-  c->pp_pending = true;
+  c->pp_pending = c->pp != NULL;
   return false;
 }
 

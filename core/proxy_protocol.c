@@ -454,3 +454,13 @@ size_t fy_proxy_protocol_write(int version, const struct sockaddr_storage *src,
   out[15] = (uint8_t)(n - 16);
   return n;
 }
+
+int fy_proxy_protocol_accept(const uint8_t *buf, size_t len, fy_proxy_info *out, char *ip, size_t iplen,
+                             int *port) {
+  int n = fy_proxy_protocol_parse(buf, len, out);
+  if (n == 0) return len < FY_PP_MAX_HEADER ? 0 : FY_PP_ETOOBIG;
+  if (n < 0) return n;
+  if (!out->local && (out->family == AF_INET || out->family == AF_INET6))
+    fy_addr_name(&out->src, ip, iplen, port);
+  return n;
+}

@@ -91,6 +91,17 @@ typedef struct fy_proxy_info {
 int fy_proxy_protocol_parse(const uint8_t *buf, size_t len, fy_proxy_info *out);
 
 /*
+ * How a listener's connection takes the header it must start with (http
+ * and tcp listeners alike): buf holds the connection's first len bytes.
+ * Returns the header's length (> 0), with out filled in and, for a header
+ * with addresses, the client's address in ip/port; 0 to read more; or a
+ * negative FY_PP_E* code (FY_PP_ETOOBIG when FY_PP_MAX_HEADER bytes hold no
+ * header), after which the connection is closed without an answer.
+ */
+int fy_proxy_protocol_accept(const uint8_t *buf, size_t len, fy_proxy_info *out, char *ip, size_t iplen,
+                             int *port);
+
+/*
  * Writes a PROXY protocol header (version 1 or 2) that announces a
  * connection from src to dst; a NULL src, or addresses of two families,
  * give a v2 LOCAL header or a v1 "UNKNOWN" line (the receiver then uses the

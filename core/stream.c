@@ -274,16 +274,15 @@ static void fy_stream_route(fy_stream *s) {
 /* Reads the PROXY header, then enough of the first bytes to know the SNI. */
 static void fy_stream_inspect(fy_stream *s) {
   if (s->pp_pending) {
-    int n = fy_proxy_protocol_parse((const uint8_t *)s->peek, s->peek_len, s->pp);
-    if (n == 0 && s->peek_len < FY_PP_MAX_HEADER) return;
-    if (n <= 0) {
-      fy_stream_close(s, fy_proxy_protocol_strerror(n ? n : FY_PP_ETOOBIG));
+    int n = fy_proxy_protocol_accept((const uint8_t *)s->peek, s->peek_len, s->pp, s->client_ip,
+                                     sizeof s->client_ip, &s->client_port);
+    if (n == 0) return;
+    if (n < 0) {
+      fy_stream_close(s, fy_proxy_protocol_strerror(n));
       return;
     }
     s->peek_off = (size_t)n;
     s->pp_pending = false;
-    if (!s->pp->local && (s->pp->family == AF_INET || s->pp->family == AF_INET6))
-      fy_addr_name(&s->pp->src, s->client_ip, sizeof s->client_ip, &s->client_port);
   }
   if (s->peek_len == s->peek_off) return;
   int rc = fy_sni_peek((const uint8_t *)s->peek + s->peek_off, s->peek_len - s->peek_off, &s->sni);
@@ -391,14 +390,11 @@ void fy_stream_accept(fy_listener *l) {
   if (uv_tcp_getsockname(&s->client, (struct sockaddr *)&local, &len) == 0)
     s->local_port = ntohs(((struct sockaddr_in *)&local)->sin_port);
   const fy_cfg_listener *cl = &s->gen->cfg->listeners[l->index];
-  if (cl->nproxy_trusted) {
-    if (!fy_cfg_listener_trusts(cl, (const struct sockaddr *)&ss)) {
-      fy_stream_close(s, "not in proxy_protocol.trusted");
-      return;
-    }
-    s->pp = fy_calloc(1, sizeof *s->pp);
-    s->pp_pending = true;
+  if (fy_cfg_listener_expect_proxy(cl, (const struct sockaddr *)&ss, &s->pp) < 0) {
+    fy_stream_close(s, "not in proxy_protocol.trusted");
+    return;
   }
+  s->pp_pending = s->pp != NULL;
   uv_tcp_nodelay(&s->client, 1);
   uv_timer_start(&s->timer, fy_stream_peek_timeout, s->gen->cfg->limits.header_timeout, 0);
   uv_read_start((uv_stream_t *)&s->client, fy_stream_alloc, fy_stream_read);

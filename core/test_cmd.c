@@ -244,10 +244,8 @@ static const char *fy_tb_proxy(lua_State *L, int t, fy_testbed_req *c) {
     }
   }
   c->pp = fy_calloc(1, sizeof *c->pp);
-  int rc = fy_proxy_protocol_parse(buf, n, c->pp);
+  int rc = fy_proxy_protocol_accept(buf, n, c->pp, c->client_ip, sizeof c->client_ip, &c->client_port);
   if (rc <= 0) return rc < 0 ? fy_proxy_protocol_strerror(rc) : "the header is incomplete";
-  if (!c->pp->local && (c->pp->family == AF_INET || c->pp->family == AF_INET6))
-    fy_addr_name(&c->pp->src, c->client_ip, sizeof c->client_ip, &c->client_port);
   return NULL;
 }
 

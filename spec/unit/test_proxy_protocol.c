@@ -649,6 +649,29 @@ static void test_write_round_trip(void) {
   }
 }
 
+/* fy_proxy_protocol_accept: what conn.c and stream.c do with a connection's first bytes. */
+static void test_accept(void) {
+  fy_proxy_info info;
+  char ip[64] = "127.0.0.1";
+  int port = 1000;
+  const char line[] = "PROXY TCP4 10.1.2.3 10.0.0.1 5555 80\r\nGET / HTTP/1.1\r\n";
+  CHECK(fy_proxy_protocol_accept((const uint8_t *)line, 10, &info, ip, sizeof ip, &port) == 0);
+  CHECK(strcmp(ip, "127.0.0.1") == 0 && port == 1000); /* nothing taken from a partial header */
+  int n = fy_proxy_protocol_accept((const uint8_t *)line, sizeof line - 1, &info, ip, sizeof ip, &port);
+  CHECK(n == (int)strlen("PROXY TCP4 10.1.2.3 10.0.0.1 5555 80\r\n"));
+  CHECK(strcmp(ip, "10.1.2.3") == 0 && port == 5555);
+  const char unknown[] = "PROXY UNKNOWN\r\n";
+  strcpy(ip, "127.0.0.1");
+  CHECK(fy_proxy_protocol_accept((const uint8_t *)unknown, sizeof unknown - 1, &info, ip, sizeof ip, &port) >
+        0);
+  CHECK(strcmp(ip, "127.0.0.1") == 0); /* no addresses: the socket's stay */
+  uint8_t junk[FY_PP_MAX_HEADER];
+  memcpy(junk, "PROXY TCP4 ", 11);
+  memset(junk + 11, '1', sizeof junk - 11);
+  CHECK(fy_proxy_protocol_accept(junk, sizeof junk, &info, ip, sizeof ip, &port) < 0);
+  CHECK(fy_proxy_protocol_accept((const uint8_t *)"GET / HTTP/1.1\r\n", 16, &info, ip, sizeof ip, &port) < 0);
+}
+
 int main(void) {
   fy_proxy_info info;
   CHECK(fy_proxy_protocol_parse(NULL, 0, &info) == 0);
@@ -656,5 +679,6 @@ int main(void) {
   exact_copies = true;
   run_suite();
   test_write_round_trip();
+  test_accept();
   return check_done("test_proxy_protocol");
 }
