@@ -22,13 +22,12 @@
 
 typedef struct fy_probe {
   fy_sock sock; /* first: the uv handle's address is the probe's */
-  uv_connect_t connect;
+  fy_dial dial; /* connect, PROXY header, TLS */
   fy_write_req write;
   uv_timer_t timer;
   fy_server *server; /* NULL once the checks stopped */
   char request[512];
-  uint8_t preface[FY_PP_WRITE_MAX]; /* a PROXY protocol LOCAL header, for a group that sends PROXY */
-  size_t preface_len;
+  fy_buf preface; /* a PROXY protocol LOCAL header, for a group that sends PROXY */
   char reply[64];
   size_t reply_len;
   unsigned closing;
@@ -39,6 +38,7 @@ static void fy_probe_freed(uv_handle_t *h) {
   fy_probe *p = h->data;
   if (--p->closing == 0) {
     fy_sock_free(&p->sock);
+    fy_buf_free(&p->preface);
     free(p);
   }
 }
@@ -69,6 +69,7 @@ static void fy_probe_finish(fy_probe *p, bool ok, const char *why) {
   }
   p->closing = 2;
   fy_write_forget(&p->write);
+  fy_dial_forget(&p->dial);
   fy_sock_close(&p->sock, fy_probe_freed, false);
   uv_close((uv_handle_t *)&p->timer, fy_probe_freed);
 }
@@ -112,47 +113,23 @@ static void fy_probe_ready(fy_probe *p) {
     fy_probe_finish(p, false, "write failed");
 }
 
-static void fy_probe_tls_done(fy_tls *t, int status) {
-  fy_probe *p = fy_tls_data(t);
-  if (p->finished) return;
-  if (status < 0)
-    fy_probe_finish(p, false, fy_tls_error(t));
-  else
-    fy_probe_ready(p);
-}
-
-static void fy_probe_preface_written(fy_write_req *w, int status) {
-  fy_probe *p = FY_CONTAINER_OF(w, fy_probe, write);
-  if (p->finished) return;
-  if (status < 0) {
-    fy_probe_finish(p, false, uv_strerror(status));
-    return;
-  }
-  p->preface_len = 0;
-  fy_server *s = p->server;
-  if (s == NULL) { /* the checks stopped meanwhile */
+/* Whether the probe goes on to the next step of dialing: not once it finished or its checks stopped. */
+static bool fy_probe_dialing(fy_dial *d) {
+  fy_probe *p = d->data;
+  if (p->finished) return false;
+  if (p->server == NULL) { /* the checks stopped meanwhile: nothing to report to */
     fy_probe_finish(p, false, "stopped");
-    return;
+    return false;
   }
-  fy_tls_client_ctx *ctx = s->group->cfg->tls_ctx;
-  if (ctx)
-    fy_tls_connect(&p->sock, ctx, s->tls_name, NULL, fy_probe_tls_done, p);
-  else
-    fy_probe_ready(p);
+  return true;
 }
 
-static void fy_probe_connected(uv_connect_t *c, int status) {
-  fy_probe *p = c->data;
-  if (p->finished) return;
-  if (status < 0) {
-    fy_probe_finish(p, false, uv_strerror(status));
-    return;
-  }
-  uv_buf_t b = uv_buf_init((char *)p->preface, (unsigned)p->preface_len);
-  if (p->preface_len == 0)
-    fy_probe_preface_written(&p->write, 0);
-  else if (fy_write(&p->write, (uv_stream_t *)&p->sock.tcp, &b, 1, fy_probe_preface_written) < 0)
-    fy_probe_finish(p, false, "write failed");
+static void fy_probe_dialed(fy_dial *d, int status) {
+  fy_probe *p = d->data;
+  if (status == 0)
+    fy_probe_ready(p);
+  else
+    fy_probe_finish(p, false, d->stage == FY_DIAL_TLS ? fy_tls_error(p->sock.tls) : uv_strerror(status));
 }
 
 static void fy_probe_start(fy_server *s) {
@@ -165,15 +142,23 @@ static void fy_probe_start(fy_server *s) {
     snprintf(p->request, sizeof p->request,
              "GET %s HTTP/1.1\r\nHost: %s\r\nUser-Agent: ferry-health-check\r\nConnection: close\r\n\r\n",
              cfg->check_path, s->name);
-  if (cfg->proxy_protocol) /* the server expects a PROXY header: LOCAL says the probe is ferry's own */
-    p->preface_len =
-        fy_proxy_protocol_write(cfg->proxy_protocol == 1 ? 1 : 2, NULL, &s->addr, NULL, p->preface);
+  if (cfg->proxy_protocol) { /* the server expects a PROXY header: LOCAL says the probe is ferry's own */
+    uint8_t header[FY_PP_WRITE_MAX];
+    fy_buf_append(&p->preface, header,
+                  fy_proxy_protocol_write(cfg->proxy_protocol == 1 ? 1 : 2, NULL, &s->addr, NULL, header));
+  }
   uv_tcp_init(loop, &p->sock.tcp);
   uv_timer_init(loop, &p->timer);
-  p->sock.tcp.data = p->timer.data = p->connect.data = p;
+  p->sock.tcp.data = p->timer.data = p;
   uv_timer_start(&p->timer, fy_probe_timeout, cfg->check_timeout, 0);
-  if (uv_tcp_connect(&p->connect, &p->sock.tcp, (struct sockaddr *)&s->addr, fy_probe_connected) < 0)
-    fy_probe_finish(p, false, "connect failed");
+  p->dial = (fy_dial){.sock = &p->sock,
+                      .preface = &p->preface,
+                      .tls_ctx = cfg->tls_ctx,
+                      .tls_name = s->tls_name,
+                      .alive = fy_probe_dialing,
+                      .done = fy_probe_dialed,
+                      .data = p};
+  if (fy_dial_start(&p->dial, (struct sockaddr *)&s->addr) < 0) fy_probe_finish(p, false, "connect failed");
 }
 
 static void fy_health_tick(uv_timer_t *t) {

@@ -329,6 +329,7 @@ static void fy_uconn_close(fy_uconn *uc) {
   uc->state = FY_UC_CLOSING;
   uc->owner = NULL;
   fy_write_forget(&uc->write_req);
+  fy_dial_forget(&uc->dial);
   uc->closing = 2;
   fy_sock_close(&uc->sock, fy_uconn_close_cb, false);
   uv_close((uv_handle_t *)&uc->timer, fy_uconn_close_cb);
@@ -400,52 +401,15 @@ static void fy_uconn_ready(fy_uconn *uc, int status) {
   uc->on_ready(uc, status);
 }
 
-static void fy_uconn_tls_done(fy_tls *t, int status) {
-  fy_uconn *uc = fy_tls_data(t);
-  if (uc->state != FY_UC_CONNECTING) return;
-  if (status < 0)
+static bool fy_uconn_dialing(fy_dial *d) { return ((fy_uconn *)d->data)->state == FY_UC_CONNECTING; }
+
+static void fy_uconn_dialed(fy_dial *d, int status) {
+  fy_uconn *uc = d->data;
+  if (status < 0 && d->stage == FY_DIAL_TLS)
     fy_log_warn("upstream %s: TLS with %s (%s) failed: %s", uc->server->group->cfg->name,
                 uc->server->addr_text, uc->server->tls_name ? uc->server->tls_name : "no name",
-                fy_tls_error(t));
+                fy_tls_error(uc->sock.tls));
   fy_uconn_ready(uc, status);
-}
-
-/* After the TCP connect and the PROXY header: the TLS handshake, for a TLS group. */
-static void fy_uconn_secure(fy_uconn *uc) {
-  fy_server *s = uc->server;
-  fy_tls_client_ctx *ctx = s->group->cfg->tls_ctx;
-  if (ctx == NULL) {
-    fy_uconn_ready(uc, 0);
-    return;
-  }
-  fy_tls_connect(&uc->sock, ctx, s->tls_name, &s->tls_session, fy_uconn_tls_done, uc);
-}
-
-static void fy_uconn_preface_written(fy_write_req *wr, int status) {
-  fy_uconn *uc = FY_CONTAINER_OF(wr, fy_uconn, write_req);
-  if (uc->state != FY_UC_CONNECTING) return;
-  fy_buf_free(&uc->preface);
-  if (status < 0)
-    fy_uconn_ready(uc, status);
-  else
-    fy_uconn_secure(uc);
-}
-
-static void fy_uconn_connect_cb(uv_connect_t *req, int status) {
-  fy_uconn *uc = req->data;
-  if (uc->state != FY_UC_CONNECTING) return; /* closed while connecting */
-  if (status < 0) {
-    uc->on_ready(uc, status);
-    return;
-  }
-  uv_tcp_nodelay(&uc->sock.tcp, 1);
-  if (uc->preface.len == 0) {
-    fy_uconn_secure(uc);
-    return;
-  }
-  uv_buf_t b = uv_buf_init(uc->preface.data, (unsigned)uc->preface.len);
-  int rc = fy_write(&uc->write_req, (uv_stream_t *)&uc->sock.tcp, &b, 1, fy_uconn_preface_written);
-  if (rc < 0) uc->on_ready(uc, rc);
 }
 
 static fy_uconn *fy_pool_take(fy_server *s) {
@@ -468,13 +432,20 @@ int fy_upstream_acquire(uv_loop_t *loop, fy_server *s, struct fy_exchange *owner
     uc = fy_calloc(1, sizeof *uc);
     uv_tcp_init(loop, &uc->sock.tcp);
     fy_deadline_init(loop, &uc->timer, fy_uconn_timer_cb, uc);
-    uc->sock.tcp.data = uc->connect_req.data = uc;
+    uc->sock.tcp.data = uc;
     uc->server = s;
     fy_list_init(&uc->pool_link);
     uc->state = FY_UC_CONNECTING;
     s->active++;
-    int err =
-        uv_tcp_connect(&uc->connect_req, &uc->sock.tcp, (struct sockaddr *)&s->addr, fy_uconn_connect_cb);
+    uc->dial = (fy_dial){.sock = &uc->sock,
+                         .preface = &uc->preface,
+                         .tls_ctx = s->group->cfg->tls_ctx,
+                         .tls_name = s->tls_name,
+                         .tls_session = &s->tls_session,
+                         .alive = fy_uconn_dialing,
+                         .done = fy_uconn_dialed,
+                         .data = uc};
+    int err = fy_dial_start(&uc->dial, (struct sockaddr *)&s->addr);
     if (err < 0) {
       fy_uconn_close(uc);
       return err;

@@ -18,6 +18,7 @@
 #include "config.h"
 #include "pool.h"
 #include "deadline.h"
+#include "dial.h"
 #include "dns.h"
 #include "tls.h"
 #include "write.h"
@@ -112,7 +113,7 @@ typedef void (*fy_uconn_timeout_cb)(struct fy_uconn *uc);
 typedef struct fy_uconn {
   fy_sock sock; /* first: the uv handle's address is the connection's */
   fy_deadline timer;
-  uv_connect_t connect_req;
+  fy_dial dial; /* connect, PROXY header, TLS */
   fy_write_req write_req;
   fy_server *server;
   struct fy_exchange *owner;
