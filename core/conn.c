@@ -29,7 +29,6 @@ uint64_t fy_now_ms(fy_conn *c) { return uv_now(c->w->loop); }
 
 static void fy_conn_request_begun(fy_req_reader *rd) {
   fy_conn *c = rd->data;
-  fy_conn_req_client(c); /* a PROXY header and a TLS handshake come before the first byte */
   if (c->req.started_ms == 0) c->req.started_ms = fy_now_ms(c);
   fy_conn_retime(c, false); /* from keep-alive idle to the header deadline */
 }
@@ -70,6 +69,7 @@ static void fy_conn_start_tls(fy_conn *c, const char *seed, size_t len) {
   if (c->reading) fy_sock_read_stop(&c->sock); /* the TLS session reads the socket now */
   c->reading = false;
   fy_tls_accept(&c->sock, fy_conn_tls_ctx(c), seed, len);
+  fy_conn_req_client(c);
   c->rpos = c->rlen = 0;
   fy_conn_update_reading(c);
 }
@@ -92,6 +92,7 @@ static bool fy_conn_read_proxy_header(fy_conn *c) {
   }
   c->rpos += (size_t)n;
   c->pp_pending = false;
+  fy_conn_req_client(c);    /* the client's address is the header's */
   if (fy_conn_tls_ctx(c)) { /* what follows the header is the TLS handshake */
     fy_conn_start_tls(c, c->rbuf + c->rpos, c->rlen - c->rpos);
     return false;
@@ -713,6 +714,7 @@ void fy_conn_accept(fy_listener *l) {
   fy_conn_request_begin(c);
   if (!l->admin && fy_conn_expect_proxy_header(c, &ss)) return;
   if (!c->pp_pending && fy_conn_tls_ctx(c)) fy_tls_accept(&c->sock, fy_conn_tls_ctx(c), NULL, 0);
+  fy_conn_req_client(c); /* the PROXY header's info and the TLS session, now there are any */
   c->accepted = true;
   if (++w->nconns > fy_conn_limits(c)->max_connections && !l->admin) {
     /* Shed load with an answer the client understands, rather than a reset

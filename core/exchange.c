@@ -17,15 +17,16 @@ static const unsigned fy_resp_transitions[] = {
 };
 #endif
 
-void fy_exchange_enter(fy_exchange *x, enum fy_resp_state to) {
+void fy_exchange_bad_transition(fy_exchange *x, enum fy_resp_state to) {
 #ifndef NDEBUG
   if (!(fy_resp_transitions[x->rs] & 1u << to)) {
     fy_log_error("request %llu: invalid response state transition %s -> %s", (unsigned long long)x->req->id,
                  fy_resp_state_names[x->rs], fy_resp_state_names[to]);
     assert(!"invalid response state transition");
   }
+#else
+  (void)x, (void)to;
 #endif
-  x->rs = to;
 }
 
 void fy_exchange_init(fy_exchange *x, fy_worker *w, fy_req *req, const fy_exchange_client *client,
@@ -63,18 +64,6 @@ void fy_exchange_free(fy_exchange *x) {
 }
 
 void fy_exchange_close(fy_exchange *x, uv_close_cb cb) { uv_close((uv_handle_t *)&x->retry_timer, cb); }
-
-void fy_exchange_pin(fy_exchange *x, bool pinned) {
-  if (x->up) x->up->pinned = pinned;
-}
-
-void fy_exchange_body(fy_exchange *x, const char *at, size_t len) {
-  if (x->up) fy_bodyout_add(&x->ubody, at, len);
-}
-
-void fy_exchange_body_end(fy_exchange *x) {
-  if (x->up && x->req->chunked) fy_http_chunk_end(&x->ubody.copy);
-}
 
 void fy_exchange_respond_simple(fy_exchange *x, int status, const char *body) {
   static const char ctype[] = "Content-Type: text/plain\r\n";

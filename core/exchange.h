@@ -114,13 +114,26 @@ void fy_exchange_trim(fy_exchange *x);
 void fy_exchange_free(fy_exchange *x);
 /* Closes the exchange's handle (its retry timer); cb gets it, its data being x. */
 void fy_exchange_close(fy_exchange *x, uv_close_cb cb);
+/* Logs and asserts an invalid transition (debug builds). */
+void fy_exchange_bad_transition(fy_exchange *x, enum fy_resp_state to);
 /* Moves the response state; an invalid transition is a bug (an assert in debug builds). */
-void fy_exchange_enter(fy_exchange *x, enum fy_resp_state to);
+static inline void fy_exchange_enter(fy_exchange *x, enum fy_resp_state to) {
+#ifndef NDEBUG
+  fy_exchange_bad_transition(x, to);
+#endif
+  x->rs = to;
+}
 /* A client write points into (or no longer into) the upstream's read buffer. */
-void fy_exchange_pin(fy_exchange *x, bool pinned);
+static inline void fy_exchange_pin(fy_exchange *x, bool pinned) {
+  if (x->up) x->up->pinned = pinned;
+}
 /* Request body bytes from the client, and the end of the request. */
-void fy_exchange_body(fy_exchange *x, const char *at, size_t len);
-void fy_exchange_body_end(fy_exchange *x);
+static inline void fy_exchange_body(fy_exchange *x, const char *at, size_t len) {
+  if (x->up) fy_bodyout_add(&x->ubody, at, len);
+}
+static inline void fy_exchange_body_end(fy_exchange *x) {
+  if (x->up && x->req->chunked) fy_http_chunk_end(&x->ubody.copy);
+}
 /* A ferry-made text/plain answer, through the client. */
 void fy_exchange_respond_simple(fy_exchange *x, int status, const char *body);
 static inline uint64_t fy_exchange_now_ms(fy_exchange *x) { return uv_now(x->w->loop); }
