@@ -17,7 +17,7 @@ static const unsigned fy_resp_transitions[] = {
 };
 #endif
 
-void fy_exchange_bad_transition(fy_exchange *x, enum fy_resp_state to) {
+void fy_exchange_check_transition(fy_exchange *x, enum fy_resp_state to) {
 #ifndef NDEBUG
   if (!(fy_resp_transitions[x->rs] & 1u << to)) {
     fy_log_error("request %llu: invalid response state transition %s -> %s", (unsigned long long)x->req->id,

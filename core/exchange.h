@@ -114,12 +114,12 @@ void fy_exchange_trim(fy_exchange *x);
 void fy_exchange_free(fy_exchange *x);
 /* Closes the exchange's handle (its retry timer); cb gets it, its data being x. */
 void fy_exchange_close(fy_exchange *x, uv_close_cb cb);
-/* Logs and asserts an invalid transition (debug builds). */
-void fy_exchange_bad_transition(fy_exchange *x, enum fy_resp_state to);
+/* Logs and asserts if from x->rs to `to` is not a transition drawn above (debug builds). */
+void fy_exchange_check_transition(fy_exchange *x, enum fy_resp_state to);
 /* Moves the response state; an invalid transition is a bug (an assert in debug builds). */
 static inline void fy_exchange_enter(fy_exchange *x, enum fy_resp_state to) {
 #ifndef NDEBUG
-  fy_exchange_bad_transition(x, to);
+  fy_exchange_check_transition(x, to);
 #endif
   x->rs = to;
 }
