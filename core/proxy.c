@@ -1,7 +1,9 @@
 /*
  * The upstream side of an exchange: run the route hook, get a connection to
  * a server of the chosen group, forward the request head and body, parse the
- * response and relay it to the client with ferry's own framing.
+ * response and relay it to the client with ferry's own framing. It works
+ * on an fy_exchange and reaches the client only through x->client
+ * (exchange.h); response state changes go through fy_exchange_enter.
  */
 #include "exchange.h"
 
