@@ -1,6 +1,7 @@
 /* The ferry command: run, check, reload, test, version. */
 #include "config.h"
 #include "log.h"
+#include "notify.h"
 #include "test_cmd.h"
 #include "worker.h"
 
@@ -127,6 +128,7 @@ static void fy_on_signal(uv_signal_t *s, int signum) {
   }
   fy_log_info("%s: draining (in-flight requests finish, new connections are refused)",
               signum == SIGTERM ? "SIGTERM" : "SIGINT");
+  if (!w->stopping) fy_notify_stopping();
   fy_worker_stop(w, fy_on_stopped);
 }
 
@@ -168,6 +170,7 @@ static int fy_cmd_run(const char *path) {
     uv_signal_start(sigs[i], fy_on_signal, nums[i]);
   }
   fy_log_info("ferry %s running with %s (pid %d)", FERRY_VERSION, path, (int)uv_os_getpid());
+  fy_notify_ready();
   uv_run(loop, UV_RUN_DEFAULT);
   fy_gen_unref(w.gen);
   uv_run(loop, UV_RUN_NOWAIT); /* close callbacks of pooled upstream connections */

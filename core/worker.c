@@ -4,6 +4,7 @@
 
 #include "conn.h"
 #include "log.h"
+#include "notify.h"
 #include "stream.h"
 #include "watch.h"
 
@@ -147,7 +148,7 @@ static int fy_reload_check_listeners(const fy_config *live, const fy_config *nex
   return rc;
 }
 
-int fy_worker_reload(fy_worker *w, const char *path, fy_buf *errors, unsigned *number) {
+static int fy_worker_reload_gen(fy_worker *w, const char *path, fy_buf *errors, unsigned *number) {
   uint64_t start = uv_hrtime();
   fy_config *cfg = NULL;
   fy_gen *next = NULL;
@@ -184,6 +185,14 @@ int fy_worker_reload(fy_worker *w, const char *path, fy_buf *errors, unsigned *n
   fy_log_info("generation %u is live (%s, built in %.1f ms)", next->number, path,
               (double)(uv_hrtime() - start) / 1e6);
   return FY_OK;
+}
+
+/* The service manager sees every reload, a refused one too: it ends serving the live generation. */
+int fy_worker_reload(fy_worker *w, const char *path, fy_buf *errors, unsigned *number) {
+  fy_notify_reloading();
+  int rc = fy_worker_reload_gen(w, path, errors, number);
+  fy_notify_ready();
+  return rc;
 }
 
 /* ---- worker ------------------------------------------------------------- */
