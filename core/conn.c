@@ -66,6 +66,7 @@ static int fy_conn_refuse(fy_conn *c, int status) {
 static int fy_on_message_begin(llhttp_t *p) {
   fy_conn *c = fy_conn_of(p);
   if (c->req.started_ms == 0) c->req.started_ms = fy_now_ms(c);
+  if (c->req.started_ns == 0) c->req.started_ns = uv_hrtime();
   fy_conn_retime(c, false); /* from keep-alive idle to the header deadline */
   return 0;
 }
@@ -574,10 +575,23 @@ void fy_conn_respond_simple(fy_conn *c, int status, const char *body) {
 
 /* ---- exchange lifecycle ----------------------------------------------- */
 
+static void fy_conn_observe(fy_conn *c) {
+  const fy_req *r = &c->req;
+  char labels[FY_LABELS_MAX];
+  const char *group = r->group >= 0 && r->gen ? r->gen->cfg->groups[r->group].name : "none";
+  fy_labels(labels, sizeof labels, "listener", c->listener->name, "group", group, "class",
+            fy_metrics_class(r->status), NULL);
+  uint64_t now = uv_hrtime();
+  fy_metrics_observe(&c->w->stats.metrics, FY_M_REQUEST_DURATION, labels,
+                     r->started_ns && now > r->started_ns ? now - r->started_ns : 0);
+}
+
 static void fy_conn_access_log(fy_conn *c) {
   fy_req *r = &c->req;
-  if (!c->listener->admin) /* the admin listener's own answers are not traffic */
+  if (!c->listener->admin) { /* the admin listener's own answers are not traffic */
     c->w->stats.responses[r->status >= 100 && r->status < 600 ? r->status / 100 : 0]++;
+    fy_conn_observe(c);
+  }
   fy_proxy_log_hook(c);
   if (!c->gen->cfg->access_log) return;
   /* The target fields are set once the head is parsed (method set with them). */
@@ -680,6 +694,8 @@ static void fy_conn_request_begin(fy_conn *c) {
   r->method = NULL;
   r->host_len = 0;
   r->started_ms = 0;
+  r->started_ns = r->connect_ns = r->header_ns = r->policy_ns = 0;
+  r->nfailures = 0;
   r->respond_status = 0;
   r->has_body = r->chunked = r->keepalive = r->expect_continue = r->head = r->has_content_length = false;
   c->error_status = 0;
@@ -688,6 +704,7 @@ static void fy_conn_request_begin(fy_conn *c) {
   c->rq = FY_RQ_HEAD;
   c->rs = FY_RS_NONE;
   if (c->nreq == 0) r->started_ms = fy_now_ms(c); /* the first request's clock starts at accept */
+  if (c->nreq == 0) r->started_ns = uv_hrtime();
   c->wait = FY_WAIT_NONE;
   fy_conn_retime(c, false);
   if (c->rpos == c->rlen) { /* idle: the read block goes back to the pool at once */

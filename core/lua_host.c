@@ -218,6 +218,15 @@ static void fy_lua_begin(fy_lua *lua, int ref, int policy, struct fy_req *req) {
   fy_lua_begin_id(lua, ref, policy, req->id);
 }
 
+/* Hook time goes to the hook's histogram and to the request's policy time (the access log's). */
+static void fy_lua_timed(fy_worker *w, struct fy_req *req, int hook, uint64_t ns) {
+  static const char *const names[] = {"none", "route", "select", "retry", "response", "log", "route_stream"};
+  char labels[64];
+  fy_metrics_observe(&w->stats.metrics, FY_M_HOOK_DURATION,
+                     fy_labels(labels, sizeof labels, "hook", names[hook], NULL), ns);
+  if (req) req->policy_ns += ns;
+}
+
 /*
  * The one door: runs what fy_lua_begin set up (with nextra more arguments)
  * under the hook budget, with req made current for the fy_ffi_* calls. Lua
@@ -233,8 +242,10 @@ static enum fy_hook_outcome fy_lua_run(fy_lua *lua, struct fy_req *req, int hook
   w->hook_req = req;
   w->hook = hook;
   fy_lua_budget_start(lua, lua->hook_budget_ms);
+  uint64_t start = uv_hrtime();
   int rc = lua_pcall(L, 2 + nextra, 3, 0);
   fy_lua_budget_end(lua);
+  fy_lua_timed(w, req, hook, uv_hrtime() - start);
   w->hook_req = NULL;
   if (rc != 0) return fy_lua_failed(lua, rc, err);
   *code = (int)lua_tointeger(L, -3);
