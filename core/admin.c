@@ -144,6 +144,8 @@ static void fy_admin_metrics(fy_conn *c) {
   fy_admin_metric(&o, "lua_memory_bytes", "gauge", "memory of the live generation's Lua state");
   fy_buf_printf(&o, "ferry_lua_memory_bytes %zu\n", lua->mem_used);
   fy_metrics_write(&o, &w->stats.metrics);
+  fy_policy_metrics_mark_live(&w->stats.policy, lua->counters, lua->ncounters);
+  fy_policy_metrics_write(&o, &w->stats.policy);
   fy_conn_respond(c, 200, "text/plain; version=0.0.4", o.data, o.len);
   fy_buf_free(&o);
 }

@@ -104,9 +104,19 @@ static int fy_lua_set_groups(fy_lua *lua, const fy_config *cfg) {
   return rc;
 }
 
+__thread fy_lua *fy_lua_loading;
+
+void fy_lua_note_counter(fy_lua *lua, int id) {
+  for (size_t i = 0; i < lua->ncounters; i++)
+    if (lua->counters[i] == id) return;
+  lua->counters = fy_realloc(lua->counters, (lua->ncounters + 1) * sizeof *lua->counters);
+  lua->counters[lua->ncounters++] = id;
+}
+
 static int fy_lua_load_policies(fy_lua *lua, const fy_config *cfg, fy_buf *errors) {
   lua_State *L = lua->L;
   int rc = FY_OK;
+  fy_lua_loading = lua;
   for (size_t i = 0; i < cfg->npolicies; i++) {
     lua_pushstring(L, cfg->policies[i]);
     int prc = fy_lua_core_call(lua, "load_policy", 1);
@@ -122,6 +132,7 @@ static int fy_lua_load_policies(fy_lua *lua, const fy_config *cfg, fy_buf *error
     }
     lua_settop(L, 0);
   }
+  fy_lua_loading = NULL;
   return rc;
 }
 
@@ -178,6 +189,9 @@ void fy_lua_close(fy_lua *lua) {
   lua->L = NULL;
   free(lua->hooks);
   lua->hooks = NULL;
+  free(lua->counters);
+  lua->counters = NULL;
+  lua->ncounters = 0;
 }
 
 /* ---- the one door into Lua --------------------------------------------- */

@@ -91,7 +91,7 @@ static fy_series *fy_family_get(fy_family *f, bool hist, const char *labels) {
     for (size_t j = h & (f->cap - 1); f->slots[j].hash != 0; j = (j + 1) & (f->cap - 1))
       if (f->slots[j].hash == h && strcmp(f->slots[j].labels, labels) == 0) return &f->slots[j];
   }
-  if (f->n >= FY_METRICS_MAX_SERIES && strcmp(labels, "overflow=\"true\"") != 0)
+  if (f->n >= (f->max ? f->max : FY_METRICS_MAX_SERIES) && strcmp(labels, "overflow=\"true\"") != 0)
     return fy_family_get(f, hist, "overflow=\"true\"");
   if ((f->n + 1) * 4 > f->cap * 3) fy_family_grow(f);
   size_t j = h & (f->cap - 1);
@@ -137,16 +137,35 @@ void fy_metrics_merge(fy_metrics *to, const fy_metrics *from) {
   }
 }
 
-void fy_metrics_free(fy_metrics *m) {
-  for (int f = 0; f < FY_M_COUNT; f++) {
-    fy_family *fam = &m->fam[f];
-    for (size_t i = 0; i < fam->cap; i++) {
-      free(fam->slots[i].labels);
-      free(fam->slots[i].hist);
-    }
-    free(fam->slots);
-    memset(fam, 0, sizeof *fam);
+void fy_family_free(fy_family *f) {
+  for (size_t i = 0; i < f->cap; i++) {
+    free(f->slots[i].labels);
+    free(f->slots[i].hist);
   }
+  free(f->slots);
+  f->slots = NULL;
+  f->cap = f->n = 0;
+}
+
+void fy_metrics_free(fy_metrics *m) {
+  for (int f = 0; f < FY_M_COUNT; f++)
+    fy_family_free(&m->fam[f]);
+}
+
+uint64_t *fy_family_counter(fy_family *f, const char *labels) {
+  return &fy_family_get(f, false, labels)->value;
+}
+
+const uint64_t *fy_family_find(const fy_family *f, const char *labels) {
+  uint64_t h = fy_metrics_hash(labels);
+  for (size_t j = f->cap ? h & (f->cap - 1) : 0; f->cap && f->slots[j].hash != 0; j = (j + 1) & (f->cap - 1))
+    if (f->slots[j].hash == h && strcmp(f->slots[j].labels, labels) == 0) return &f->slots[j].value;
+  return NULL;
+}
+
+void fy_family_merge_counters(fy_family *to, const fy_family *from) {
+  for (size_t i = 0; i < from->cap; i++)
+    if (from->slots[i].hash != 0) *fy_family_counter(to, from->slots[i].labels) += from->slots[i].value;
 }
 
 static int fy_series_cmp(const void *a, const void *b) {
@@ -167,24 +186,37 @@ static void fy_hist_write(fy_buf *o, const char *name, const fy_series *s) {
   fy_buf_printf(o, "%s_count{%s} %llu\n", name, s->labels, (unsigned long long)cum);
 }
 
+/* The series of fam, sorted by label set; the caller frees the array. */
+static const fy_series **fy_family_sorted(const fy_family *fam) {
+  const fy_series **v = fy_calloc(fam->n ? fam->n : 1, sizeof *v);
+  size_t n = 0;
+  for (size_t i = 0; i < fam->cap; i++)
+    if (fam->slots[i].hash != 0) v[n++] = &fam->slots[i];
+  qsort(v, n, sizeof *v, fy_series_cmp);
+  return v;
+}
+
+void fy_family_write_counters(fy_buf *o, const char *name, const fy_family *f) {
+  const fy_series **v = fy_family_sorted(f);
+  for (size_t i = 0; i < f->n; i++)
+    fy_buf_printf(o, v[i]->labels[0] ? "%s{%s} %llu\n" : "%s%s %llu\n", name, v[i]->labels,
+                  (unsigned long long)v[i]->value);
+  free(v);
+}
+
 void fy_metrics_write(fy_buf *o, const fy_metrics *m) {
   for (int f = 0; f < FY_M_COUNT; f++) {
     const fy_family *fam = &m->fam[f];
     const char *name = fy_families[f].name;
     fy_buf_printf(o, "# HELP %s %s\n# TYPE %s %s\n", name, fy_families[f].help, name,
                   fy_families[f].hist ? "histogram" : "counter");
-    if (fam->n == 0) continue;
-    const fy_series **v = fy_calloc(fam->n, sizeof *v);
-    size_t n = 0;
-    for (size_t i = 0; i < fam->cap; i++)
-      if (fam->slots[i].hash != 0) v[n++] = &fam->slots[i];
-    qsort(v, n, sizeof *v, fy_series_cmp);
-    for (size_t i = 0; i < n; i++) {
-      if (fy_families[f].hist)
-        fy_hist_write(o, name, v[i]);
-      else
-        fy_buf_printf(o, "%s{%s} %llu\n", name, v[i]->labels, (unsigned long long)v[i]->value);
+    if (!fy_families[f].hist) {
+      fy_family_write_counters(o, name, fam);
+      continue;
     }
+    const fy_series **v = fy_family_sorted(fam);
+    for (size_t i = 0; i < fam->n; i++)
+      fy_hist_write(o, name, v[i]);
     free(v);
   }
 }

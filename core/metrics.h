@@ -51,6 +51,7 @@ typedef struct fy_series {
 typedef struct fy_family {
   fy_series *slots; /* open addressing, a power of two */
   size_t cap, n;
+  size_t max; /* label sets kept apart before overflow="true"; 0: FY_METRICS_MAX_SERIES */
 } fy_family;
 
 typedef struct fy_metrics {
@@ -74,6 +75,14 @@ void fy_metrics_add(fy_metrics *m, enum fy_metric_family f, const char *labels, 
 void fy_metrics_merge(fy_metrics *to, const fy_metrics *from);
 /* The text exposition of m's families (HELP, TYPE, samples), sorted by label set. */
 void fy_metrics_write(fy_buf *out, const fy_metrics *m);
+
+/* Counter families outside fy_metrics (policy counters): a series' value, created on first use. */
+uint64_t *fy_family_counter(fy_family *f, const char *labels);
+const uint64_t *fy_family_find(const fy_family *f, const char *labels); /* NULL: no such series */
+void fy_family_merge_counters(fy_family *to, const fy_family *from);
+/* Writes the samples "name{labels} value" of f, sorted by label set (no HELP or TYPE). */
+void fy_family_write_counters(fy_buf *out, const char *name, const fy_family *f);
+void fy_family_free(fy_family *f);
 
 /* The status class label of a status: "2xx", or "none" for a cut exchange. */
 const char *fy_metrics_class(int status);

@@ -242,6 +242,7 @@ void fy_worker_close(fy_worker *w) {
   free(w->config_path);
   w->config_path = NULL;
   fy_metrics_free(&w->stats.metrics);
+  fy_policy_metrics_free(&w->stats.policy);
   if (!uv_is_closing((uv_handle_t *)&w->idle)) uv_close((uv_handle_t *)&w->idle, NULL);
   if (!uv_is_closing((uv_handle_t *)&w->check)) uv_close((uv_handle_t *)&w->check, NULL);
   if (!uv_is_closing((uv_handle_t *)&w->trim)) uv_close((uv_handle_t *)&w->trim, NULL);

@@ -15,6 +15,8 @@
 --       (the hook's edits in, hop-by-hop headers out), or { error = "..." } (ferry: 500)
 --   t.log(policy, req, res)           runs log(req, res), res = { status =, bytes =, headers = }
 --       read-only as in ferry; returns true, or nil and the message
+--   t.metric(name, values...)         the count of a policy counter's series (ferry.metrics), 0 if none
+--   t.reset_metrics()                 every policy counter back to no series (e.g. in before_each)
 -- (route may also return a balancing key: { group = "metrics", key = "..." }).
 --
 -- Two backends, one behaviour. Inside `ferry test` (the ferry.testbed module
@@ -1036,6 +1038,11 @@ function M.log(policy, req, res)
   if not r[1] then return nil, tostring(r[2]) end
   return true
 end
+
+-- Policy counters (ferry.metrics): the C core's values under `ferry test`, ferry.metrics' own otherwise.
+
+function M.metric(name, ...) return require("ferry.metrics").value(name, ...) end
+function M.reset_metrics() require("ferry.metrics").reset() end
 
 -- Policies -------------------------------------------------------------------
 

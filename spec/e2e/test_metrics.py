@@ -25,8 +25,10 @@ return {
 """
 
 POLICY = """
+local seen = require("ferry.metrics").counter("hosts_seen", "requests by host kind", { "kind" })
 return {
   route = function(req)
+    seen:inc(req.host == "a.test" and "known" or "other")
     if req.host == "a.test" then return "metrics" end
     if req.host == "dead.test" then return "dead" end
     return req:respond(421, "unknown host\\n")
@@ -122,6 +124,8 @@ class MetricsTest(E2ECase):
         self.assertEqual(value(s, "ferry_upstream_server_attempts_total", group="dead"), 2 * self.DEAD)
         self.assertEqual(value(s, "ferry_hook_duration_seconds_count", hook="route"),
                          self.OK + self.REFUSED + self.DEAD)
+        self.assertEqual(value(s, "ferry_policy_hosts_seen_total", kind="known"), self.OK)
+        self.assertEqual(value(s, "ferry_policy_hosts_seen_total", kind="other"), self.REFUSED + self.DEAD)
         for n, labels, _ in s:
             if "server" in labels:
                 self.assertRegex(labels["server"], r"^127\.0\.0\.1:\d+$", "servers are labelled by address")

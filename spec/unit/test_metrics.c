@@ -5,6 +5,7 @@
  */
 #include "check.h"
 #include "metrics.h"
+#include "policy_metrics.h"
 
 #include <stdlib.h>
 
@@ -72,9 +73,42 @@ static void test_cap(void) {
   fy_metrics_free(&m);
 }
 
+/* Two workers' policy counters summed by name and labels; only live ones written. */
+static void test_policy_merge(void) {
+  fy_policy_metrics a = {0}, b = {0}, sum = {0};
+  char msg[128];
+  int ia = fy_policy_metrics_declare(&a, "decisions", "help\\x", "decision", msg, sizeof msg);
+  int gone = fy_policy_metrics_declare(&b, "old", "no longer declared", "", msg, sizeof msg);
+  int ib = fy_policy_metrics_declare(&b, "decisions", "help\\x", "decision", msg, sizeof msg);
+  CHECK(ia == 0 && gone == 0 && ib == 1);
+  CHECK(fy_policy_metrics_declare(&a, "Bad", "", "", msg, sizeof msg) < 0);
+  CHECK(fy_policy_metrics_declare(&a, "x", "", "a,a", msg, sizeof msg) < 0);
+  const char *v[] = {"admitted"};
+  size_t lens[] = {8};
+  CHECK(fy_policy_metrics_inc(&a, ia, v, lens, 1, 2) == FY_OK);
+  CHECK(fy_policy_metrics_inc(&b, ib, v, lens, 1, 3) == FY_OK);
+  CHECK(fy_policy_metrics_inc(&b, ib, v, lens, 0, 1) != FY_OK); /* wrong number of values */
+  int live_a[] = {ia}, live_b[] = {ib};
+  fy_policy_metrics_mark_live(&a, live_a, 1);
+  fy_policy_metrics_mark_live(&b, live_b, 1);
+  fy_policy_metrics_merge(&sum, &a);
+  fy_policy_metrics_merge(&sum, &b);
+  fy_buf o;
+  fy_buf_init(&o);
+  fy_policy_metrics_write(&o, &sum);
+  CHECK(sample(&o, "ferry_policy_decisions_total{decision=\"admitted\"} ") == 5);
+  CHECK(strstr(o.data, "# HELP ferry_policy_decisions_total help\\\\x\n") != NULL);
+  CHECK(strstr(o.data, "ferry_policy_old") == NULL);
+  fy_buf_free(&o);
+  fy_policy_metrics_free(&a);
+  fy_policy_metrics_free(&b);
+  fy_policy_metrics_free(&sum);
+}
+
 int main(void) {
   test_labels();
   test_buckets_and_merge();
   test_cap();
+  test_policy_merge();
   return check_done("test_metrics");
 }
