@@ -13,6 +13,7 @@
  *                  (default: the running config); 200 once the new
  *                  generation is live, 422 with the errors if it was refused
  */
+#include "access_log.h"
 #include "conn.h"
 #include "log.h"
 
@@ -146,6 +147,15 @@ static void fy_admin_metrics(fy_conn *c) {
   fy_metrics_write(&o, &w->stats.metrics);
   fy_policy_metrics_mark_live(&w->stats.policy, lua->counters, lua->ncounters);
   fy_policy_metrics_write(&o, &w->stats.policy);
+  fy_admin_metric(
+      &o, "access_log_dropped_total", "counter",
+      "access log lines lost: full (the writer's buffer was full: a slow, full or blocked file) or "
+      "write_error (the file refused a write)");
+  fy_buf_printf(&o,
+                "ferry_access_log_dropped_total{reason=\"full\"} %llu\n"
+                "ferry_access_log_dropped_total{reason=\"write_error\"} %llu\n",
+                (unsigned long long)w->stats.access_dropped,
+                (unsigned long long)fy_access_log_write_errors());
   fy_conn_respond(c, 200, "text/plain; version=0.0.4", o.data, o.len);
   fy_buf_free(&o);
 }

@@ -118,6 +118,7 @@ static void fy_proxy_fail(fy_conn *c, int err) {
       return;
     }
     int status = f == FY_FAIL_TIMEOUT || f == FY_FAIL_CONNECT_TIMEOUT ? 504 : 502;
+    c->req.termination = "upstream_failed";
     fy_log_warn("request %llu: upstream %s: %s (%s) -> %d after %u attempt%s", (unsigned long long)c->req.id,
                 server, fy_strerror(err), fy_failure_name(f), status, c->attempt, c->attempt > 1 ? "s" : "");
     c->rs = FY_RS_NONE;
@@ -128,6 +129,7 @@ static void fy_proxy_fail(fy_conn *c, int err) {
               (unsigned long long)c->req.id, server, fy_strerror(err));
   if (c->server) fy_server_failed(c->server, fy_now_ms(c));
   c->req.status = c->req.status ? c->req.status : 502;
+  c->req.termination = "upstream_cut";
   c->reset_on_close = true; /* a FIN would end a close-delimited body as if it were complete */
   fy_conn_close(c);
 }
@@ -314,6 +316,7 @@ static void fy_proxy_upstream_pump(fy_conn *c) {
       c->response_failed = false;
       fy_proxy_abort(c);
       c->rs = FY_RS_NONE;
+      c->req.termination = "policy_error";
       fy_conn_respond_simple(c, 500, "policy error\n");
       return;
     }
@@ -555,6 +558,7 @@ static void fy_proxy_connect(fy_conn *c) {
   fy_server *s = fy_proxy_pick(c);
   if (s == NULL) {
     c->rs = FY_RS_NONE;
+    c->req.termination = "policy_error";
     fy_conn_respond_simple(c, 500, "policy error\n");
     return;
   }
@@ -616,11 +620,13 @@ void fy_proxy_start(fy_conn *c) {
     fy_log_error("request %llu: route: %s: %.*s", (unsigned long long)r->id, fy_hook_outcome_name(out),
                  (int)err.len, err.data);
     fy_buf_free(&err);
+    r->termination = "policy_error";
     fy_conn_respond_simple(c, 500, "policy error\n");
     return;
   }
   fy_buf_free(&err);
-  if (group < 0 || r->respond_status) { /* req:respond() wins over a group returned after it */
+  if (group < 0 || r->respond_status) {
+    r->termination = "answered"; /* req:respond() wins over a group returned after it */
     fy_conn_respond_with(c, r->respond_status, r->respond_headers.data, r->respond_headers.len,
                          r->respond_body.data, r->respond_body.len);
     return;

@@ -2,6 +2,7 @@
 
 #include <malloc.h>
 
+#include "access_log.h"
 #include "conn.h"
 #include "log.h"
 #include "notify.h"
@@ -191,6 +192,12 @@ static int fy_worker_reload_gen(fy_worker *w, const char *path, fy_buf *errors, 
 int fy_worker_reload(fy_worker *w, const char *path, fy_buf *errors, unsigned *number) {
   fy_notify_reloading();
   int rc = fy_worker_reload_gen(w, path, errors, number);
+  fy_buf log_errors;
+  fy_buf_init(&log_errors);
+  if (rc == FY_OK && fy_access_log_configure(w->gen->cfg, &log_errors) != FY_OK)
+    fy_log_error("generation %u is live, but the access log keeps its old file: %.*s", w->gen->number,
+                 (int)log_errors.len, log_errors.data);
+  fy_buf_free(&log_errors);
   fy_notify_ready();
   return rc;
 }

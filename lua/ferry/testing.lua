@@ -440,6 +440,22 @@ local function lua_backend()
     return RESPONDED
   end
 
+  -- req:log_field: ferry.core's checks; the fields are kept with the request (r.log_fields).
+  function req_methods:log_field(name, value)
+    if type(name) ~= "string" or not name:find("^[%a_][%w_]*$") or #name > 64 then
+      error("req:log_field: the name must match [a-zA-Z_][a-zA-Z0-9_]* (at most 64 bytes)", 2)
+    end
+    local t = type(value)
+    if not (t == "string" or t == "boolean" or (t == "number" and value == value and value ~= math.huge
+                                                 and value ~= -math.huge)) then
+      error("req:log_field: the value must be a string, a finite number or a boolean, got " .. t, 2)
+    end
+    local r = ffi_req(self._id)
+    check(r and 0 or EGONE, "req:log_field")
+    r.log_fields = r.log_fields or {}
+    r.log_fields[name] = value
+  end
+
   local req_mt = {}
   function req_mt.__index(self, k)
     local f = FIELD_NO[k]
