@@ -15,6 +15,8 @@
 
 /* ---- the writer ---------------------------------------------------------- */
 
+static __thread fy_buf fy_al_line; /* the line being formatted, per worker thread */
+
 /*
  * Two halves of the configured buffer: workers append to buf[active] while
  * the writer writes the other. Everything below is guarded by mu except
@@ -164,6 +166,7 @@ void fy_access_log_close(void) {
   fy_al.stop = true;
   pthread_cond_signal(&fy_al.wake);
   pthread_mutex_unlock(&fy_al.mu);
+  fy_buf_free(&fy_al_line);
   if (!started) return;
   struct timespec until;
   clock_gettime(CLOCK_REALTIME, &until);
@@ -336,8 +339,6 @@ static void fy_al_text(fy_buf *o, fy_conn *c) {
   }
   fy_buf_puts(o, "\n");
 }
-
-static __thread fy_buf fy_al_line;
 
 bool fy_access_log_write(fy_conn *c) {
   if (!c->gen->cfg->access_log) return true;
