@@ -17,6 +17,8 @@ import urllib.request
 from .harness import (E2ECase, Ferry, HttpReader, connect, curl, curl_many, free_port, port_accepts,
                       request_bytes, send_raw, wait_until)
 from .test_proxy_protocol import v2
+from .certs import pki
+from .test_tls import tls_connect, tls_get
 
 CONFIG = """
 return {
@@ -330,6 +332,33 @@ class BlockedLogTest(E2ECase):
 
 if __name__ == "__main__":
     unittest.main()
+
+
+TLS_CONFIG = """
+return {
+  listeners = { { name = "agents", type = "https", address = "$listen",
+                  tls = { certificates = { { cert = "metrics.pem", key = "metrics.key" } } } } },
+  upstreams = { metrics = { servers = { "$live" } } },
+  policy = "$policy",
+  log = { access = { format = "json", file = "access.log" } },
+}
+"""
+
+
+class AccessLogTlsTest(E2ECase):
+    def test_sni_and_version(self):
+        up = self.start_upstream("live")
+        ferry = self.start_ferry(TLS_CONFIG, ROUTE_ALL, files=pki().files("metrics"), live=up.addr)
+        sock = tls_connect(ferry.port, "metrics.observability.internal")
+        try:
+            self.assertEqual(tls_get(sock, "/echo", "metrics.observability.internal").status, 200)
+        finally:
+            sock.close()
+        path = os.path.join(ferry.dir, "access.log")
+        lines = wait_until(lambda: read_lines(path), 5)
+        self.assertEqual(len(lines), 1, lines)
+        self.assertEqual((lines[0]["tls_sni"], lines[0]["tls_version"], lines[0]["listener"]),
+                         ("metrics.observability.internal", "TLSv1.2", "agents"))
 
 
 class AccessLogConfigTest(unittest.TestCase):
