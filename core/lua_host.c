@@ -234,10 +234,10 @@ static void fy_lua_begin(fy_lua *lua, int ref, int policy, struct fy_req *req) {
 
 /* Hook time goes to the hook's histogram and to the request's policy time (the access log's). */
 static void fy_lua_timed(fy_worker *w, struct fy_req *req, int hook, uint64_t ns) {
-  static const char *const names[] = {"none", "route", "select", "retry", "response", "log", "route_stream"};
-  char labels[64];
-  fy_metrics_observe(&w->stats.metrics, FY_M_HOOK_DURATION,
-                     fy_labels(labels, sizeof labels, "hook", names[hook], NULL), ns);
+  static const char *const labels[] = {"hook=\"none\"",        "hook=\"route\"",    "hook=\"select\"",
+                                       "hook=\"retry\"",       "hook=\"response\"", "hook=\"log\"",
+                                       "hook=\"route_stream\""};
+  fy_metrics_observe(&w->stats.metrics, FY_M_HOOK_DURATION, labels[hook], ns);
   if (req) req->policy_ns += ns;
 }
 
