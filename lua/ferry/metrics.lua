@@ -84,8 +84,10 @@ function M.counter(name, help, labels)
     error("ferry.metrics.counter: labels must be a list of at most " .. MAX_LABELS .. " names", 2)
   end
   for _, l in ipairs(labels) do
-    check_name(l, "^[a-zA-Z_][a-zA-Z0-9_]*$",
-               "ferry.metrics.counter: '" .. tostring(l) .. "' is not a label name ([a-zA-Z_][a-zA-Z0-9_]*)")
+    local what = "ferry.metrics.counter: '" .. tostring(l) ..
+                 "' is not a label name ([a-zA-Z_][a-zA-Z0-9_]*, not __..., not overflow)"
+    check_name(l, "^[a-zA-Z_][a-zA-Z0-9_]*$", what)
+    if l:sub(1, 2) == "__" or l == "overflow" then error(what, 2) end
   end
   local joined = table.concat(labels, ",")
   local prev = declared[name]
