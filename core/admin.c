@@ -4,6 +4,8 @@
  * ferry load any config file the process can read.
  *
  *   GET  /health   200 "ok", or 503 "draining" once ferry is stopping
+ *   GET  /ready    200 "ready" once a generation serves and every upstream
+ *                  group has an address; 503 with the reason otherwise
  *   GET  /status   JSON: live generation, reload and hook counters
  *   GET  /metrics  Prometheus text: responses, attempts, retries, failures,
  *                  servers in service, connections, reloads, hook outcomes
@@ -11,6 +13,7 @@
  *                  (default: the running config); 200 once the new
  *                  generation is live, 422 with the errors if it was refused
  */
+#include "access_log.h"
 #include "conn.h"
 #include "log.h"
 
@@ -141,8 +144,43 @@ static void fy_admin_metrics(fy_conn *c) {
                 (unsigned long long)lua->nomem);
   fy_admin_metric(&o, "lua_memory_bytes", "gauge", "memory of the live generation's Lua state");
   fy_buf_printf(&o, "ferry_lua_memory_bytes %zu\n", lua->mem_used);
+  fy_metrics_write(&o, &w->stats.metrics);
+  fy_policy_metrics_mark_live(&w->stats.policy, lua->counters, lua->ncounters);
+  fy_policy_metrics_write(&o, &w->stats.policy);
+  fy_admin_metric(
+      &o, "access_log_dropped_total", "counter",
+      "access log lines lost: full (the writer's buffer was full: a slow, full or blocked file) or "
+      "write_error (the file refused a write)");
+  fy_buf_printf(&o,
+                "ferry_access_log_dropped_total{reason=\"full\"} %llu\n"
+                "ferry_access_log_dropped_total{reason=\"write_error\"} %llu\n",
+                (unsigned long long)w->stats.access_dropped,
+                (unsigned long long)fy_access_log_write_errors());
   fy_conn_respond(c, 200, "text/plain; version=0.0.4", o.data, o.len);
   fy_buf_free(&o);
+}
+
+/*
+ * Readiness is stricter than liveness: a process that is alive but cannot
+ * forward (no generation yet, a group with no address, draining) should get
+ * no new traffic from an orchestrator, yet must not be restarted for it.
+ */
+static void fy_admin_ready(fy_conn *c) {
+  const fy_worker *w = c->w;
+  char why[256];
+  why[0] = 0;
+  if (w->stopping)
+    snprintf(why, sizeof why, "draining\n");
+  else if (w->gen == NULL || w->unbound)
+    snprintf(why, sizeof why, "not serving yet\n");
+  else
+    for (size_t i = 0; i < w->gen->cfg->ngroups && !why[0]; i++)
+      if (w->gen->groups[i].nservers == 0)
+        snprintf(why, sizeof why, "upstream group %s has no address\n", w->gen->groups[i].cfg->name);
+  if (why[0])
+    fy_conn_respond_simple(c, 503, why);
+  else
+    fy_conn_respond_simple(c, 200, "ready\n");
 }
 
 void fy_admin_handle(fy_conn *c) {
@@ -152,6 +190,8 @@ void fy_admin_handle(fy_conn *c) {
       fy_conn_respond_simple(c, 503, "draining\n");
     else
       fy_conn_respond_simple(c, 200, "ok\n");
+  } else if (fy_admin_is(r, "GET", "/ready") || fy_admin_is(r, "HEAD", "/ready")) {
+    fy_admin_ready(c);
   } else if (fy_admin_is(r, "GET", "/status")) {
     fy_admin_status(c);
   } else if (fy_admin_is(r, "GET", "/metrics")) {
@@ -159,6 +199,7 @@ void fy_admin_handle(fy_conn *c) {
   } else if (fy_admin_is(r, "POST", "/reload")) {
     fy_admin_reload(c);
   } else {
-    fy_conn_respond_simple(c, 404, "admin endpoints: GET /health, GET /status, GET /metrics, POST /reload\n");
+    fy_conn_respond_simple(
+        c, 404, "admin endpoints: GET /health, GET /ready, GET /status, GET /metrics, POST /reload\n");
   }
 }

@@ -314,6 +314,15 @@ static void fy_cfg_read_rest(lua_State *L, int t, fy_config *cfg) {
   free(level);
   lua_getfield(L, -1, "access");
   cfg->access_log = lua_toboolean(L, -1);
+  if (lua_istable(L, -1)) {
+    char *format = fy_cfg_str(L, lua_gettop(L), "format");
+    cfg->access_json = format && strcmp(format, "json") == 0;
+    free(format);
+    lua_getfield(L, -1, "file");
+    if (lua_isstring(L, -1)) cfg->access_file = fy_strdup(lua_tostring(L, -1));
+    lua_pop(L, 1);
+    cfg->access_buffer = (size_t)fy_cfg_num(L, lua_gettop(L), "buffer");
+  }
   lua_pop(L, 2);
 }
 
@@ -504,6 +513,7 @@ void fy_config_free(fy_config *cfg) {
   free(cfg->admin_host);
   fy_buf_free(&cfg->warnings);
   free(cfg->dns_servers);
+  free(cfg->access_file);
   free(cfg->path);
   free(cfg);
 }

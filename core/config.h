@@ -101,6 +101,9 @@ typedef struct fy_config {
   fy_limits limits;
   int log_level;
   bool access_log;
+  bool access_json;  /* log.access.format = "json" (else the text line) */
+  char *access_file; /* NULL: stderr */
+  size_t access_buffer;
   char *admin_host; /* NULL: no admin listener */
   int admin_port;
   bool watch; /* reload when the config or a policy file changes */

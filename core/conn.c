@@ -1,6 +1,7 @@
 /* The client side of a connection: parsing, limits, timers, writes, closing. */
 #include "conn.h"
 
+#include "access_log.h"
 #include "log.h"
 #include "pool.h"
 
@@ -66,6 +67,7 @@ static int fy_conn_refuse(fy_conn *c, int status) {
 static int fy_on_message_begin(llhttp_t *p) {
   fy_conn *c = fy_conn_of(p);
   if (c->req.started_ms == 0) c->req.started_ms = fy_now_ms(c);
+  if (c->req.started_ns == 0) c->req.started_ns = uv_hrtime();
   fy_conn_retime(c, false); /* from keep-alive idle to the header deadline */
   return 0;
 }
@@ -186,6 +188,7 @@ static int fy_on_headers_complete(llhttp_t *p) {
 
 static int fy_on_body(llhttp_t *p, const char *at, size_t len) {
   fy_conn *c = fy_conn_of(p);
+  c->req.bytes_in += len;
   if (c->up) fy_bodyout_add(&c->ubody, at, len);
   return 0;
 }
@@ -227,6 +230,7 @@ static void fy_conn_parse_error(fy_conn *c, llhttp_errno_t err) {
               c->error_status ? fy_http_reason(status) : llhttp_get_error_reason(&c->parser));
   (void)err;
   c->close_after = true;
+  c->req.termination = "refused";
   fy_proxy_abort(c);
   fy_conn_respond_simple(c, status, fy_http_reason(status));
 }
@@ -429,6 +433,7 @@ static void fy_conn_timeout_cb(fy_deadline *d) {
       break;
     }
     c->close_after = true;
+    c->req.termination = "client_timeout";
     fy_conn_respond_simple(c, 408, "request header timeout\n");
     break;
   case FY_WAIT_BODY:
@@ -436,6 +441,7 @@ static void fy_conn_timeout_cb(fy_deadline *d) {
     c->close_after = true;
     fy_proxy_abort(c);
     c->rs = c->rs == FY_RS_WAIT ? FY_RS_NONE : c->rs;
+    c->req.termination = "client_timeout";
     fy_conn_respond_simple(c, 408, "request body timeout\n");
     break;
   case FY_WAIT_KEEPALIVE:
@@ -569,21 +575,25 @@ void fy_conn_respond_simple(fy_conn *c, int status, const char *body) {
 
 /* ---- exchange lifecycle ----------------------------------------------- */
 
+static void fy_conn_observe(fy_conn *c) {
+  const fy_req *r = &c->req;
+  char labels[FY_LABELS_MAX];
+  const char *group = r->group >= 0 && r->gen ? r->gen->cfg->groups[r->group].name : "none";
+  fy_labels(labels, sizeof labels, "listener", c->listener->name, "group", group, "class",
+            fy_metrics_class(r->status), NULL);
+  uint64_t now = uv_hrtime();
+  fy_metrics_observe(&c->w->stats.metrics, FY_M_REQUEST_DURATION, labels,
+                     r->started_ns && now > r->started_ns ? now - r->started_ns : 0);
+}
+
 static void fy_conn_access_log(fy_conn *c) {
   fy_req *r = &c->req;
-  if (!c->listener->admin) /* the admin listener's own answers are not traffic */
+  if (!c->listener->admin) { /* the admin listener's own answers are not traffic */
     c->w->stats.responses[r->status >= 100 && r->status < 600 ? r->status / 100 : 0]++;
+    fy_conn_observe(c);
+  }
   fy_proxy_log_hook(c);
-  if (!c->gen->cfg->access_log) return;
-  /* The target fields are set once the head is parsed (method set with them). */
-  fy_target t = r->method ? r->target : (fy_target){0};
-  fy_log_info("access %s \"%s %s://%.*s%.*s%s%.*s\" %d %llu %s %s %llums id=%llu", c->client_ip,
-              r->method ? r->method : "-", c->sock.tls ? "https" : "http", (int)r->host_len, r->host,
-              (int)FY_MIN(t.path_len, 512), t.path ? t.path : "", t.query ? "?" : "",
-              (int)FY_MIN(t.query_len, 512), t.query ? t.query : "", r->status,
-              (unsigned long long)r->bytes_out,
-              r->group >= 0 && r->gen ? r->gen->cfg->groups[r->group].name : "-", r->server ? r->server : "-",
-              (unsigned long long)(fy_now_ms(c) - r->started_ms), (unsigned long long)r->id);
+  fy_access_log_write(c);
 }
 
 static void fy_conn_request_end(fy_conn *c) {
@@ -675,6 +685,11 @@ static void fy_conn_request_begin(fy_conn *c) {
   r->method = NULL;
   r->host_len = 0;
   r->started_ms = 0;
+  r->started_ns = r->connect_ns = r->header_ns = r->policy_ns = 0;
+  r->nfailures = 0;
+  r->bytes_in = 0;
+  r->termination = NULL;
+  fy_buf_reset(&r->log_fields);
   r->respond_status = 0;
   r->has_body = r->chunked = r->keepalive = r->expect_continue = r->head = r->has_content_length = false;
   c->error_status = 0;
@@ -684,6 +699,7 @@ static void fy_conn_request_begin(fy_conn *c) {
   c->rq = FY_RQ_HEAD;
   c->rs = FY_RS_NONE;
   if (c->nreq == 0) r->started_ms = fy_now_ms(c); /* the first request's clock starts at accept */
+  if (c->nreq == 0) r->started_ns = uv_hrtime();
   c->wait = FY_WAIT_NONE;
   fy_conn_retime(c, false);
   if (c->rpos == c->rlen) { /* idle: the read block goes back to the pool at once */
@@ -772,6 +788,7 @@ static void fy_conn_free(fy_conn *c) {
   fy_headers_free(&c->rheaders);
   fy_buf_free(&c->req.respond_headers);
   fy_buf_free(&c->req.respond_body);
+  fy_buf_free(&c->req.log_fields);
   fy_buf_free(&c->chead);
   fy_buf_free(&c->uhead);
   fy_buf_free(&c->cbody.copy);
@@ -798,6 +815,7 @@ void fy_conn_close(fy_conn *c) {
   if (c->closing) return;
   if (c->rs != FY_RS_DONE && c->rq != FY_RQ_HEAD) {
     c->req.status = c->req.status ? c->req.status : 499;
+    if (c->req.termination == NULL) c->req.termination = c->w->unbound ? "drain_cut" : "client_cut";
     fy_conn_access_log(c);
   }
   c->closing = true;

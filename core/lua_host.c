@@ -104,9 +104,19 @@ static int fy_lua_set_groups(fy_lua *lua, const fy_config *cfg) {
   return rc;
 }
 
+__thread fy_lua *fy_lua_loading;
+
+void fy_lua_note_counter(fy_lua *lua, int id) {
+  for (size_t i = 0; i < lua->ncounters; i++)
+    if (lua->counters[i] == id) return;
+  lua->counters = fy_realloc(lua->counters, (lua->ncounters + 1) * sizeof *lua->counters);
+  lua->counters[lua->ncounters++] = id;
+}
+
 static int fy_lua_load_policies(fy_lua *lua, const fy_config *cfg, fy_buf *errors) {
   lua_State *L = lua->L;
   int rc = FY_OK;
+  fy_lua_loading = lua;
   for (size_t i = 0; i < cfg->npolicies; i++) {
     lua_pushstring(L, cfg->policies[i]);
     lua_pushstring(L, cfg->policy_keys ? cfg->policy_keys[i] : NULL);
@@ -123,6 +133,7 @@ static int fy_lua_load_policies(fy_lua *lua, const fy_config *cfg, fy_buf *error
     }
     lua_settop(L, 0);
   }
+  fy_lua_loading = NULL;
   return rc;
 }
 
@@ -179,6 +190,9 @@ void fy_lua_close(fy_lua *lua) {
   lua->L = NULL;
   free(lua->hooks);
   lua->hooks = NULL;
+  free(lua->counters);
+  lua->counters = NULL;
+  lua->ncounters = 0;
 }
 
 /* ---- the one door into Lua --------------------------------------------- */
@@ -219,6 +233,15 @@ static void fy_lua_begin(fy_lua *lua, int ref, int policy, struct fy_req *req) {
   fy_lua_begin_id(lua, ref, policy, req->id);
 }
 
+/* Hook time goes to the hook's histogram and to the request's policy time (the access log's). */
+static void fy_lua_timed(fy_worker *w, struct fy_req *req, int hook, uint64_t ns) {
+  static const char *const labels[] = {"hook=\"none\"",        "hook=\"route\"",    "hook=\"select\"",
+                                       "hook=\"retry\"",       "hook=\"response\"", "hook=\"log\"",
+                                       "hook=\"route_stream\""};
+  fy_metrics_observe(&w->stats.metrics, FY_M_HOOK_DURATION, labels[hook], ns);
+  if (req) req->policy_ns += ns;
+}
+
 /*
  * The one door: runs what fy_lua_begin set up (with nextra more arguments)
  * under the hook budget, with req made current for the fy_ffi_* calls. Lua
@@ -234,8 +257,10 @@ static enum fy_hook_outcome fy_lua_run(fy_lua *lua, struct fy_req *req, int hook
   w->hook_req = req;
   w->hook = hook;
   fy_lua_budget_start(lua, lua->hook_budget_ms);
+  uint64_t start = uv_hrtime();
   int rc = lua_pcall(L, 2 + nextra, 3, 0);
   fy_lua_budget_end(lua);
+  fy_lua_timed(w, req, hook, uv_hrtime() - start);
   w->hook_req = NULL;
   if (rc != 0) return fy_lua_failed(lua, rc, err);
   *code = (int)lua_tointeger(L, -3);

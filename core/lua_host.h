@@ -48,7 +48,14 @@ typedef struct fy_lua {
   uint64_t hook_budget_ms;          /* limits.hook_timeout */
   bool timed_out, oom;              /* what the call running now ran into */
   uint64_t errors, timeouts, nomem; /* counters, for metrics */
+  int *counters;                    /* policy counters its policies declared (policy_metrics.h ids) */
+  size_t ncounters;
 } fy_lua;
+
+/* The state whose policies are loading on this thread (NULL outside fy_lua_init). */
+extern __thread fy_lua *fy_lua_loading;
+/* Records that lua's policies declared policy counter id. */
+void fy_lua_note_counter(fy_lua *lua, int id);
 
 /* Creates the state, loads every policy of cfg. Errors as "file:line: message". */
 int fy_lua_init(fy_lua *lua, const fy_config *cfg, fy_buf *errors);

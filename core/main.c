@@ -1,6 +1,8 @@
 /* The ferry command: run, check, reload, test, version. */
+#include "access_log.h"
 #include "config.h"
 #include "log.h"
+#include "notify.h"
 #include "test_cmd.h"
 #include "worker.h"
 
@@ -101,19 +103,25 @@ static int fy_cmd_check(const char *path) {
   return 0;
 }
 
-static uv_signal_t fy_sigterm, fy_sigint, fy_sighup;
+static uv_signal_t fy_sigterm, fy_sigint, fy_sighup, fy_sigusr1;
 
 static void fy_on_stopped(fy_worker *w) {
   fy_worker_close(w);
   uv_close((uv_handle_t *)&fy_sigterm, NULL);
   uv_close((uv_handle_t *)&fy_sigint, NULL);
   uv_close((uv_handle_t *)&fy_sighup, NULL);
+  uv_close((uv_handle_t *)&fy_sigusr1, NULL);
   fy_log_info("stopped");
   (void)w;
 }
 
 static void fy_on_signal(uv_signal_t *s, int signum) {
   fy_worker *w = s->data;
+  if (signum == SIGUSR1) {
+    fy_log_info("SIGUSR1: reopening the access log");
+    fy_access_log_reopen();
+    return;
+  }
   if (signum == SIGHUP) {
     fy_buf errors;
     fy_buf_init(&errors);
@@ -127,6 +135,7 @@ static void fy_on_signal(uv_signal_t *s, int signum) {
   }
   fy_log_info("%s: draining (in-flight requests finish, new connections are refused)",
               signum == SIGTERM ? "SIGTERM" : "SIGINT");
+  if (!w->stopping) fy_notify_stopping();
   fy_worker_stop(w, fy_on_stopped);
 }
 
@@ -146,6 +155,15 @@ static int fy_cmd_run(const char *path) {
   w.config_path = fy_strdup(realpath(path, real) ? real : path);
   fy_buf errors;
   fy_buf_init(&errors);
+  if (fy_access_log_configure(gen->cfg, &errors) != FY_OK) {
+    fwrite(errors.data, 1, errors.len, stderr);
+    fprintf(stderr, "ferry: %s: not starting\n", path);
+    fy_buf_free(&errors);
+    fy_gen_unref(w.gen);
+    fy_worker_close(&w);
+    uv_run(loop, UV_RUN_NOWAIT);
+    return 1;
+  }
   if (fy_worker_listen(&w, &errors) != 0) {
     fwrite(errors.data, 1, errors.len, stderr);
     fprintf(stderr, "ferry: %s: not starting\n", path);
@@ -156,22 +174,25 @@ static int fy_cmd_run(const char *path) {
     fy_worker_close(&w);
     uv_run(loop, UV_RUN_NOWAIT);
     free(w.listeners);
+    fy_access_log_close();
     return 1;
   }
   fy_buf_free(&errors);
   signal(SIGPIPE, SIG_IGN);
-  uv_signal_t *sigs[] = {&fy_sigterm, &fy_sigint, &fy_sighup};
-  int nums[] = {SIGTERM, SIGINT, SIGHUP};
-  for (int i = 0; i < 3; i++) {
+  uv_signal_t *sigs[] = {&fy_sigterm, &fy_sigint, &fy_sighup, &fy_sigusr1};
+  int nums[] = {SIGTERM, SIGINT, SIGHUP, SIGUSR1};
+  for (int i = 0; i < 4; i++) {
     uv_signal_init(loop, sigs[i]);
     sigs[i]->data = &w;
     uv_signal_start(sigs[i], fy_on_signal, nums[i]);
   }
   fy_log_info("ferry %s running with %s (pid %d)", FERRY_VERSION, path, (int)uv_os_getpid());
+  fy_notify_ready();
   uv_run(loop, UV_RUN_DEFAULT);
   fy_gen_unref(w.gen);
   uv_run(loop, UV_RUN_NOWAIT); /* close callbacks of pooled upstream connections */
   free(w.listeners);
+  fy_access_log_close();
   return 0;
 }
 

@@ -21,6 +21,25 @@ static inline const fy_cfg_group *fy_proxy_group(fy_conn *c) {
 
 /* ---- failure ------------------------------------------------------------ */
 
+/* Each failed attempt's kind, for the access log (the first eight). */
+static void fy_proxy_note_failure(fy_conn *c, enum fy_failure f) {
+  if (c->req.nfailures < FY_ARRAY_SIZE(c->req.failures)) c->req.failures[c->req.nfailures] = (uint8_t)f;
+  c->req.nfailures++;
+}
+
+/* A response head from the current attempt's server: its latency and its class. */
+static void fy_proxy_observe_head(fy_conn *c, int status) {
+  char labels[FY_LABELS_MAX];
+  const fy_server *s = c->server;
+  c->req.header_ns = uv_hrtime() - c->attempt_ns;
+  fy_metrics_observe(&c->w->stats.metrics, FY_M_HEADER_DURATION,
+                     fy_labels(labels, sizeof labels, "group", s->group->cfg->name, NULL), c->req.header_ns);
+  fy_metrics_add(&c->w->stats.metrics, FY_M_SERVER_RESPONSES,
+                 fy_labels(labels, sizeof labels, "group", s->group->cfg->name, "server", s->addr_text,
+                           "class", fy_metrics_class(status), NULL),
+                 1);
+}
+
 static void fy_proxy_detach(fy_conn *c, bool reusable) {
   fy_uconn *uc = c->up;
   if (uc == NULL) return;
@@ -79,6 +98,7 @@ static void fy_proxy_fail(fy_conn *c, int err) {
   fy_uconn *uc = c->up;
   enum fy_failure f = fy_proxy_classify(uc, err);
   c->w->stats.failures[f]++;
+  fy_proxy_note_failure(c, f);
   /* A reused keep-alive connection the server had closed: not the server's fault. */
   bool stale = uc && uc->requests > 1 && f == FY_FAIL_RESET;
   const char *server = c->server ? c->server->addr_text : "-";
@@ -98,6 +118,7 @@ static void fy_proxy_fail(fy_conn *c, int err) {
       return;
     }
     int status = f == FY_FAIL_TIMEOUT || f == FY_FAIL_CONNECT_TIMEOUT ? 504 : 502;
+    c->req.termination = "upstream_failed";
     fy_log_warn("request %llu: upstream %s: %s (%s) -> %d after %u attempt%s", (unsigned long long)c->req.id,
                 server, fy_strerror(err), fy_failure_name(f), status, c->attempt, c->attempt > 1 ? "s" : "");
     c->rs = FY_RS_NONE;
@@ -108,6 +129,7 @@ static void fy_proxy_fail(fy_conn *c, int err) {
               (unsigned long long)c->req.id, server, fy_strerror(err));
   if (c->server) fy_server_failed(c->server, fy_now_ms(c));
   c->req.status = c->req.status ? c->req.status : 502;
+  c->req.termination = "upstream_cut";
   c->reset_on_close = true; /* a FIN would end a close-delimited body as if it were complete */
   fy_conn_close(c);
 }
@@ -224,6 +246,7 @@ static int fy_on_resp_headers_complete(llhttp_t *p) {
    */
   if (status < 100 || status == 101) return -1; /* not HTTP; ferry never asks for an upgrade */
   if (status < 200) return 1;                   /* interim responses are dropped */
+  fy_proxy_observe_head(c, status);
   uint64_t now = fy_now_ms(c);
   if (status >= 500)
     fy_server_failed(c->server, now);
@@ -233,6 +256,7 @@ static int fy_on_resp_headers_complete(llhttp_t *p) {
       fy_retry_decide(c, FY_FAIL_STATUS, status, false)) {
     c->retry_status = status; /* handled once llhttp returns: this answer is dropped */
     c->w->stats.failures[FY_FAIL_STATUS]++;
+    fy_proxy_note_failure(c, FY_FAIL_STATUS);
     return HPE_PAUSED;
   }
   c->ustatus = status;
@@ -283,6 +307,7 @@ static void fy_proxy_upstream_pump(fy_conn *c) {
       c->response_failed = false;
       fy_proxy_abort(c);
       c->rs = FY_RS_NONE;
+      c->req.termination = "policy_error";
       fy_conn_respond_simple(c, 500, "policy error\n");
       return;
     }
@@ -466,6 +491,11 @@ static void fy_proxy_on_ready(fy_uconn *uc, int status) {
     fy_proxy_fail(c, status);
     return;
   }
+  c->req.connect_ns = uv_hrtime() - c->dial_ns;
+  char labels[FY_LABELS_MAX];
+  fy_metrics_observe(&c->w->stats.metrics, FY_M_CONNECT_DURATION,
+                     fy_labels(labels, sizeof labels, "group", uc->server->group->cfg->name, NULL),
+                     c->req.connect_ns);
   fy_proxy_upstream_ready(c);
   fy_conn_client_pump(c);
 }
@@ -519,12 +549,18 @@ static void fy_proxy_connect(fy_conn *c) {
   fy_server *s = fy_proxy_pick(c);
   if (s == NULL) {
     c->rs = FY_RS_NONE;
+    c->req.termination = "policy_error";
     fy_conn_respond_simple(c, 500, "policy error\n");
     return;
   }
   c->server = s;
   c->req.server = s->addr_text;
   c->w->stats.attempts++;
+  char labels[FY_LABELS_MAX];
+  fy_metrics_add(&c->w->stats.metrics, FY_M_SERVER_ATTEMPTS,
+                 fy_labels(labels, sizeof labels, "group", s->group->cfg->name, "server", s->addr_text, NULL),
+                 1);
+  c->dial_ns = uv_hrtime();
   if (c->ntried < FY_ARRAY_SIZE(c->tried)) c->tried[c->ntried++] = s;
   c->rs = FY_RS_WAIT;
   fy_uconn *uc;
@@ -575,11 +611,13 @@ void fy_proxy_start(fy_conn *c) {
     fy_log_error("request %llu: route: %s: %.*s", (unsigned long long)r->id, fy_hook_outcome_name(out),
                  (int)err.len, err.data);
     fy_buf_free(&err);
+    r->termination = "policy_error";
     fy_conn_respond_simple(c, 500, "policy error\n");
     return;
   }
   fy_buf_free(&err);
-  if (group < 0 || r->respond_status) { /* req:respond() wins over a group returned after it */
+  if (group < 0 || r->respond_status) {
+    r->termination = "answered"; /* req:respond() wins over a group returned after it */
     fy_conn_respond_with(c, r->respond_status, r->respond_headers.data, r->respond_headers.len,
                          r->respond_body.data, r->respond_body.len);
     return;

@@ -2,6 +2,7 @@
 
 #include "log.h"
 #include "pool.h"
+#include "worker.h"
 
 #include <stdio.h>
 
@@ -175,6 +176,13 @@ static void fy_entry_apply(fy_entry *e, const fy_dns_answer *answer) {
 static void fy_entry_resolved(void *data, int status, const char *error, const fy_dns_answer *answer) {
   fy_entry *e = data;
   e->pending = NULL;
+  /* Resolution runs on the worker's loop: its thread's worker counts it. */
+  if (fy_worker_current) {
+    char labels[64];
+    const char *outcome = status != 0 ? "failed" : answer->n == 0 ? "empty" : "ok";
+    fy_metrics_add(&fy_worker_current->stats.metrics, FY_M_DNS_LOOKUPS,
+                   fy_labels(labels, sizeof labels, "outcome", outcome, NULL), 1);
+  }
   if (status != 0 || answer->n == 0) {
     fy_log_warn("upstream %s: resolving %s failed (%s); keeping its %s addresses", e->group->cfg->name,
                 e->cfg->host, error ? error : "no address", "last good");

@@ -2,8 +2,10 @@
 
 #include <malloc.h>
 
+#include "access_log.h"
 #include "conn.h"
 #include "log.h"
+#include "notify.h"
 #include "stream.h"
 #include "watch.h"
 
@@ -147,7 +149,7 @@ static int fy_reload_check_listeners(const fy_config *live, const fy_config *nex
   return rc;
 }
 
-int fy_worker_reload(fy_worker *w, const char *path, fy_buf *errors, unsigned *number) {
+static int fy_worker_reload_gen(fy_worker *w, const char *path, fy_buf *errors, unsigned *number) {
   uint64_t start = uv_hrtime();
   fy_config *cfg = NULL;
   fy_gen *next = NULL;
@@ -184,6 +186,20 @@ int fy_worker_reload(fy_worker *w, const char *path, fy_buf *errors, unsigned *n
   fy_log_info("generation %u is live (%s, built in %.1f ms)", next->number, path,
               (double)(uv_hrtime() - start) / 1e6);
   return FY_OK;
+}
+
+/* The service manager sees every reload, a refused one too: it ends serving the live generation. */
+int fy_worker_reload(fy_worker *w, const char *path, fy_buf *errors, unsigned *number) {
+  fy_notify_reloading();
+  int rc = fy_worker_reload_gen(w, path, errors, number);
+  fy_buf log_errors;
+  fy_buf_init(&log_errors);
+  if (rc == FY_OK && fy_access_log_configure(w->gen->cfg, &log_errors) != FY_OK)
+    fy_log_error("generation %u is live, but the access log keeps its old file: %.*s", w->gen->number,
+                 (int)log_errors.len, log_errors.data);
+  fy_buf_free(&log_errors);
+  fy_notify_ready();
+  return rc;
 }
 
 /* ---- worker ------------------------------------------------------------- */
@@ -232,6 +248,8 @@ void fy_worker_close(fy_worker *w) {
   w->dns = NULL;
   free(w->config_path);
   w->config_path = NULL;
+  fy_metrics_free(&w->stats.metrics);
+  fy_policy_metrics_free(&w->stats.policy);
   if (!uv_is_closing((uv_handle_t *)&w->idle)) uv_close((uv_handle_t *)&w->idle, NULL);
   if (!uv_is_closing((uv_handle_t *)&w->check)) uv_close((uv_handle_t *)&w->check, NULL);
   if (!uv_is_closing((uv_handle_t *)&w->trim)) uv_close((uv_handle_t *)&w->trim, NULL);

@@ -18,6 +18,8 @@
 
 #include "config.h"
 #include "lua_host.h"
+#include "metrics.h"
+#include "policy_metrics.h"
 #include "upstream.h"
 
 #include <stdbool.h>
@@ -62,6 +64,9 @@ typedef struct fy_worker {
     uint64_t streams, shed;
     uint64_t tls[2]
                 [3]; /* TLS handshakes: [0] client side (https listeners), [1] upstream; by fy_tls_outcome */
+    fy_metrics metrics;       /* labelled histograms and counters (metrics.h); sum with fy_metrics_merge */
+    fy_policy_metrics policy; /* counters policies declare (policy_metrics.h); fy_policy_metrics_merge */
+    uint64_t access_dropped;  /* access log lines dropped: the writer's buffer was full */
   } stats;
   /* The request whose hook is running, for the fy_ffi_* calls. */
   struct fy_req *hook_req;

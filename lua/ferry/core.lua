@@ -161,6 +161,31 @@ function req_methods:respond(status, body, headers)
   return RESPONDED
 end
 
+-- A value for the access log: kind 0 string, 1 number (as JSON text), 2 true, 3 false.
+local function log_value(v)
+  local t = type(v)
+  if t == "string" then return 0, v end
+  if t == "boolean" then return v and 2 or 3, "" end
+  if t == "number" and v == v and v ~= math.huge and v ~= -math.huge then
+    if v % 1 == 0 and v > -2^53 and v < 2^53 then return 1, string.format("%d", v) end
+    return 1, string.format("%.17g", v)
+  end
+  error("req:log_field: the value must be a string, a finite number or a boolean, got " .. t, 3)
+end
+M.log_value = log_value
+
+-- req:log_field(name, value): adds a field to this request's access log line
+-- (under "fields" in JSON, fields={...} in text); a second call replaces it.
+function req_methods:log_field(name, value)
+  if type(name) ~= "string" or not name:find("^[%a_][%w_]*$") or #name > 64 then
+    error("req:log_field: the name must match [a-zA-Z_][a-zA-Z0-9_]* (at most 64 bytes)", 2)
+  end
+  local kind, text = log_value(value)
+  local rc = C.fy_ffi_req_log_field(self._id, name, #name, kind, text, #text)
+  if rc == -3 then error("req:log_field: the request's fields would exceed 4096 bytes", 2) end
+  check(rc, "req:log_field")
+end
+
 local proxy_info = ffi.new("fy_ffi_proxy")
 local tls_info = ffi.new("fy_ffi_tls")
 local req_mt = {}

@@ -15,6 +15,8 @@
 --       (the hook's edits in, hop-by-hop headers out), or { error = "..." } (ferry: 500)
 --   t.log(policy, req, res)           runs log(req, res), res = { status =, bytes =, headers = }
 --       read-only as in ferry; returns true, or nil and the message
+--   t.metric(name, values...)         the count of a policy counter's series (ferry.metrics), 0 if none
+--   t.reset_metrics()                 every policy counter back to no series (e.g. in before_each)
 -- (route may also return a balancing key: { group = "metrics", key = "..." }).
 --
 -- One implementation: this module runs inside `ferry test`, where
@@ -501,6 +503,11 @@ function M.log(policy, req, res)
   if rc == core.FAILED then return nil, err end
   return true
 end
+
+-- Policy counters (ferry.metrics): the C core's values under `ferry test`, ferry.metrics' own otherwise.
+
+function M.metric(name, ...) return require("ferry.metrics").value(name, ...) end
+function M.reset_metrics() require("ferry.metrics").reset() end
 
 -- Policies -------------------------------------------------------------------
 

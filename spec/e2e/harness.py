@@ -175,6 +175,7 @@ class Ferry:
         self.proc = None
         self.port = None
         self.returncode = None
+        self.env = {}  # extra environment for the ferry process
 
     def render(self, port):
         values = dict(listen="%s:%d" % (LOCAL, port), port=str(port),
@@ -214,7 +215,7 @@ class Ferry:
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen([FERRY_BIN, "run", "-c", self.conf_path],
                                          stdin=subprocess.DEVNULL, stdout=log, stderr=log,
-                                         cwd=self.dir, env=CLEAN_ENV)
+                                         cwd=self.dir, env=dict(CLEAN_ENV, **self.env))
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

@@ -7,6 +7,7 @@ import http.client
 import sys
 import time
 import unittest
+import urllib.request
 
 from .dnsserver import DNSServer
 from .harness import E2ECase, Upstream, free_port, wait_until
@@ -85,6 +86,23 @@ class DNSTest(E2ECase):
         for _ in range(50):
             self.assertEqual(who(ferry.port)[0], 200)
         self.assertEqual(self.dns.queries.get("metrics-alb.test", 0), before)
+
+    def test_lookups_are_counted_by_outcome(self):
+        self.dns.records["metrics-alb.test"] = (["127.0.0.2"], 1)
+        admin = free_port()
+        ferry = self.start_ferry(CONFIG.replace("  policy =", '  admin = { address = "$admin" },\n  policy ='),
+                                 POLICY, dns=self.dns.addr, upport=self.port, admin="127.0.0.1:%d" % admin)
+
+        def lookups(outcome):
+            with urllib.request.urlopen("http://127.0.0.1:%d/metrics" % admin, timeout=5) as resp:
+                for line in resp.read().decode().splitlines():
+                    if line.startswith('ferry_dns_lookups_total{outcome="%s"} ' % outcome):
+                        return int(line.split()[-1])
+            return 0
+        self.assertTrue(wait_until(lambda: lookups("ok") >= 1, 5), "no re-resolution counted")
+        self.assertEqual(lookups("failed"), 0)
+        self.dns.failing = True
+        self.assertTrue(wait_until(lambda: lookups("failed") >= 1, 5), "no failed lookup counted")
 
     def test_unresolvable_name_is_a_config_error(self):
         from .harness import ConfigDir
