@@ -805,6 +805,7 @@ void fy_conn_close(fy_conn *c) {
     fy_conn_access_log(c);
   }
   c->closing = true;
+  if (c->admin_wait) fy_admin_abort(c);
   fy_write_forget(&c->cwrite);
   fy_proxy_abort(c);
   fy_list_remove(&c->link);

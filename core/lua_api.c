@@ -268,7 +268,7 @@ int fy_ffi_group_server(double id, int group, int index, fy_ffi_server *out) {
                          (int)s->weight,
                          (int)s->active,
                          fy_server_in_service(s, now),
-                         (int)s->fails,
+                         (int)atomic_load_explicit(&s->health->fails, memory_order_relaxed),
                          s->ewma_ms};
   return 1;
 }
