@@ -6,7 +6,6 @@
 
 #include <limits.h>
 #include <malloc.h>
-#include <math.h>
 #include <sched.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -53,7 +52,8 @@ static unsigned fy_cgroup_cpus(void) {
       char quota[32];
       unsigned long long period = 0;
       if (fscanf(q, "%31s %llu", quota, &period) == 2 && strcmp(quota, "max") != 0 && period > 0) {
-        unsigned cpus = (unsigned)ceil((double)strtoull(quota, NULL, 10) / (double)period);
+        unsigned long long want = strtoull(quota, NULL, 10);
+        unsigned cpus = (unsigned)((want + period - 1) / period); /* a quota of 1.5 CPUs: 2 workers */
         if (cpus == 0) cpus = 1;
         if (best == 0 || cpus < best) best = cpus;
       }
@@ -346,8 +346,9 @@ static void fy_reload_all_switched(fy_msg *m, fy_worker *cw) {
 static void fy_switch_run(fy_msg *m, fy_worker *w) {
   fy_switch_msg *s = (fy_switch_msg *)m;
   fy_reload *r = s->r;
+  fy_runtime *rt = r->rt; /* read before the count: once it is full, r may be gone */
   fy_worker_switch(w, s->gen);
-  if (atomic_fetch_add(&r->acks, 1) + 1 == r->rt->nworkers) fy_worker_post(&r->rt->control, &r->done);
+  if (atomic_fetch_add(&r->acks, 1) + 1 == rt->nworkers) fy_worker_post(&rt->control, &r->done);
 }
 
 static void fy_reload_built(uv_work_t *req, int status) {
