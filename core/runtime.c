@@ -2,6 +2,7 @@
 #include "runtime.h"
 
 #include "log.h"
+#include "pool.h"
 #include "watch.h"
 
 #include <limits.h>
@@ -167,6 +168,7 @@ static void fy_worker_thread(void *arg) {
   w->gen = NULL;
   uv_run(w->loop, UV_RUN_NOWAIT); /* close callbacks of pooled upstream connections */
   uv_loop_close(w->loop);
+  fy_pool_drain();
 }
 
 static void fy_trim_run(fy_msg *m, fy_worker *w) {
