@@ -678,7 +678,8 @@ static void fy_tls_report_failure(fy_tls *t) {
 }
 
 static void fy_tls_count(fy_tls *t, enum fy_tls_outcome outcome) {
-  if (fy_worker_current) fy_worker_current->stats.tls[t->cctx ? 1 : 0][outcome]++;
+  fy_worker *w = fy_worker_of(t->sock->tcp.loop);
+  if (w) w->stats.tls[t->cctx ? 1 : 0][outcome]++;
 }
 
 static void fy_tls_handshake_done(fy_tls *t) {
@@ -798,7 +799,7 @@ static void fy_tls_schedule(fy_tls *t) {
   if (t->work_queued) return;
   t->work_queued = true;
   t->work.run = fy_tls_work;
-  fy_worker_defer(fy_worker_current, &t->work);
+  fy_worker_defer(fy_worker_of(t->sock->tcp.loop), &t->work);
 }
 
 /* ---- sessions on sockets ------------------------------------------------------ */

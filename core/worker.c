@@ -252,6 +252,7 @@ int fy_worker_init(fy_worker *w, uv_loop_t *loop, fy_gen *gen) {
   uv_timer_init(loop, &w->trim);
   w->idle.data = w->check.data = w->trim.data = w;
   w->started_ns = uv_hrtime();
+  loop->data = w; /* a handle finds its worker through its loop */
   fy_worker_current = w;
   return 0;
 }

@@ -147,6 +147,9 @@ void fy_worker_memory_released(fy_worker *w);
 /* Called when a connection or handle of a stopping worker is gone. */
 void fy_worker_maybe_stopped(fy_worker *w);
 
+/* The worker whose loop a handle runs on (fy_worker_init sets loop->data), as libuv's stream->loop. */
+static inline fy_worker *fy_worker_of(const uv_loop_t *loop) { return loop->data; }
+
 /* The worker running on this thread, for calls that come from Lua. */
 extern __thread fy_worker *fy_worker_current;
 
