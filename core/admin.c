@@ -183,6 +183,9 @@ static void fy_admin_metrics_collected(fy_runtime *rt, const fy_worker_view *v, 
     nomem += v[i].hook_nomem;
     mem += v[i].lua_memory;
   }
+  for (int a = 0; a < 2; a++) /* the control loop's own: TLS handshakes of health probes */
+    for (int b = 0; b < 3; b++)
+      st.tls[a][b] += w->stats.tls[a][b];
   fy_buf o;
   fy_buf_init(&o);
   fy_admin_metric(&o, "responses_total", "counter", "answers to clients by status class (none: cut)");

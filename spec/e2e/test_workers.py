@@ -16,7 +16,7 @@ import time
 import unittest
 
 from .dnsserver import DNSServer
-from .harness import CLEAN_ENV, FERRY_BIN, E2ECase, Upstream, free_port, wait_until
+from .harness import CLEAN_ENV, FERRY_BIN, ConfigDir, E2ECase, Upstream, free_port, wait_until
 from .test_reload import Load, policy_for, write_atomic
 
 CONFIG = """
@@ -330,6 +330,46 @@ class DrainTest(E2ECase):
         self.assertEqual(results, [(200, b"slow\n")] * 16, "in-flight requests were lost in the drain")
         self.assertEqual(rc, 0, ferry.log_tail())
         self.assertIsNotNone(ferry.wait_log(r"stopped", timeout=1))
+
+
+AUTO_CONFIG = """
+return {
+  $workers
+  listeners = { { name = "edge", type = "http", address = "$listen" } },
+  upstreams = { alpha = { servers = { "$alpha" } } },
+  policy = "$policy",
+  admin = { address = "$admin" },
+  log = { access = false },
+}
+"""
+
+
+class WorkersConfigTest(E2ECase):
+    def test_auto_is_the_cpus_this_process_may_run_on(self):
+        alpha = self.start_upstream("alpha")
+        saved = os.sched_getaffinity(0)
+        one = {min(saved)}
+        os.sched_setaffinity(0, one)  # inherited by the ferry started now
+        try:
+            admin_port = free_port()
+            self.start_ferry(AUTO_CONFIG, 'return { route = function(req) return "alpha" end }',
+                             workers="", alpha=alpha.addr, admin="127.0.0.1:%d" % admin_port)
+        finally:
+            os.sched_setaffinity(0, saved)
+        code, body = admin_get(admin_port, "/status")
+        self.assertEqual(len(json.loads(body)["workers"]), 1, body)
+
+    def test_bad_values_are_refused_with_file_and_line(self):
+        for value, message in (("0", "workers: expected an integer from 1 to 256 or \"auto\""),
+                               ("1.5", "workers: expected an integer from 1 to 256 or \"auto\""),
+                               ('"many"', "workers: expected an integer from 1 to 256 or \"auto\"")):
+            d = ConfigDir(AUTO_CONFIG, "return { route = function(req) return 'alpha' end }",
+                          workers="workers = %s," % value, listen="127.0.0.1:1", alpha="127.0.0.1:2",
+                          admin="127.0.0.1:3")
+            self.addCleanup(d.cleanup)
+            rc, out = d.check()
+            self.assertEqual(rc, 1, out)
+            self.assertIn("ferry.lua:3: " + message, out)
 
 
 if __name__ == "__main__":
