@@ -26,8 +26,7 @@ enum {
 };
 
 static fy_req *fy_ffi_req(double id) {
-  fy_worker *w = fy_worker_current;
-  fy_req *r = w ? w->hook_req : NULL;
+  fy_req *r = fy_hook_current.req;
   return r && (double)r->id == id ? r : NULL;
 }
 
@@ -170,7 +169,7 @@ FY_API int fy_ffi_req_respond(double id, int status, const char *body, size_t bl
 int fy_ffi_req_respond(double id, int status, const char *body, size_t blen) {
   fy_req *r = fy_ffi_req(id);
   if (r == NULL) return FY_FFI_EGONE;
-  if (fy_worker_current->hook != FY_HOOK_ROUTE) return FY_FFI_EINVAL - 1; /* only route may answer */
+  if (fy_hook_current.hook != FY_HOOK_ROUTE) return FY_FFI_EINVAL - 1; /* only route may answer */
   if (r->respond_status) return FY_FFI_EPHASE;
   if (status < 200 || status > 599) return FY_FFI_EINVAL;
   r->respond_status = status;
@@ -184,7 +183,7 @@ int fy_ffi_req_respond(double id, int status, const char *body, size_t blen) {
 static fy_headers *fy_ffi_res_headers(fy_req *r) { return &fy_ffi_conn(r)->rheaders; }
 
 static bool fy_ffi_res_phase(bool edit) {
-  int hook = fy_worker_current->hook;
+  int hook = fy_hook_current.hook;
   return hook == FY_HOOK_RESPONSE || (!edit && hook == FY_HOOK_LOG);
 }
 
@@ -235,9 +234,9 @@ int fy_ffi_res_header_set(double id, int mode, const char *name, size_t nlen, co
 FY_API void fy_ffi_log(int level, const char *msg, size_t len);
 void fy_ffi_log(int level, const char *msg, size_t len) {
   if (level < FY_LOG_DEBUG || level > FY_LOG_ERROR) level = FY_LOG_INFO;
-  fy_worker *w = fy_worker_current;
-  if (w && w->hook_req)
-    fy_log(level, "request %llu: %.*s", (unsigned long long)w->hook_req->id, (int)len, msg);
+  const fy_req *r = fy_hook_current.req;
+  if (r)
+    fy_log(level, "request %llu: %.*s", (unsigned long long)r->id, (int)len, msg);
   else
     fy_log(level, "%.*s", (int)len, msg);
 }
@@ -260,7 +259,7 @@ int fy_ffi_group_server(double id, int group, int index, fy_ffi_server *out) {
   fy_group *g = &r->gen->groups[group];
   if (index < 0 || (size_t)index >= g->nservers) return 0;
   fy_server *s = g->servers[index];
-  uint64_t now = uv_now(fy_worker_current->loop);
+  uint64_t now = uv_now(r->gen->w->loop); /* the worker the request's generation serves on */
   *out = (fy_ffi_server){s->name,
                          strlen(s->name),
                          s->addr_text,

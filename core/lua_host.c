@@ -51,6 +51,8 @@ static void *fy_lua_alloc(void *ud, void *ptr, size_t osize, size_t nsize) {
   return p;
 }
 
+__thread fy_hook_call fy_hook_current;
+
 static __thread fy_lua *fy_lua_running;
 
 static void fy_lua_budget_hook(lua_State *L, lua_Debug *ar) {
@@ -229,13 +231,13 @@ static void fy_lua_begin(fy_lua *lua, int ref, int policy, struct fy_req *req) {
 static enum fy_hook_outcome fy_lua_run(fy_lua *lua, struct fy_req *req, int hook, int nextra, int *code,
                                        fy_buf *err) {
   lua_State *L = lua->L;
-  fy_worker *w = fy_worker_current;
-  w->hook_req = req;
-  w->hook = hook;
+  fy_hook_call outer = fy_hook_current;
+  fy_hook_current.req = req; /* a route_stream call keeps the stream stream.c made current */
+  fy_hook_current.hook = hook;
   fy_lua_budget_start(lua, lua->hook_budget_ms);
   int rc = lua_pcall(L, 2 + nextra, 3, 0);
   fy_lua_budget_end(lua);
-  w->hook_req = NULL;
+  fy_hook_current = outer;
   if (rc != 0) return fy_lua_failed(lua, rc, err);
   *code = (int)lua_tointeger(L, -3);
   if (*code == -2 || lua->timed_out || lua->oom) {

@@ -36,6 +36,23 @@ const char *fy_hook_outcome_name(enum fy_hook_outcome out);
  * call that never returns to Lua (a pathological string.find pattern) is
  * the one thing these cannot stop.
  */
+struct fy_req;
+struct fy_stream;
+
+/*
+ * The hook call running on this thread, for the fy_ffi_* functions Lua
+ * calls back into. Only the Lua door sets it (a hook call in lua_host.c, a
+ * route_stream call in stream.c, `ferry test`'s testbed), for the length
+ * of one call, and puts back what was there: everything below the worker
+ * takes its context from its handle or request instead.
+ */
+typedef struct fy_hook_call {
+  struct fy_req *req;       /* the request whose hook runs */
+  struct fy_stream *stream; /* the stream whose route_stream runs */
+  int hook;
+} fy_hook_call;
+extern __thread fy_hook_call fy_hook_current;
+
 typedef struct fy_lua {
   struct lua_State *L;
   int route_ref, select_ref, retry_ref, response_ref, log_ref, release_ref, stream_ref; /* ferry.core.* */

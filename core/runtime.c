@@ -162,7 +162,6 @@ static void fy_runtime_on_resolved(fy_group *g, size_t entry, const fy_dns_answe
 
 static void fy_worker_thread(void *arg) {
   fy_worker *w = arg;
-  fy_worker_current = w;
   uv_run(w->loop, UV_RUN_DEFAULT);
   fy_gen_unref(w->gen);
   w->gen = NULL;
@@ -205,7 +204,6 @@ int fy_runtime_start(fy_runtime **out, uv_loop_t *loop, const char *path, fy_buf
     w->rt = rt;
     w->index = (unsigned)i;
   }
-  fy_worker_current = &rt->control;
   fy_gen **gens = fy_calloc(rt->nworkers, sizeof *gens);
   rc = fy_runtime_build(rt, cfg, &rt->control.gen, gens, errors);
   fy_config_free(cfg);

@@ -250,10 +250,10 @@ static void fy_stream_route(fy_stream *s) {
   fy_buf_init(&err);
   int group = -1;
   int policy = s->gen->cfg->listeners[s->listener->index].policy;
-  fy_worker *w = s->w;
-  w->hook_stream = s;
+  fy_hook_call outer = fy_hook_current;
+  fy_hook_current = (fy_hook_call){.stream = s};
   enum fy_hook_outcome out = fy_lua_route_stream(&s->gen->lua, policy, s->id, &group, &err);
-  w->hook_stream = NULL;
+  fy_hook_current = outer;
   if (out != FY_HOOK_OK) {
     fy_log_error("stream %llu: route_stream: %s: %.*s", (unsigned long long)s->id, fy_hook_outcome_name(out),
                  (int)err.len, err.data);
@@ -412,8 +412,7 @@ typedef struct fy_ffi_stream {
 
 __attribute__((visibility("default"))) int fy_ffi_stream_info(double id, fy_ffi_stream *out);
 int fy_ffi_stream_info(double id, fy_ffi_stream *out) {
-  fy_worker *w = fy_worker_current;
-  fy_stream *s = w ? w->hook_stream : NULL;
+  fy_stream *s = fy_hook_current.stream;
   if (s == NULL || (double)s->id != id) return -1;
   out->sni = s->sni.sni;
   out->alpn = s->sni.alpn_count ? s->sni.alpn[0] : "";
@@ -427,7 +426,6 @@ int fy_ffi_stream_info(double id, fy_ffi_stream *out) {
 
 __attribute__((visibility("default"))) const char *fy_ffi_stream_vpce(double id);
 const char *fy_ffi_stream_vpce(double id) {
-  fy_worker *w = fy_worker_current;
-  fy_stream *s = w ? w->hook_stream : NULL;
+  fy_stream *s = fy_hook_current.stream;
   return s && (double)s->id == id && s->pp ? s->pp->vpce_id : "";
 }

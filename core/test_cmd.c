@@ -12,10 +12,10 @@
  *
  * ferry.testbed builds requests the way conn.c does (same header checks,
  * Host rules, target parsing, hop-by-hop stripping) into a fy_conn held in a
- * userdata, and makes one of them the worker's hook_req, so ferry.core's
- * request handle and the fy_ffi_* functions work on it exactly as during a
- * real hook. The worker is a zeroed fy_worker that only serves as that
- * context: no loop runs in `ferry test`. For the response and log hooks,
+ * userdata, and makes one of them the current hook call's request
+ * (fy_hook_current), so ferry.core's request handle and the fy_ffi_*
+ * functions work on it exactly as during a real hook: no loop runs in
+ * `ferry test`. For the response and log hooks,
  * an upstream response is put where proxy.c keeps it (conn.rheaders,
  * conn.ustatus) and the request entered in that hook's phase, so ferry.core's
  * res handle and the fy_ffi_res_* functions work on it too.
@@ -52,8 +52,6 @@ static const char *const fy_test_lpath[] = {"/usr/local/share/lua/5.1/?.lua",
                                             "/usr/share/lua/5.1/?/init.lua"};
 static const char *const fy_test_cpath[] = {
     "/usr/local/lib/lua/5.1/?.so", "/usr/lib/" FY_TEST_TRIPLET "/lua/5.1/?.so", "/usr/lib/lua/5.1/?.so"};
-
-static fy_worker fy_testbed_worker; /* the hook context; nothing else of it is used */
 
 typedef struct fy_testbed_req {
   fy_conn conn;
@@ -238,7 +236,7 @@ static fy_testbed_req *fy_tb_check(lua_State *L, int i) { return luaL_checkudata
 static int fy_tb_gc(lua_State *L) {
   fy_testbed_req *t = fy_tb_check(L, 1);
   fy_req *r = &t->conn.req;
-  if (fy_testbed_worker.hook_req == r) fy_testbed_worker.hook_req = NULL;
+  if (fy_hook_current.req == r) fy_hook_current.req = NULL;
   fy_buf_free(&r->url);
   fy_headers_free(&r->headers);
   fy_buf_free(&r->respond_headers);
@@ -259,15 +257,13 @@ static int fy_tb_enter(lua_State *L) {
   static const char *const hooks[] = {"route", "response", "log", NULL};
   static const int hook_ids[] = {FY_HOOK_ROUTE, FY_HOOK_RESPONSE, FY_HOOK_LOG};
   int hook = hook_ids[luaL_checkoption(L, 2, "route", hooks)];
-  fy_worker_current = &fy_testbed_worker;
-  fy_testbed_worker.hook_req = &t->conn.req;
-  fy_testbed_worker.hook = hook;
+  fy_hook_current = (fy_hook_call){.req = &t->conn.req, .hook = hook};
   return 0;
 }
 
 /* testbed.leave(): no request is current; handles raise "request is gone". */
 static int fy_tb_leave(lua_State *L) {
-  fy_testbed_worker.hook_req = NULL;
+  fy_hook_current.req = NULL;
   return 0;
 }
 
@@ -491,7 +487,6 @@ int fy_cmd_test(int argc, char **argv) {
   }
   lua_setglobal(L, "arg");
 
-  fy_worker_current = &fy_testbed_worker;
   static const char runner[] = "require 'busted.runner'({ standalone = false })\n";
   lua_pushcfunction(L, fy_test_traceback);
   int status = 0;
@@ -502,6 +497,6 @@ int fy_cmd_test(int argc, char **argv) {
   }
   fflush(stdout);
   lua_close(L);
-  fy_worker_current = NULL;
+  fy_hook_current = (fy_hook_call){0};
   return status;
 }

@@ -13,8 +13,6 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
-__thread fy_worker *fy_worker_current;
-
 /* ---- generations -------------------------------------------------------- */
 
 int fy_gen_new(fy_worker *w, fy_config *cfg, fy_gen **out, fy_buf *errors) {
@@ -253,7 +251,6 @@ int fy_worker_init(fy_worker *w, uv_loop_t *loop, fy_gen *gen) {
   w->idle.data = w->check.data = w->trim.data = w;
   w->started_ns = uv_hrtime();
   loop->data = w; /* a handle finds its worker through its loop */
-  fy_worker_current = w;
   return 0;
 }
 

@@ -2,8 +2,7 @@
  * A worker: one libuv loop and everything that serves on it.
  *
  * Everything a worker owns (its loop, listeners, live generation, client
- * connections, request ids, the current-hook context Lua calls back into)
- * sits in fy_worker. The runtime (runtime.h) runs N of them, each on its own
+ * connections, request ids) sits in fy_worker. The runtime (runtime.h) runs N of them, each on its own
  * thread with its own SO_REUSEPORT listeners, and one control worker on the
  * main loop that serves only the admin listener and runs the process's
  * probes and DNS re-resolution. Nothing a worker owns is shared or locked;
@@ -82,10 +81,6 @@ typedef struct fy_worker {
   uv_mutex_t inbox_lock;
   fy_msg *inbox_head, **inbox_tail;
   uint64_t started_ns;
-  /* The request whose hook is running, for the fy_ffi_* calls. */
-  struct fy_req *hook_req;
-  struct fy_stream *hook_stream; /* the stream whose route_stream runs */
-  int hook;
   uv_timer_t deadline; /* drain delay, then drain deadline */
   uv_check_t check;    /* runs the deferred queue */
   uv_idle_t idle;      /* keeps poll from blocking while work is queued */
@@ -149,8 +144,5 @@ void fy_worker_maybe_stopped(fy_worker *w);
 
 /* The worker whose loop a handle runs on (fy_worker_init sets loop->data), as libuv's stream->loop. */
 static inline fy_worker *fy_worker_of(const uv_loop_t *loop) { return loop->data; }
-
-/* The worker running on this thread, for calls that come from Lua. */
-extern __thread fy_worker *fy_worker_current;
 
 #endif

@@ -140,7 +140,7 @@ M._rules = { name_ok = name_ok, value_ok = value_ok, is_hop_by_hop = is_hop_by_h
 local function lua_backend()
   local B = { name = "lua" }
   local EGONE, EPHASE, EINVAL = -1, -2, -3
-  local current -- the request whose hook is running (w->hook_req)
+  local current -- the request whose hook is running (fy_hook_current.req)
   local current_hook = "route" -- which hook it is (w->hook): "route", "response" or "log"
 
   local function refused(fmt, ...)
@@ -547,7 +547,7 @@ end
 
 local states = setmetatable({}, { __mode = "k" }) -- spec view -> request state
 
--- The request made current (w->hook_req) and its hook (w->hook); saved and
+-- The request made current (fy_hook_current.req) and its hook (fy_hook_current.hook); saved and
 -- put back around each use, so a spec's view can be read even from inside
 -- a hook.
 local active, active_hook
