@@ -85,11 +85,21 @@ static int fy_listener_open(fy_worker *w, fy_listener *l, const fy_cfg_listener 
      * the socket, set it, bind, then hand the socket to libuv. */
     int fd = socket(ss.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0), one = 1;
     socklen_t len = ss.ss_family == AF_INET6 ? sizeof(struct sockaddr_in6) : sizeof(struct sockaddr_in);
-    rc = fd < 0 || setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one) != 0 ||
-                 setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one) != 0 ||
-                 bind(fd, (struct sockaddr *)&ss, len) != 0
-             ? -errno
-             : 0;
+    /* Another process's SO_REUSEPORT socket would share the port with ours
+     * without a word: the first worker binds once without it, so that an
+     * address in use is refused as it is with one worker. */
+    rc = fd < 0 ? -errno : 0;
+    if (rc == 0 && w->index == 0) {
+      int probe = socket(ss.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+      if (probe < 0 || setsockopt(probe, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one) != 0 ||
+          bind(probe, (struct sockaddr *)&ss, len) != 0)
+        rc = -errno;
+      if (probe >= 0) close(probe);
+    }
+    if (rc == 0 && (setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one) != 0 ||
+                    setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one) != 0 ||
+                    bind(fd, (struct sockaddr *)&ss, len) != 0))
+      rc = -errno;
     if (rc == 0) rc = uv_tcp_open(&l->tcp, fd);
     if (rc != 0 && fd >= 0) close(fd);
   } else {

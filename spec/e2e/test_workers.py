@@ -359,6 +359,22 @@ class WorkersConfigTest(E2ECase):
         code, body = admin_get(admin_port, "/status")
         self.assertEqual(len(json.loads(body)["workers"]), 1, body)
 
+    def test_a_port_another_process_shares_with_reuseport_is_refused(self):
+        other = socket.socket()
+        self.addCleanup(other.close)
+        other.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        other.bind(("127.0.0.1", 0))
+        other.listen(8)
+        port = other.getsockname()[1]
+        d = ConfigDir(AUTO_CONFIG, "return { route = function(req) return 'alpha' end }",
+                      workers="workers = 2,", listen="127.0.0.1:%d" % port, alpha="127.0.0.1:2",
+                      admin="127.0.0.1:%d" % free_port())
+        self.addCleanup(d.cleanup)
+        done = subprocess.run([FERRY_BIN, "run", "-c", d.conf_path], stdin=subprocess.DEVNULL,
+                              capture_output=True, text=True, timeout=30, env=CLEAN_ENV)
+        self.assertEqual(done.returncode, 1, done.stderr)
+        self.assertIn("listener edge: cannot listen on 127.0.0.1:%d" % port, done.stderr)
+
     def test_bad_values_are_refused_with_file_and_line(self):
         for value, message in (("0", "workers: expected an integer from 1 to 256 or \"auto\""),
                                ("1.5", "workers: expected an integer from 1 to 256 or \"auto\""),
