@@ -350,7 +350,7 @@ bool fy_access_log_write(fy_conn *c) {
   else
     fy_al_text(o, c);
   bool ok = fy_access_log_append(o->data, o->len);
-  if (!ok) c->w->stats.access_dropped++;
+  if (!ok) c->w->access_dropped++;
   if (o->cap > 64 * 1024) fy_buf_free(o); /* one huge line does not stay resident */
   return ok;
 }
@@ -388,8 +388,7 @@ int fy_access_log_field(fy_req *r, const char *name, size_t nlen, const char *js
  * true, 3 false. Returns 0, -1 (request gone), -3 (too many bytes).
  */
 int fy_ffi_req_log_field(double id, const char *name, size_t nlen, int kind, const char *val, size_t vlen) {
-  fy_worker *w = fy_worker_current;
-  fy_req *r = w ? w->hook_req : NULL;
+  fy_req *r = fy_hook_current.req;
   if (r == NULL || (double)r->id != id) return -1;
   fy_buf json;
   fy_buf_init(&json);

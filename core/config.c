@@ -297,6 +297,9 @@ static void fy_cfg_read_rest(lua_State *L, int t, fy_config *cfg) {
   cfg->dns_max_ttl = fy_cfg_ms(L, lua_gettop(L), "max_ttl");
   cfg->dns_timeout = fy_cfg_ms(L, lua_gettop(L), "timeout");
   lua_pop(L, 1);
+  lua_getfield(L, t, "workers");
+  cfg->workers = (unsigned)lua_tointeger(L, -1);
+  lua_pop(L, 1);
   lua_getfield(L, t, "drain");
   cfg->drain_delay = fy_cfg_ms(L, lua_gettop(L), "delay");
   cfg->drain_timeout = fy_cfg_ms(L, lua_gettop(L), "timeout");
@@ -449,6 +452,7 @@ int fy_config_load(const char *path, fy_config **out, fy_buf *errors) {
   lua_pop(L, 1);
 
   fy_config *cfg = fy_calloc(1, sizeof *cfg);
+  atomic_init(&cfg->refs, 1);
   int t = lua_gettop(L);
   cfg->path = fy_strdup(path);
   fy_cfg_read_listeners(L, t, cfg);
@@ -470,7 +474,7 @@ done:
 }
 
 void fy_config_free(fy_config *cfg) {
-  if (cfg == NULL) return;
+  if (cfg == NULL || atomic_fetch_sub(&cfg->refs, 1) > 1) return;
   for (size_t i = 0; i < cfg->nlisteners; i++) {
     fy_cfg_listener *l = &cfg->listeners[i];
     for (size_t j = 0; j < l->tls.ncerts; j++) {

@@ -582,7 +582,7 @@ static void fy_conn_observe(fy_conn *c) {
   fy_labels(labels, sizeof labels, "listener", c->listener->name, "group", group, "class",
             fy_metrics_class(r->status), NULL);
   uint64_t now = uv_hrtime();
-  fy_metrics_observe(&c->w->stats.metrics, FY_M_REQUEST_DURATION, labels,
+  fy_metrics_observe(&c->w->metrics, FY_M_REQUEST_DURATION, labels,
                      r->started_ns && now > r->started_ns ? now - r->started_ns : 0);
 }
 
@@ -819,6 +819,7 @@ void fy_conn_close(fy_conn *c) {
     fy_conn_access_log(c);
   }
   c->closing = true;
+  if (c->admin_wait) fy_admin_abort(c);
   fy_write_forget(&c->cwrite);
   fy_proxy_abort(c);
   fy_list_remove(&c->link);

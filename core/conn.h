@@ -151,6 +151,7 @@ typedef struct fy_conn {
   bool retrying;        /* counted in the group's retries too */
   unsigned nreq;
   unsigned handles_open;
+  void *admin_wait; /* an admin answer that waits on other loops (admin.c) */
   char client_ip[INET6_ADDRSTRLEN];
   int client_port;
 } fy_conn;
@@ -166,6 +167,8 @@ void fy_conn_respond_simple(fy_conn *c, int status, const char *body);
 
 /* admin.c: answers a request on the admin listener. */
 void fy_admin_handle(fy_conn *c);
+/* The connection closes: an admin answer it waits for is dropped. */
+void fy_admin_abort(fy_conn *c);
 /* Whether the client connection closes once the current exchange ends. */
 bool fy_conn_will_close(fy_conn *c);
 /* Called by proxy.c when the response half is done or new bytes were queued. */

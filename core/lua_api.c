@@ -18,8 +18,7 @@ _Static_assert(sizeof(((fy_ffi_proxy *)0)->source) == INET6_ADDRSTRLEN,
                "fy_ffi_proxy.source: INET6_ADDRSTRLEN");
 
 static fy_req *fy_ffi_req(double id) {
-  fy_worker *w = fy_worker_current;
-  fy_req *r = w ? w->hook_req : NULL;
+  fy_req *r = fy_hook_current.req;
   return r && (double)r->id == id ? r : NULL;
 }
 
@@ -63,8 +62,8 @@ int fy_ffi_req_tls(double id, fy_ffi_tls *out) {
   fy_req *r = fy_ffi_req(id);
   if (r == NULL) return FY_FFI_EGONE;
   fy_tls_info info;
-  if (fy_worker_current->hook_tls)
-    info = *fy_worker_current->hook_tls;
+  if (fy_hook_current.tls)
+    info = *fy_hook_current.tls;
   else if (!fy_tls_get_info(fy_ffi_conn(r)->sock.tls, &info))
     return 0;
   out->sni = info.sni;
@@ -117,7 +116,7 @@ int fy_ffi_req_header_set(double id, int mode, const char *name, size_t nlen, co
   fy_req *r = fy_ffi_req(id);
   if (r == NULL) return FY_FFI_EGONE;
   /* By the response hook the request has gone upstream: an edit would change nothing (as in OpenResty). */
-  int hook = fy_worker_current->hook;
+  int hook = fy_hook_current.hook;
   if (hook == FY_HOOK_RESPONSE || hook == FY_HOOK_LOG) return FY_FFI_EPHASE;
   if (!fy_http_name_ok(name, nlen) || (mode != FY_FFI_HDR_REMOVE && !fy_http_value_ok(val, vlen)))
     return FY_FFI_EINVAL;
@@ -141,7 +140,7 @@ int fy_ffi_req_respond_header(double id, const char *name, size_t nlen, const ch
 int fy_ffi_req_respond(double id, int status, const char *body, size_t blen) {
   fy_req *r = fy_ffi_req(id);
   if (r == NULL) return FY_FFI_EGONE;
-  if (fy_worker_current->hook != FY_HOOK_ROUTE) return FY_FFI_EROUTE;
+  if (fy_hook_current.hook != FY_HOOK_ROUTE) return FY_FFI_EROUTE;
   if (r->respond_status) return FY_FFI_EPHASE;
   if (status < 200 || status > 599) return FY_FFI_EINVAL;
   r->respond_status = status;
@@ -155,7 +154,7 @@ int fy_ffi_req_respond(double id, int status, const char *body, size_t blen) {
 static fy_headers *fy_ffi_res_headers(fy_req *r) { return &fy_ffi_conn(r)->rheaders; }
 
 static bool fy_ffi_res_phase(bool edit) {
-  int hook = fy_worker_current->hook;
+  int hook = fy_hook_current.hook;
   return hook == FY_HOOK_RESPONSE || (!edit && hook == FY_HOOK_LOG);
 }
 
@@ -200,9 +199,9 @@ int fy_ffi_res_header_set(double id, int mode, const char *name, size_t nlen, co
 
 void fy_ffi_log(int level, const char *msg, size_t len) {
   if (level < FY_LOG_DEBUG || level > FY_LOG_ERROR) level = FY_LOG_INFO;
-  fy_worker *w = fy_worker_current;
-  if (w && w->hook_req)
-    fy_log(level, "request %llu: %.*s", (unsigned long long)w->hook_req->id, (int)len, msg);
+  const fy_req *r = fy_hook_current.req;
+  if (r)
+    fy_log(level, "request %llu: %.*s", (unsigned long long)r->id, (int)len, msg);
   else
     fy_log(level, "%.*s", (int)len, msg);
 }
@@ -214,7 +213,7 @@ int fy_ffi_group_server(double id, int group, int index, fy_ffi_server *out) {
   fy_group *g = &r->gen->groups[group];
   if (index < 0 || (size_t)index >= g->nservers) return 0;
   fy_server *s = g->servers[index];
-  uint64_t now = uv_now(fy_worker_current->loop);
+  uint64_t now = uv_now(r->gen->w->loop); /* the worker the request's generation serves on */
   *out = (fy_ffi_server){s->name,
                          strlen(s->name),
                          s->addr_text,
@@ -222,7 +221,7 @@ int fy_ffi_group_server(double id, int group, int index, fy_ffi_server *out) {
                          (int)s->weight,
                          (int)s->active,
                          fy_server_in_service(s, now),
-                         (int)s->fails,
+                         (int)atomic_load_explicit(&s->health->fails, memory_order_relaxed),
                          s->ewma_ms};
   return 1;
 }

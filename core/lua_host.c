@@ -51,6 +51,8 @@ static void *fy_lua_alloc(void *ud, void *ptr, size_t osize, size_t nsize) {
   return p;
 }
 
+__thread fy_hook_call fy_hook_current;
+
 static __thread fy_lua *fy_lua_running;
 
 static void fy_lua_budget_hook(lua_State *L, lua_Debug *ar) {
@@ -105,13 +107,6 @@ static int fy_lua_set_groups(fy_lua *lua, const fy_config *cfg) {
 }
 
 __thread fy_lua *fy_lua_loading;
-
-void fy_lua_note_counter(fy_lua *lua, int id) {
-  for (size_t i = 0; i < lua->ncounters; i++)
-    if (lua->counters[i] == id) return;
-  lua->counters = fy_realloc(lua->counters, (lua->ncounters + 1) * sizeof *lua->counters);
-  lua->counters[lua->ncounters++] = id;
-}
 
 static int fy_lua_load_policies(fy_lua *lua, const fy_config *cfg, fy_buf *errors) {
   lua_State *L = lua->L;
@@ -193,6 +188,7 @@ void fy_lua_close(fy_lua *lua) {
   free(lua->counters);
   lua->counters = NULL;
   lua->ncounters = 0;
+  fy_policy_metrics_free(&lua->declared);
 }
 
 /* ---- the one door into Lua --------------------------------------------- */
@@ -234,11 +230,11 @@ static void fy_lua_begin(fy_lua *lua, int ref, int policy, struct fy_req *req) {
 }
 
 /* Hook time goes to the hook's histogram and to the request's policy time (the access log's). */
-static void fy_lua_timed(fy_worker *w, struct fy_req *req, int hook, uint64_t ns) {
+static void fy_lua_timed(fy_lua *lua, struct fy_req *req, int hook, uint64_t ns) {
   static const char *const labels[] = {"hook=\"none\"",        "hook=\"route\"",    "hook=\"select\"",
                                        "hook=\"retry\"",       "hook=\"response\"", "hook=\"log\"",
                                        "hook=\"route_stream\""};
-  fy_metrics_observe(&w->stats.metrics, FY_M_HOOK_DURATION, labels[hook], ns);
+  if (lua->w) fy_metrics_observe(&lua->w->metrics, FY_M_HOOK_DURATION, labels[hook], ns);
   if (req) req->policy_ns += ns;
 }
 
@@ -253,15 +249,16 @@ static void fy_lua_timed(fy_worker *w, struct fy_req *req, int hook, uint64_t ns
 static enum fy_hook_outcome fy_lua_run(fy_lua *lua, struct fy_req *req, int hook, int nextra, int *code,
                                        fy_buf *err) {
   lua_State *L = lua->L;
-  fy_worker *w = fy_worker_current;
-  w->hook_req = req;
-  w->hook = hook;
+  fy_hook_call outer = fy_hook_current;
+  fy_hook_current.req = req; /* a route_stream call keeps the stream stream.c made current */
+  fy_hook_current.hook = hook;
+  fy_hook_current.lua = lua;
   fy_lua_budget_start(lua, lua->hook_budget_ms);
   uint64_t start = uv_hrtime();
   int rc = lua_pcall(L, 2 + nextra, 3, 0);
   fy_lua_budget_end(lua);
-  fy_lua_timed(w, req, hook, uv_hrtime() - start);
-  w->hook_req = NULL;
+  fy_lua_timed(lua, req, hook, uv_hrtime() - start);
+  fy_hook_current = outer;
   if (rc != 0) return fy_lua_failed(lua, rc, err);
   *code = (int)lua_tointeger(L, -3);
   if (*code == FY_HOOK_FAILED || lua->timed_out || lua->oom) {

@@ -2,6 +2,8 @@
 
 #include "common.h"
 #include "ffi.h"
+#include "log.h"
+#include "lua_host.h"
 #include "worker.h"
 
 #include <stdio.h>
@@ -196,22 +198,48 @@ void fy_policy_metrics_free(fy_policy_metrics *m) {
 
 enum { FY_PM_EPHASE = -2, FY_PM_EINVAL = -3 };
 
+__thread fy_policy_metrics *fy_policy_metrics_direct;
+
 /*
- * Declaring is for load time: while a generation's policies load (its Lua
- * state then records the counter), or outside any hook under `ferry test`,
- * which has no generation. A hook that declares is refused.
+ * Declaring is for load time. While a generation's policies load (on the
+ * thread that builds it, which need not be its worker's), the counter goes
+ * to that Lua state's own list and the id is its place there; the state is
+ * bound to its worker's registry on the worker's loop when it first counts
+ * or is shown (fy_lua_counters_bind). Under `ferry test`, outside a hook,
+ * it goes straight to the test's registry. A hook that declares is refused.
  */
 int fy_ffi_metric_declare(const char *name, const char *help, const char *labels, char *msg, size_t msglen) {
-  fy_worker *w = fy_worker_current;
   fy_lua *lua = fy_lua_loading;
-  if (w == NULL || (lua == NULL && (w->gen != NULL || w->hook_req != NULL))) {
+  fy_policy_metrics *m = lua ? &lua->declared : fy_policy_metrics_direct;
+  if (m == NULL || fy_hook_current.req != NULL || fy_hook_current.stream != NULL) {
     snprintf(msg, msglen, "counters are declared when the policy loads, not in a hook");
     return FY_PM_EPHASE;
   }
-  int id = fy_policy_metrics_declare(&w->stats.policy, name, help, labels, msg, msglen);
-  if (id < 0) return FY_PM_EINVAL;
-  if (lua) fy_lua_note_counter(lua, id);
-  return id;
+  int id = fy_policy_metrics_declare(m, name, help, labels, msg, msglen);
+  return id < 0 ? FY_PM_EINVAL : id;
+}
+
+/* "a,b" from counter c's label names. */
+static void fy_pm_join_labels(const fy_policy_counter *c, char *out, size_t cap) {
+  size_t n = 0;
+  out[0] = 0;
+  for (unsigned i = 0; i < c->nlabels && n < cap; i++)
+    n += (size_t)snprintf(out + n, cap - n, "%s%s", i ? "," : "", c->labels[i]);
+}
+
+void fy_lua_counters_bind(fy_lua *lua) {
+  const fy_policy_metrics *d = &lua->declared;
+  if (lua->w == NULL || lua->ncounters == d->n) return;
+  lua->counters = fy_realloc(lua->counters, d->n * sizeof *lua->counters);
+  for (size_t i = lua->ncounters; i < d->n; i++) {
+    char labels[FY_POLICY_LABELS * 66], msg[160];
+    fy_pm_join_labels(&d->v[i], labels, sizeof labels);
+    int id = fy_policy_metrics_declare(&lua->w->policy_metrics, d->v[i].name, d->v[i].help, labels, msg,
+                                       sizeof msg);
+    if (id < 0) fy_log_warn("policy counter %s is not counted: %s", d->v[i].name, msg);
+    lua->counters[i] = id;
+  }
+  lua->ncounters = d->n;
 }
 
 /* Splits NUL-ended strings back to back into v and lens; returns how many. */
@@ -225,23 +253,34 @@ static unsigned fy_pm_split(const char *values, size_t len, const char **v, size
   return k;
 }
 
-/* values: nvalues strings back to back, each ended by a NUL (Lua checked there is none inside). */
+/*
+ * values: nvalues strings back to back, each ended by a NUL (Lua checked
+ * there is none inside). From a hook of a generation, id is its place in
+ * the state's declarations; under `ferry test`, an id of the test's registry.
+ */
 int fy_ffi_metric_inc(int id, const char *values, size_t len, unsigned nvalues, double n) {
-  fy_worker *w = fy_worker_current;
-  if (w == NULL || fy_lua_loading != NULL) return FY_PM_EPHASE; /* a refused reload must count nothing */
+  if (fy_lua_loading != NULL) return FY_PM_EPHASE; /* a refused reload must count nothing */
+  fy_lua *lua = fy_hook_current.lua;
+  fy_policy_metrics *m = fy_policy_metrics_direct;
+  if (lua != NULL && lua->w != NULL) {
+    fy_lua_counters_bind(lua);
+    if (id < 0 || (size_t)id >= lua->ncounters) return FY_PM_EINVAL;
+    id = lua->counters[id];
+    if (id < 0) return 0; /* not counted: the registry was full (logged when bound) */
+    m = &lua->w->policy_metrics;
+  }
+  if (m == NULL) return FY_PM_EPHASE;
   const char *v[FY_POLICY_LABELS];
   size_t lens[FY_POLICY_LABELS];
   if (fy_pm_split(values, len, v, lens) != nvalues || n < 0 || n > 1e15) return FY_PM_EINVAL;
-  return fy_policy_metrics_inc(&w->stats.policy, id, v, lens, nvalues, (uint64_t)n) == FY_OK ? 0
-                                                                                             : FY_PM_EINVAL;
+  return fy_policy_metrics_inc(m, id, v, lens, nvalues, (uint64_t)n) == FY_OK ? 0 : FY_PM_EINVAL;
 }
 
 /* The value of counter name's series for values (0 if it has none yet), for specs. */
 int fy_ffi_metric_value(const char *name, const char *values, size_t len, unsigned nvalues, double *out) {
-  fy_worker *w = fy_worker_current;
+  const fy_policy_metrics *m = fy_policy_metrics_direct;
   *out = 0;
-  if (w == NULL) return FY_PM_EPHASE;
-  const fy_policy_metrics *m = &w->stats.policy;
+  if (m == NULL) return FY_PM_EPHASE;
   for (size_t i = m->n; i-- > 0;) {
     const fy_policy_counter *c = &m->v[i];
     if (strcmp(c->name, name) != 0 || c->nlabels != nvalues) continue;
@@ -260,8 +299,7 @@ int fy_ffi_metric_value(const char *name, const char *values, size_t len, unsign
 
 /* Drops every series (ferry test's t.reset_metrics); refused where a generation serves. */
 int fy_ffi_metric_reset(void) {
-  fy_worker *w = fy_worker_current;
-  if (w == NULL || w->gen != NULL) return FY_PM_EPHASE;
-  fy_policy_metrics_reset(&w->stats.policy);
+  if (fy_policy_metrics_direct == NULL) return FY_PM_EPHASE;
+  fy_policy_metrics_reset(fy_policy_metrics_direct);
   return 0;
 }

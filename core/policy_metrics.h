@@ -61,4 +61,15 @@ void fy_policy_metrics_write(fy_buf *out, const fy_policy_metrics *m);
 void fy_policy_metrics_reset(fy_policy_metrics *m); /* drops every series (ferry test) */
 void fy_policy_metrics_free(fy_policy_metrics *m);
 
+/* `ferry test`'s registry, which counters declared outside a generation use (NULL where ferry serves). */
+extern __thread fy_policy_metrics *fy_policy_metrics_direct;
+
+struct fy_lua;
+/*
+ * Gives each counter lua's policies declared its id in the registry of
+ * lua's worker (lua->counters), on that worker's loop; already bound ones
+ * are left as they are.
+ */
+void fy_lua_counters_bind(struct fy_lua *lua);
+
 #endif

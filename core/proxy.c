@@ -32,9 +32,9 @@ static void fy_proxy_observe_head(fy_conn *c, int status) {
   char labels[FY_LABELS_MAX];
   const fy_server *s = c->server;
   c->req.header_ns = uv_hrtime() - c->attempt_ns;
-  fy_metrics_observe(&c->w->stats.metrics, FY_M_HEADER_DURATION,
+  fy_metrics_observe(&c->w->metrics, FY_M_HEADER_DURATION,
                      fy_labels(labels, sizeof labels, "group", s->group->cfg->name, NULL), c->req.header_ns);
-  fy_metrics_add(&c->w->stats.metrics, FY_M_SERVER_RESPONSES,
+  fy_metrics_add(&c->w->metrics, FY_M_SERVER_RESPONSES,
                  fy_labels(labels, sizeof labels, "group", s->group->cfg->name, "server", s->addr_text,
                            "class", fy_metrics_class(status), NULL),
                  1);
@@ -493,7 +493,7 @@ static void fy_proxy_on_ready(fy_uconn *uc, int status) {
   }
   c->req.connect_ns = uv_hrtime() - c->dial_ns;
   char labels[FY_LABELS_MAX];
-  fy_metrics_observe(&c->w->stats.metrics, FY_M_CONNECT_DURATION,
+  fy_metrics_observe(&c->w->metrics, FY_M_CONNECT_DURATION,
                      fy_labels(labels, sizeof labels, "group", uc->server->group->cfg->name, NULL),
                      c->req.connect_ns);
   fy_proxy_upstream_ready(c);
@@ -557,7 +557,7 @@ static void fy_proxy_connect(fy_conn *c) {
   c->req.server = s->addr_text;
   c->w->stats.attempts++;
   char labels[FY_LABELS_MAX];
-  fy_metrics_add(&c->w->stats.metrics, FY_M_SERVER_ATTEMPTS,
+  fy_metrics_add(&c->w->metrics, FY_M_SERVER_ATTEMPTS,
                  fy_labels(labels, sizeof labels, "group", s->group->cfg->name, "server", s->addr_text, NULL),
                  1);
   c->dial_ns = uv_hrtime();

@@ -199,6 +199,11 @@ local schema = {
       },
     },
     policy = { type = "string" },
+    -- Worker threads; "auto": the CPUs this process may use (affinity and cgroup cpu.max).
+    workers = { type = "workers", default = "auto", check = function(v)
+      if v ~= "auto" and (v < 1 or v > 256) then return false, "expected an integer from 1 to 256 or \"auto\"" end
+      return true
+    end },
     limits = { type = "table", default = {}, fields = {
       max_request_line = bytes(8192, 64),
       max_header_bytes = bytes(32768, 256),
@@ -286,12 +291,14 @@ local kinds = {
   switch = function(v) return type(v) == "boolean" or type(v) == "table" end,
   list = function(v) return type(v) == "table" and is_list(v) end,
   map = function(v) return type(v) == "table" end,
+  workers = function(v) return v == "auto" or (type(v) == "number" and v % 1 == 0) end,
 }
 
 local kind_names = {
   list = "a list", map = "a table of named entries", table = "a table", switch = "a boolean or a table",
   integer = "an integer", string = "a string", number = "a number", boolean = "a boolean",
   server = "'host:port' or { address = 'host:port', weight = N }",
+  workers = "an integer from 1 to 256 or \"auto\"",
 }
 
 check_value = function(spec, value, path, errs)
@@ -422,7 +429,8 @@ end
 
 -- Cross-field rules and normalisation into the shape config.c reads.
 local function normalise(cfg, base, errs)
-  local out = { limits = cfg.limits, log = cfg.log, reload = cfg.reload, drain = cfg.drain, listeners = {}, upstreams = {},
+  local out = { workers = cfg.workers == "auto" and 0 or cfg.workers, limits = cfg.limits, log = cfg.log,
+                reload = cfg.reload, drain = cfg.drain, listeners = {}, upstreams = {},
                 policies = {}, policy_keys = {}, dns = { min_ttl = cfg.dns.min_ttl, max_ttl = cfg.dns.max_ttl, timeout = cfg.dns.timeout } }
   if cfg.log.access then
     local a = cfg.log.access

@@ -53,7 +53,7 @@ M.backend = "ferry" -- the one there is
 
 local states = setmetatable({}, { __mode = "k" }) -- spec view -> { ud = testbed request, id = }
 
--- The request made current (w->hook_req) and its hook (w->hook); saved and
+-- The request made current (fy_hook_current.req) and its hook (fy_hook_current.hook); saved and
 -- put back around each use, so a spec's view can be read even from inside
 -- a hook.
 local active, active_hook

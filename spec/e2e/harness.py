@@ -146,7 +146,8 @@ def _proc_status_kb(pid, key):
 # In a sanitizer build (FERRY_SANITIZED=1, set by ctest) a report in ferry's
 # log fails the test that started it, even when every assertion held.
 SANITIZED = os.environ.get("FERRY_SANITIZED") == "1"
-SANITIZER_REPORT = re.compile(r"ERROR: (AddressSanitizer|LeakSanitizer)[^\n]*|runtime error:[^\n]*")
+SANITIZER_REPORT = re.compile(r"ERROR: (AddressSanitizer|LeakSanitizer)[^\n]*|runtime error:[^\n]*"
+                              r"|WARNING: ThreadSanitizer[^\n]*")
 
 
 class FerryStartError(AssertionError):
