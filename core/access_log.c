@@ -159,6 +159,8 @@ void fy_access_log_reopen(void) {
   pthread_mutex_unlock(&fy_al.mu);
 }
 
+void fy_access_log_thread_end(void) { fy_buf_free(&fy_al_line); }
+
 #define FY_AL_CLOSE_WAIT_S 2
 
 void fy_access_log_close(void) {

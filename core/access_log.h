@@ -36,6 +36,8 @@ int fy_access_log_configure(const fy_config *cfg, fy_buf *errors);
 void fy_access_log_reopen(void);
 /* Writes out what is buffered and stops the writer (bounded: a blocked file is given up on). */
 void fy_access_log_close(void);
+/* A worker thread ends: frees the buffer its lines were formatted in. */
+void fy_access_log_thread_end(void);
 
 /* Formats and queues the line of c's exchange; false if it was dropped. */
 bool fy_access_log_write(struct fy_conn *c);

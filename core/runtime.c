@@ -170,6 +170,7 @@ static void fy_worker_thread(void *arg) {
   uv_run(w->loop, UV_RUN_NOWAIT); /* close callbacks of pooled upstream connections */
   uv_loop_close(w->loop);
   fy_pool_drain();
+  fy_access_log_thread_end();
 }
 
 static void fy_trim_run(fy_msg *m, fy_worker *w) {
