@@ -17,8 +17,10 @@
         an OTLP/HTTP receiver (JSON encoding) that decodes and counts every span
         and log record by agent region and sequence number
     parts.py probe  --via IP:PORT --direct IP:PORT --host NAME --pairs N
-        measures ferry's added latency: alternating requests through a ferry
-        instance and straight to the same next hop
+        alternating requests through a ferry instance and straight to the same
+        next hop (its query names each request: ?n= through ferry, ?d= direct)
+    parts.py hops   --pcap FILE
+        ferry's own share of each probe request, from a capture beside it
 
 Standard library only. Each prints one line per event on stdout, which the
 scenario reads for its report.
@@ -334,8 +336,8 @@ def run_otlp(args):
             self.flush_headers()
 
         def do_GET(self):
-            if self.path == "/probe":
-                return self.reply(200, b"ok\n", "text/plain")
+            if self.path.startswith("/probe"):
+                return self.reply(200, b"ok " + self.path[6:].encode() + b"\n", "text/plain")
             if self.path == "/stats":
                 return self.reply(200, json.dumps(stats.summary()).encode())
             self.reply(404, b"{}")
@@ -414,16 +416,87 @@ def run_probe(args):
     for i in range(args.pairs):
         # Alternate which goes first, so neither path always follows a pause.
         first, second = (via, direct) if i % 2 == 0 else (direct, via)
+        # The query names the request in a capture ("n" through ferry, "d" direct).
+        path1, path2 = ("/probe?n=%d" % i, "/probe?d=%d" % i)[::1 if first is via else -1]
         t0 = time.perf_counter()
-        s1 = first.get(args.host, "/probe")
+        s1 = first.get(args.host, path1)
         t1 = time.perf_counter()
-        s2 = second.get(args.host, "/probe")
+        s2 = second.get(args.host, path2)
         t2 = time.perf_counter()
         if s1 == 200 and s2 == 200:
             a, b = (t1 - t0) * 1000, (t2 - t1) * 1000
             pairs.append((a, b) if first is via else (b, a))
         time.sleep(args.gap)
     print(json.dumps({"via_ms": [p[0] for p in pairs], "direct_ms": [p[1] for p in pairs]}))
+
+
+# ---- hops: ferry's own time, from a packet capture beside it ---------------
+
+
+def pcap_segments(path):
+    """(time, src, sport, dst, dport, payload) of each TCP segment with data in a
+    tcpdump capture of `-i any` (Linux cooked v1 or v2)."""
+    with open(path, "rb") as f:
+        data = f.read()
+    if len(data) < 24:
+        return []
+    magic = struct.unpack("<I", data[:4])[0]
+    end = "<" if magic in (0xA1B2C3D4, 0xA1B23C4D) else ">"
+    nano = magic in (0xA1B23C4D, 0x4D3CB2A1)
+    linktype = struct.unpack(end + "I", data[20:24])[0]
+    skip = {113: 16, 276: 20}.get(linktype)
+    if skip is None:
+        raise ValueError("unexpected link type %d" % linktype)
+    out, i = [], 24
+    while i + 16 <= len(data):
+        sec, frac, incl, _ = struct.unpack(end + "IIII", data[i:i + 16])
+        pkt = data[i + 16:i + 16 + incl]
+        i += 16 + incl
+        ip = pkt[skip:]
+        if len(ip) < 20 or ip[0] >> 4 != 4 or ip[9] != 6:
+            continue
+        ihl = (ip[0] & 15) * 4
+        total = struct.unpack("!H", ip[2:4])[0]
+        tcp = ip[ihl:total]
+        if len(tcp) < 20:
+            continue
+        sport, dport = struct.unpack("!HH", tcp[:4])
+        payload = tcp[(tcp[12] >> 4) * 4:]
+        if payload:
+            t = sec + frac / (1e9 if nano else 1e6)
+            out.append((t, socket.inet_ntoa(ip[12:16]), sport, socket.inet_ntoa(ip[16:20]), dport, payload))
+    return out
+
+
+def ferry_hops(path, port):
+    """Per probe request through ferry: the time from its request arriving to
+    ferry sending it on, plus the time from the upstream's answer arriving to
+    ferry sending it back, in ms. What lies between (the link, the relay, the
+    ALB, the receiver) is not ferry's."""
+    import re
+    t1, t2, t3, t4, upconn = {}, {}, {}, {}, {}
+    num = re.compile(rb"[?]n=(\d+)")
+    segs = pcap_segments(path)
+    for t, src, sport, dst, dport, pl in segs:
+        m = num.search(pl[:300])
+        if not m:
+            continue
+        n = int(m.group(1))
+        if pl.startswith(b"GET /probe?n="):
+            if dport == port:
+                t1.setdefault(n, t)
+            elif n not in t2 or t < t2[n]:
+                t2[n], upconn[n] = t, (src, sport)  # the first copy out is ferry's own
+    for t, src, sport, dst, dport, pl in segs:
+        m = re.search(rb"ok [?]?n=(\d+)", pl)
+        if not m:
+            continue
+        n = int(m.group(1))
+        if sport == port:
+            t4[n] = min(t4.get(n, t), t)
+        elif upconn.get(n) == (dst, dport):
+            t3[n] = min(t3.get(n, t), t)
+    return [((t2[n] - t1[n]) + (t4[n] - t3[n])) * 1000 for n in t1 if n in t2 and n in t3 and n in t4]
 
 
 def main():
@@ -453,6 +526,9 @@ def main():
     pr.add_argument("--host", required=True)
     pr.add_argument("--pairs", type=int, default=100)
     pr.add_argument("--gap", type=float, default=0.02)
+    h = sub.add_parser("hops")
+    h.add_argument("--pcap", required=True)
+    h.add_argument("--port", type=int, default=8080)
     args = p.parse_args()
     if args.cmd == "dns":
         run_dns(args)
@@ -466,6 +542,8 @@ def main():
         run_otlp(args)
     elif args.cmd == "probe":
         run_probe(args)
+    elif args.cmd == "hops":
+        print(json.dumps(ferry_hops(args.pcap, args.port)))
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ must have gone through its own region's fleet, and no agent may have seen an
 error it did not retry successfully.
 
 Needs root and `ip netns` (it creates and removes its own namespaces), the
-Debian `prometheus` package and the npm packages of examples/topology/ (both
+Debian `prometheus` and `tcpdump` packages and the npm packages of examples/topology/ (both
 installed by ./bootstrap); skipped with the reason otherwise. The latency
 ferry adds is measured and printed, not asserted (timings are the bench's
 business); examples/topology/README.md shows a run's report.
@@ -35,6 +35,8 @@ def missing():
         return "no `ip netns` here"
     if os.environ.get("FERRY_SANITIZED"):
         return "runs once, on the normal build (the layout is 6 ferry instances and 4 Prometheus servers on 2 cores)"
+    if shutil.which("tcpdump") is None:
+        return "tcpdump is not installed (./bootstrap installs it)"
     if shutil.which("prometheus") is None:
         return "the Debian prometheus package is not installed (./bootstrap installs it)"
     if shutil.which("node") is None or not os.path.isdir(os.path.join(TOPOLOGY, "node_modules", "@opentelemetry")):
