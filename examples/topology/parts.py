@@ -13,9 +13,9 @@
         one-way delay in each direction (this kernel has no netem)
     parts.py alb    --listen IP:PORT --to IP:PORT
         one node of an Application Load Balancer in front of a receiver
-    parts.py otlp   --listen IP:PORT --out STATS.json
+    parts.py otlp   --listen IP:PORT
         an OTLP/HTTP receiver (JSON encoding) that decodes and counts every span
-        and log record by agent region and sequence number
+        and log record by agent region and sequence number (GET /stats)
     parts.py probe  --via IP:PORT --direct IP:PORT --host NAME --pairs N
         alternating requests through a ferry instance and straight to the same
         next hop (its query names each request: ?n= through ferry, ?d= direct)
