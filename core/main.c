@@ -152,8 +152,8 @@ static int fy_cmd_run(const char *path) {
     fy_buf_free(&errors);
     for (size_t i = 0; i < w.nlisteners; i++)
       uv_close((uv_handle_t *)&w.listeners[i].tcp, NULL);
+    fy_worker_close(&w); /* stops the generation's groups: before the generation goes */
     fy_gen_unref(w.gen);
-    fy_worker_close(&w);
     uv_run(loop, UV_RUN_NOWAIT);
     free(w.listeners);
     return 1;

@@ -94,6 +94,25 @@ class DNSTest(E2ECase):
         self.assertEqual(rc, 1, out)
         self.assertRegex(out, r"upstreams\.alb\.servers\[1\]: cannot resolve 'metrics-alb\.test'")
 
+    def test_listener_that_cannot_bind_exits_cleanly_with_names_resolved(self):
+        # The generation (its groups, their DNS entries) must outlive the
+        # worker's teardown on this path: it used to be freed first, and ferry
+        # died of SIGSEGV after "not starting".
+        import socket
+        from .harness import ConfigDir, run_ferry
+        self.dns.records["metrics-alb.test"] = (["127.0.0.2"], 1)
+        taken = socket.socket()
+        self.addCleanup(taken.close)
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        d = ConfigDir(CONFIG, POLICY, dns=self.dns.addr, upport=self.port,
+                      listen="127.0.0.1:%d" % taken.getsockname()[1])
+        self.addCleanup(d.cleanup)
+        rc, out = run_ferry(["run", "-c", d.conf_path])
+        self.assertEqual(rc, 1, out)
+        self.assertIn("address already in use", out)
+        self.assertIn("not starting", out)
+
 
 if __name__ == "__main__":
     unittest.main()
