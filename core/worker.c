@@ -159,7 +159,10 @@ int fy_worker_reload(fy_worker *w, const char *path, fy_buf *errors, unsigned *n
     w->reload_failures++;
     return rc;
   }
-  if (w->dns && fy_dns_set_servers(w->dns, cfg->dns_servers, errors) != 0) {
+  /* c-ares refuses new servers while a query is in flight (ARES_ENOTIMP), and
+   * re-resolution keeps one in flight often: set them only when they change. */
+  if (w->dns && !fy_str_eq(cfg->dns_servers, w->gen->cfg->dns_servers) &&
+      fy_dns_set_servers(w->dns, cfg->dns_servers, errors) != 0) {
     fy_gen_unref(next);
     w->reload_failures++;
     return FY_ECONFIG;
