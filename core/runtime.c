@@ -336,7 +336,10 @@ static void fy_reload_all_switched(fy_msg *m, fy_worker *cw) {
   const fy_config *cfg = r->control->cfg;
   fy_buf ignored;
   fy_buf_init(&ignored);
-  if (cw->dns) fy_dns_set_servers(cw->dns, cfg->dns_servers, &ignored); /* checked by the loader */
+  /* c-ares refuses new servers while a query is in flight (ARES_ENOTIMP), and
+   * re-resolution keeps one in flight often: set them only when they change. */
+  if (cw->dns && !fy_str_eq(cfg->dns_servers, cw->gen->cfg->dns_servers))
+    fy_dns_set_servers(cw->dns, cfg->dns_servers, &ignored); /* checked by the loader */
   fy_buf_free(&ignored);
   fy_worker_switch(cw, r->control);
   fy_log_level_current = cfg->log_level;
