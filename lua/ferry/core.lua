@@ -243,6 +243,12 @@ local HOOKS = { route = true, select = true, retry = true, response = true, log 
 -- Policy code runs interpreted: LuaJIT's compiled code never checks hooks,
 -- so a runaway loop in a compiled trace could not be stopped by the budget.
 -- The runtime's own modules (preloaded) keep the JIT.
+-- jit.on is refused: a policy that turned the compiler back on for its own
+-- functions (jit.on(true, true)) would get loops compiled past the budget.
+-- The runtime never calls it; jit.off and the rest of the jit module stay.
+jit.on = function()
+  error("jit.on: policy code runs interpreted, so that limits.hook_timeout can stop a runaway loop", 2)
+end
 -- Modules are loaded as source only: LuaJIT does not verify bytecode, and a
 -- crafted bytecode file can crash the process.
 package.loaders[2] = function(name)
