@@ -249,7 +249,10 @@ enum fy_hook_outcome fy_lua_route(fy_lua *lua, int policy, struct fy_req *req, i
                                   fy_buf *err) {
   int code = -1;
   fy_lua_begin(lua, lua->route_ref, policy, req);
-  enum fy_hook_outcome out = fy_lua_run(lua, req, FY_HOOK_ROUTE, 0, &code, err);
+  /* Nearly every policy routes by host: handed over here, req.host costs the
+   * interpreted policy no FFI call (about 1,000 instructions a request). */
+  lua_pushlstring(lua->L, req->host, req->host_len);
+  enum fy_hook_outcome out = fy_lua_run(lua, req, FY_HOOK_ROUTE, 1, &code, err);
   *group = code;
   if (out == FY_HOOK_OK && lua_isstring(lua->L, -1)) {
     size_t len;

@@ -301,8 +301,8 @@ function M.set_groups(names)
 end
 
 -- route(req) returns a group name and, optionally, a key for "hash" balancing.
-function M.route(policy, id)
-  local req = setmetatable({ _id = id }, req_mt)
+function M.route(policy, id, host)
+  local req = setmetatable({ _id = id, host = host }, req_mt)
   local ok, res, key = xpcall(policies[policy].route, traceback, req)
   if not ok then return -2, tostring(res) end
   if res == RESPONDED then return -1 end
