@@ -16,6 +16,7 @@
 
 void fy_lua_openlibs(lua_State *L) {
   luaL_openlibs(L);
+  fy_lua_api_open(L);
   fy_lua_embed_preload(L);
 }
 

@@ -96,5 +96,7 @@ enum fy_hook_outcome fy_lua_retry(fy_lua *lua, int policy, struct fy_req *req, u
 
 /* Loads the embedded modules and makes them requirable in L. */
 void fy_lua_openlibs(struct lua_State *L);
+/* package.loaded["ferry.native"]: Lua C versions of the hot fy_ffi_* accessors (lua_api.c). */
+void fy_lua_api_open(struct lua_State *L);
 
 #endif

@@ -7,6 +7,9 @@
 
 local ffi = require "ffi"
 local C = ffi.C
+-- Lua C functions for the accessors every request reaches (core/lua_api.c):
+-- policy code is interpreted, and there they cost a fraction of an FFI call.
+local native = require "ferry.native"
 
 ffi.cdef [[
 int fy_ffi_req_str(double id, int field, const char **out, size_t *len);
@@ -83,8 +86,8 @@ local function header_name(name, what)
   return name
 end
 
--- A headers view over one C header list: get and set are its fy_ffi_* pair,
--- prefix names it in error messages ("headers", "res.headers").
+-- A headers view over one C header list: get and set are its ferry.native
+-- pair, prefix names it in error messages ("headers", "res.headers").
 local function headers_class(get, set, prefix)
   local m = {}
   local what = { get = prefix .. ":get", get_all = prefix .. ":get_all", set = prefix .. ":set",
@@ -92,18 +95,20 @@ local function headers_class(get, set, prefix)
 
   function m:get(name)
     header_name(name, what.get)
-    local rc = check(get(self._id, name, #name, 0, sptr, slen), what.get)
-    if rc == 0 then return nil end
-    return ffi.string(sptr[0], slen[0])
+    local rc, v = get(self._id, name, 0)
+    if rc < 0 then check(rc, what.get) end
+    return v
   end
 
   -- Every value of a header, in order (a list, possibly empty).
   function m:get_all(name)
     header_name(name, what.get_all)
     local out, n = {}, 0
-    while check(get(self._id, name, #name, n, sptr, slen), what.get_all) == 1 do
+    while true do
+      local rc, v = get(self._id, name, n)
+      if check(rc, what.get_all) ~= 1 then break end
       n = n + 1
-      out[n] = ffi.string(sptr[0], slen[0])
+      out[n] = v
     end
     return out
   end
@@ -116,7 +121,8 @@ local function headers_class(get, set, prefix)
     else
       value = ""
     end
-    check(set(self._id, mode, name, #name, value, #value), op, 4)
+    local rc = set(self._id, mode, name, value)
+    if rc < 0 then check(rc, op, 4) end
   end
 
   function m:set(name, value) edit(self, 0, name, value, what.set) end
@@ -125,7 +131,7 @@ local function headers_class(get, set, prefix)
   return { __index = m }
 end
 
-local headers_mt = headers_class(C.fy_ffi_req_header_get, C.fy_ffi_req_header_set, "headers")
+local headers_mt = headers_class(native.req_header_get, native.req_header_set, "headers")
 local res_headers_mt -- after the cdef of the res functions, below
 
 -- req -------------------------------------------------------------------
@@ -150,8 +156,6 @@ function req_methods:respond(status, body, headers)
   return RESPONDED
 end
 
-local proxy_info = ffi.new("fy_ffi_proxy")
-local tls_info = ffi.new("fy_ffi_tls")
 local req_mt = {}
 local ctxs = {} -- request id -> its ctx table, shared by every hook of the request
 
@@ -164,8 +168,8 @@ end
 function req_mt.__index(self, k)
   local f = FIELDS[k]
   if f then
-    local rc = check(C.fy_ffi_req_str(self._id, f, sptr, slen), "req." .. k)
-    local v = rc == 1 and ffi.string(sptr[0], slen[0]) or nil
+    local rc, v = native.str(self._id, f)
+    if rc < 0 then check(rc, "req." .. k) end
     rawset(self, k, v) -- fixed for the request's life
     return v
   end
@@ -189,7 +193,7 @@ function req_mt.__index(self, k)
     local id = self._id
     local t = ctxs[id]
     if not t then
-      check(C.fy_ffi_req_ctx(id), "req.ctx") -- C calls release(id) when the request ends
+      check(native.ctx(id), "req.ctx") -- C calls release(id) when the request ends
       t = {}
       ctxs[id] = t
     end
@@ -197,34 +201,16 @@ function req_mt.__index(self, k)
     return t
   end
   if k == "proxy" then
-    local v = false
-    if check(C.fy_ffi_req_proxy(self._id, proxy_info), "req.proxy") == 1 then
-      local p = proxy_info
-      local function text(ptr) local t = ffi.string(ptr) return t ~= "" and t or nil end
-      v = {
-        version = p.version, ["local"] = p["local"] == 1,
-        source = text(p.source), source_port = p.source_port ~= 0 and p.source_port or nil,
-        destination = text(p.destination),
-        destination_port = p.destination_port ~= 0 and p.destination_port or nil,
-        vpce_id = text(p.vpce_id), authority = text(p.authority), alpn = text(p.alpn),
-      }
-    end
+    local rc, v = native.proxy(self._id) -- absent fields are nil
+    check(rc, "req.proxy")
     if v then rawset(self, k, v) end
-    return v or nil
+    return v
   end
   if k == "tls" then
-    local v = false
-    if check(C.fy_ffi_req_tls(self._id, tls_info), "req.tls") == 1 then
-      local i = tls_info
-      local function text(ptr) return ptr ~= nil and ffi.string(ptr) or nil end
-      v = {
-        sni = text(i.sni), version = text(i.version), cipher = text(i.cipher), alpn = text(i.alpn),
-        client_subject = text(i.client_subject), client_verified = i.client_verified == 1,
-        resumed = i.resumed == 1,
-      }
-    end
-    rawset(self, k, v)
-    return v or nil
+    local rc, v = native.tls(self._id)
+    check(rc, "req.tls")
+    rawset(self, k, v or false)
+    return v
   end
   if k == "id" then return self._id end
   return req_methods[k]
@@ -327,7 +313,7 @@ end
 
 -- res: the upstream's response, in the response and log hooks -------------
 
-res_headers_mt = headers_class(C.fy_ffi_res_header_get, C.fy_ffi_res_header_set, "res.headers")
+res_headers_mt = headers_class(native.res_header_get, native.res_header_set, "res.headers")
 
 local istatus = ffi.new("int[1]")
 local res_mt = {}
