@@ -46,6 +46,7 @@ typedef struct fy_lua {
   uint64_t budget_ms;               /* of the call running now */
   uint64_t hook_budget_ms;          /* limits.hook_timeout */
   bool timed_out, oom;              /* what the call running now ran into */
+  bool hook_armed;                  /* the count hook is set at FY_LUA_HOOK_EVERY */
   uint64_t errors, timeouts, nomem; /* counters, for metrics */
 } fy_lua;
 
