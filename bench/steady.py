@@ -172,17 +172,31 @@ def measure_instructions(p, sc, exe, run_dir, tag):
                 os.unlink(os.path.join(run_dir, f))
 
 
+def user_ticks(pids):
+    t = 0
+    for p in pids:
+        try:
+            with open("/proc/%d/stat" % p) as f:
+                st = f.read()
+            t += int(st[st.rindex(")") + 2:].split()[11])
+        except (OSError, ValueError):
+            pass
+    return t
+
+
 ROUNDS = max(1, int(os.environ.get("BENCH_STEADY_ROUNDS", "3")))
 
 
 def measure_rate(p, sc, exe):
     """The median of ROUNDS runs (by CPU per request), each on a fresh process."""
     runs = [measure_rate_once(p, sc, exe) for _ in range(ROUNDS)]
-    good = sorted((r for r in runs if "cpu_us_per_req" in r), key=lambda r: r["cpu_us_per_req"])
-    if not good:
-        return runs[0]
+    good = sorted((r for r in runs if r.get("ok") and "cpu_us_per_req" in r), key=lambda r: r["cpu_us_per_req"])
+    if not good:  # every round had errors or unanswered requests: shown, flagged
+        return dict(runs[0], flag="every round failed")
     med = dict(good[len(good) // 2])
     med["rounds"] = [round(r["cpu_us_per_req"], 1) for r in good]
+    med["failed_rounds"] = len(runs) - len(good)
+    med["all_rounds"] = runs
     return med
 
 
@@ -195,9 +209,11 @@ def measure_rate_once(p, sc, exe):
         run_load(exe, p.port, warm, "rate", timeout=30)
         pids = RUN.tree(p.pid())
         t0 = RUN.cpu_ticks(pids)
+        u0 = user_ticks(pids)
         c0 = RUN.core_snapshot()
         res = run_load(exe, p.port, sc, "rate", timeout=sc["seconds"] + 30)
         t1 = RUN.cpu_ticks(pids)
+        u1 = user_ticks(pids)
         c1 = RUN.core_snapshot()
         if not res.get("done"):
             return {"error": "rate run failed: %s" % res}
@@ -205,6 +221,7 @@ def measure_rate_once(p, sc, exe):
         return {"requests": res["done"], "late": res.get("late"), "errors": res.get("errors"),
                 "non2xx": res.get("non2xx"), "ok": res.get("ok"), "cpu_s": cpu_s,
                 "cpu_us_per_req": 1e6 * cpu_s / res["done"],
+                "user_us_per_req": 1e6 * (u1 - u0) / RUN.CLK_TCK / res["done"],
                 "core_busy": [RUN.core_busy(c0, c1, RUN.PROXY_CPU), RUN.core_busy(c0, c1, RUN.LOAD_CPU)]}
     finally:
         p.stop()
@@ -318,8 +335,8 @@ def report(raw, chosen, peers, versions, info, date):
              "machine; the instruction counts do not." % (RUN.PROXY_CPU, RUN.LOAD_CPU, 1000 // RUN.CLK_TCK, ROUNDS))
     L.append("- versions: " + "; ".join("%s: %s" % kv for kv in versions.items()))
     L.append("")
-    L.append("| scenario | peer | instructions/req | spread | ÷ best peer | CPU/req at fixed rate | ÷ best peer | rate | late | errors | non-2xx | core 1 / 0 busy |")
-    L.append("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    L.append("| scenario | peer | instructions/req | spread | ÷ best peer | CPU/req at fixed rate | ÷ best peer | of which user | rate | late | errors | non-2xx | core 1 / 0 busy |")
+    L.append("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for scen in chosen:
         rows = raw["scenarios"][scen]
         sc = STEADY[scen]
@@ -328,7 +345,7 @@ def report(raw, chosen, peers, versions, info, date):
         for name in peers:
             r = rows.get(name, {})
             if "skip" in r:
-                L.append("| %s | %s | %s |  |  |  |  |  |  |  |  |  |" % (scen, name, r["skip"]))
+                L.append("| %s | %s | %s |  |  |  |  |  |  |  |  |  |  |" % (scen, name, r["skip"]))
                 continue
             ir = r.get("ir_per_req")
             rt = r.get("rate") or {}
@@ -337,9 +354,10 @@ def report(raw, chosen, peers, versions, info, date):
             rc = "%.2f×" % (cpu / bc[1]) if (cpu and bc and name == "ferry") else ""
             busy = rt.get("core_busy") or [None, None]
             irtxt = "{:,.0f}".format(ir) if ir else (r.get("error") or "—")[:80]
-            L.append("| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |" % (
+            L.append("| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |" % (
                 scen, name, irtxt, fmt(r.get("ir_spread_pct"), "%.2f %%"), ri,
                 fmt(cpu, "%.1f µs") if cpu else (rt.get("error") or "—")[:80], rc,
+                fmt(rt.get("user_us_per_req"), "%.1f µs") + (" ⚠ " + rt["flag"] if rt.get("flag") else ""),
                 "%d/s" % sc["rate"], fmt(rt.get("late"), "%d"), fmt(rt.get("errors"), "%d"),
                 fmt(rt.get("non2xx"), "%d"),
                 "%s / %s" % (fmt(busy[0], "%.0f%%"), fmt(busy[1], "%.0f%%"))))
