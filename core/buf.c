@@ -19,18 +19,20 @@ typedef struct fy_spare_stack {
   void *v[FY_SPARE_MAX];
 } fy_spare_stack;
 
+#ifdef FY_SPARE_NONE
+static fy_spare_stack *fy_spare_of(size_t size) {
+  (void)size;
+  return NULL;
+}
+#else
 static __thread fy_spare_stack fy_spares[2] = {{.size = FY_BUF_FIRST}, {.size = FY_SPARE_HEADERS_BYTES}};
 
 static fy_spare_stack *fy_spare_of(size_t size) {
-#ifdef FY_SPARE_NONE
-  (void)size;
-  return NULL;
-#else
   for (size_t i = 0; i < FY_ARRAY_SIZE(fy_spares); i++)
     if (fy_spares[i].size == size) return &fy_spares[i];
   return NULL;
-#endif
 }
+#endif
 
 void *fy_spare_get(size_t size) {
   fy_spare_stack *s = fy_spare_of(size);
