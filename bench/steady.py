@@ -24,7 +24,6 @@ Results go to bench/results/steady.md and steady.json.
 import datetime
 import json
 import os
-import re
 import subprocess
 import sys
 import time
