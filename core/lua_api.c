@@ -12,6 +12,9 @@
 #include "conn.h"
 #include "log.h"
 
+#include <lauxlib.h>
+#include <lua.h>
+
 #include <stdio.h>
 
 _Static_assert(sizeof(((fy_ffi_proxy *)0)->source) == INET6_ADDRSTRLEN,
@@ -280,4 +283,139 @@ static const fy_ffi_layout fy_ffi_layouts[] = {
 const fy_ffi_layout *fy_ffi_abi_layout(int *n) {
   *n = (int)(sizeof fy_ffi_layouts / sizeof fy_ffi_layouts[0]);
   return fy_ffi_layouts;
+}
+
+/* ---- the same, as Lua C functions --------------------------------------- */
+
+/*
+ * Policy code runs interpreted (see docs/design.md), and there an FFI call
+ * is slow: the clib lookup, argument conversion and the cdata boxes that
+ * reading out-parameters makes cost about 5,000 instructions a field, where
+ * a Lua C function costs a few hundred. ferry.core uses these for the
+ * accessors every request reaches; each returns the fy_ffi_* code first.
+ */
+static int fy_lua_native_str(lua_State *L) {
+  const char *s = NULL;
+  size_t len = 0;
+  int rc = fy_ffi_req_str(lua_tonumber(L, 1), (int)lua_tointeger(L, 2), &s, &len);
+  lua_pushinteger(L, rc);
+  if (rc == 1)
+    lua_pushlstring(L, s, len);
+  else
+    lua_pushnil(L);
+  return 2;
+}
+
+/* (id, name, nth) -> code, value: one value of a request or response header. */
+static int fy_lua_native_header_get(lua_State *L,
+                                    int (*get)(double, const char *, size_t, int, const char **, size_t *)) {
+  size_t nlen = 0, len = 0;
+  const char *name = lua_tolstring(L, 2, &nlen), *v = NULL;
+  int rc = name ? get(lua_tonumber(L, 1), name, nlen, (int)lua_tointeger(L, 3), &v, &len) : FY_FFI_EINVAL;
+  lua_pushinteger(L, rc);
+  if (rc == 1)
+    lua_pushlstring(L, v, len);
+  else
+    lua_pushnil(L);
+  return 2;
+}
+
+/* (id, mode, name, value) -> code: set, add or remove a request or response header. */
+static int fy_lua_native_header_set(lua_State *L,
+                                    int (*set)(double, int, const char *, size_t, const char *, size_t)) {
+  size_t nlen = 0, vlen = 0;
+  const char *name = lua_tolstring(L, 3, &nlen), *v = lua_tolstring(L, 4, &vlen);
+  int rc = name && v ? set(lua_tonumber(L, 1), (int)lua_tointeger(L, 2), name, nlen, v, vlen) : FY_FFI_EINVAL;
+  lua_pushinteger(L, rc);
+  return 1;
+}
+
+static int fy_lua_native_req_header_get(lua_State *L) {
+  return fy_lua_native_header_get(L, fy_ffi_req_header_get);
+}
+static int fy_lua_native_req_header_set(lua_State *L) {
+  return fy_lua_native_header_set(L, fy_ffi_req_header_set);
+}
+static int fy_lua_native_res_header_get(lua_State *L) {
+  return fy_lua_native_header_get(L, fy_ffi_res_header_get);
+}
+static int fy_lua_native_res_header_set(lua_State *L) {
+  return fy_lua_native_header_set(L, fy_ffi_res_header_set);
+}
+
+static void fy_lua_native_field(lua_State *L, const char *k, const char *v) {
+  if (v == NULL || v[0] == '\0') return; /* absent fields are nil */
+  lua_pushstring(L, v);
+  lua_setfield(L, -2, k);
+}
+
+static void fy_lua_native_int(lua_State *L, const char *k, int v) {
+  if (v == 0) return;
+  lua_pushinteger(L, v);
+  lua_setfield(L, -2, k);
+}
+
+/* (id) -> code, table: req.proxy, made here in one go. */
+static int fy_lua_native_proxy(lua_State *L) {
+  fy_ffi_proxy p;
+  int rc = fy_ffi_req_proxy(lua_tonumber(L, 1), &p);
+  lua_pushinteger(L, rc);
+  if (rc != 1) return 1;
+  lua_createtable(L, 0, 9);
+  lua_pushinteger(L, p.version);
+  lua_setfield(L, -2, "version");
+  lua_pushboolean(L, p.local == 1);
+  lua_setfield(L, -2, "local");
+  fy_lua_native_field(L, "source", p.source);
+  fy_lua_native_int(L, "source_port", p.source_port);
+  fy_lua_native_field(L, "destination", p.destination);
+  fy_lua_native_int(L, "destination_port", p.destination_port);
+  fy_lua_native_field(L, "vpce_id", p.vpce_id);
+  fy_lua_native_field(L, "authority", p.authority);
+  fy_lua_native_field(L, "alpn", p.alpn);
+  return 2;
+}
+
+/* (id) -> code, table: req.tls. */
+static int fy_lua_native_tls(lua_State *L) {
+  fy_ffi_tls t;
+  int rc = fy_ffi_req_tls(lua_tonumber(L, 1), &t);
+  lua_pushinteger(L, rc);
+  if (rc != 1) return 1;
+  lua_createtable(L, 0, 7);
+  const char *names[] = {"sni", "version", "cipher", "alpn", "client_subject"};
+  const char *vals[] = {t.sni, t.version, t.cipher, t.alpn, t.client_subject};
+  for (int i = 0; i < 5; i++) {
+    if (vals[i] == NULL) continue;
+    lua_pushstring(L, vals[i]);
+    lua_setfield(L, -2, names[i]);
+  }
+  lua_pushboolean(L, t.client_verified == 1);
+  lua_setfield(L, -2, "client_verified");
+  lua_pushboolean(L, t.resumed == 1);
+  lua_setfield(L, -2, "resumed");
+  return 2;
+}
+
+static int fy_lua_native_ctx(lua_State *L) {
+  lua_pushinteger(L, fy_ffi_req_ctx(lua_tonumber(L, 1)));
+  return 1;
+}
+
+void fy_lua_api_open(lua_State *L) {
+  static const luaL_Reg fns[] = {{"str", fy_lua_native_str},
+                                 {"req_header_get", fy_lua_native_req_header_get},
+                                 {"req_header_set", fy_lua_native_req_header_set},
+                                 {"res_header_get", fy_lua_native_res_header_get},
+                                 {"res_header_set", fy_lua_native_res_header_set},
+                                 {"proxy", fy_lua_native_proxy},
+                                 {"tls", fy_lua_native_tls},
+                                 {"ctx", fy_lua_native_ctx},
+                                 {NULL, NULL}};
+  lua_getglobal(L, "package");
+  lua_getfield(L, -1, "loaded");
+  lua_newtable(L);
+  luaL_register(L, NULL, fns);
+  lua_setfield(L, -2, "ferry.native");
+  lua_pop(L, 2);
 }

@@ -68,6 +68,7 @@ typedef struct fy_lua {
   uint64_t budget_ms;               /* of the call running now */
   uint64_t hook_budget_ms;          /* limits.hook_timeout */
   bool timed_out, oom;              /* what the call running now ran into */
+  bool hook_armed;                  /* the count hook is set at FY_LUA_HOOK_EVERY */
   uint64_t errors, timeouts, nomem; /* counters, for metrics */
   /*
    * Policy counters (policy_metrics.h): what its policies declared while
@@ -123,5 +124,7 @@ enum fy_hook_outcome fy_lua_retry(fy_lua *lua, int policy, struct fy_req *req, u
 
 /* Loads the embedded modules and makes them requirable in L. */
 void fy_lua_openlibs(struct lua_State *L);
+/* package.loaded["ferry.native"]: Lua C versions of the hot fy_ffi_* accessors (lua_api.c). */
+void fy_lua_api_open(struct lua_State *L);
 
 #endif
