@@ -16,7 +16,20 @@
 
 /* ---- the writer ---------------------------------------------------------- */
 
-static __thread fy_buf fy_al_line; /* the line being formatted, per worker thread */
+/*
+ * Each worker thread formats its lines into a batch of its own and hands
+ * the batch to the writer's buffer once per turn of its loop (a deferred
+ * run in the check phase), or sooner when it grows past FY_AL_BATCH: the
+ * writer's lock is taken once per batch, never per request.
+ */
+#define FY_AL_BATCH (32 * 1024)
+static __thread struct {
+  fy_buf buf;
+  size_t lines;
+  fy_worker *w; /* whose loop runs the flush, and counts what is dropped */
+  fy_deferred flush;
+  bool queued;
+} fy_al_batch;
 
 /*
  * Two halves of the configured buffer: workers append to buf[active] while
@@ -102,7 +115,7 @@ static void *fy_al_main(void *arg) {
   return NULL;
 }
 
-bool fy_access_log_append(const char *line, size_t len) {
+static bool fy_access_log_append(const char *line, size_t len) {
   pthread_mutex_lock(&fy_al.mu);
   bool ok = fy_al.started && fy_al.len + len <= fy_al.cap;
   if (ok) {
@@ -159,7 +172,30 @@ void fy_access_log_reopen(void) {
   pthread_mutex_unlock(&fy_al.mu);
 }
 
-void fy_access_log_thread_end(void) { fy_buf_free(&fy_al_line); }
+/* Hands this thread's batch to the writer; its lines are dropped and counted when the writer's buffer is
+ * full. */
+static void fy_al_flush(void) {
+  if (fy_al_batch.buf.len && !fy_access_log_append(fy_al_batch.buf.data, fy_al_batch.buf.len) &&
+      fy_al_batch.w)
+    fy_al_batch.w->access_dropped += fy_al_batch.lines;
+  fy_buf_reset(&fy_al_batch.buf);
+  fy_al_batch.lines = 0;
+  if (fy_al_batch.buf.cap > 4 * FY_AL_BATCH) fy_buf_free(&fy_al_batch.buf); /* one huge line does not stay */
+}
+
+static void fy_al_flush_deferred(fy_deferred *d) {
+  (void)d;
+  fy_al_batch.queued = false;
+  fy_al_flush();
+}
+
+void fy_access_log_thread_end(void) {
+  if (fy_al_batch.queued) fy_worker_undefer(&fy_al_batch.flush);
+  fy_al_batch.queued = false;
+  fy_al_flush();
+  fy_buf_free(&fy_al_batch.buf);
+  fy_al_batch.w = NULL;
+}
 
 #define FY_AL_CLOSE_WAIT_S 2
 
@@ -169,7 +205,7 @@ void fy_access_log_close(void) {
   fy_al.stop = true;
   pthread_cond_signal(&fy_al.wake);
   pthread_mutex_unlock(&fy_al.mu);
-  fy_buf_free(&fy_al_line);
+  fy_access_log_thread_end();
   if (!started) return;
   struct timespec until;
   clock_gettime(CLOCK_REALTIME, &until);
@@ -343,18 +379,22 @@ static void fy_al_text(fy_buf *o, fy_conn *c) {
   fy_buf_puts(o, "\n");
 }
 
-bool fy_access_log_write(fy_conn *c) {
-  if (!c->gen->cfg->access_log) return true;
-  fy_buf *o = &fy_al_line;
-  fy_buf_reset(o);
+void fy_access_log_write(fy_conn *c) {
+  if (!c->gen->cfg->access_log) return;
+  fy_buf *o = &fy_al_batch.buf;
   if (c->gen->cfg->access_json)
     fy_al_json(o, c);
   else
     fy_al_text(o, c);
-  bool ok = fy_access_log_append(o->data, o->len);
-  if (!ok) c->w->access_dropped++;
-  if (o->cap > 64 * 1024) fy_buf_free(o); /* one huge line does not stay resident */
-  return ok;
+  fy_al_batch.lines++;
+  fy_al_batch.w = c->w;
+  if (o->len >= FY_AL_BATCH) {
+    fy_al_flush();
+  } else if (!fy_al_batch.queued) {
+    fy_al_batch.flush.run = fy_al_flush_deferred;
+    fy_al_batch.queued = true;
+    fy_worker_defer(c->w, &fy_al_batch.flush);
+  }
 }
 
 /* ---- fields from the policy --------------------------------------------- */

@@ -36,13 +36,15 @@ int fy_access_log_configure(const fy_config *cfg, fy_buf *errors);
 void fy_access_log_reopen(void);
 /* Writes out what is buffered and stops the writer (bounded: a blocked file is given up on). */
 void fy_access_log_close(void);
-/* A worker thread ends: frees the buffer its lines were formatted in. */
+/* A worker thread ends: hands its last batch to the writer and frees it. */
 void fy_access_log_thread_end(void);
 
-/* Formats and queues the line of c's exchange; false if it was dropped. */
-bool fy_access_log_write(struct fy_conn *c);
-/* Queues a ready line (with its newline); false if the buffer is full. */
-bool fy_access_log_append(const char *line, size_t len);
+/*
+ * Formats the line of c's exchange into this thread's batch, which goes to
+ * the writer at the end of the loop turn; lines that find the writer's
+ * buffer full are dropped and counted in the worker's access_dropped.
+ */
+void fy_access_log_write(struct fy_conn *c);
 /* Lines the writer could not write (write errors), process-wide. */
 uint64_t fy_access_log_write_errors(void);
 
