@@ -7,6 +7,7 @@
 -- so each of its connections is a full handshake anyway. The ECDHE group is
 -- the server's choice from what wrk offers (P-256 only, see bench/README.md).
 return {
+  workers = 1, -- one worker per measured run (the 2-worker rows render 2)
   listeners = {
     { name = "bench-tls", type = "https", address = "127.0.0.1:@PORT@",
       tls = {

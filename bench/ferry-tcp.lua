@@ -4,6 +4,7 @@
 -- route_stream(conn) sends every connection to the group "sink". The
 -- equivalent peer configs: conf/haproxy-tcp.cfg, conf/nginx-stream.conf.
 return {
+  workers = 1, -- one worker per measured run (the 2-worker rows render 2)
   listeners = {
     { name = "bench-tcp", type = "tcp", address = "127.0.0.1:@PORT@" },
   },

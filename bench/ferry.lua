@@ -3,6 +3,7 @@
 -- replacing the @NAME@ placeholders (ports, paths); everything else is used
 -- as written. The equivalent peer configs are in bench/conf/.
 return {
+  workers = 1, -- one worker per measured run (the 2-worker rows render 2)
   listeners = {
     { name = "bench", type = "http", address = "127.0.0.1:@PORT@" },
   },

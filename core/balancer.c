@@ -40,13 +40,21 @@ static uint64_t fy_rand(void) {
 
 /* ---- passive health ------------------------------------------------------ */
 
+/*
+ * The health is shared by every worker: reads are relaxed loads, and a
+ * success writes only when there is something to clear, so the cache line
+ * stays shared while servers are healthy.
+ */
 bool fy_server_in_service(const fy_server *s, uint64_t now_ms) {
-  return !s->down && s->ejected_until <= now_ms;
+  const fy_server_health *h = s->health;
+  return !atomic_load_explicit(&h->down, memory_order_relaxed) &&
+         atomic_load_explicit(&h->ejected_until, memory_order_relaxed) <= now_ms;
 }
 
 void fy_server_succeeded(fy_server *s, double latency_ms, uint64_t now_ms) {
-  s->fails = 0;
-  s->ejections = 0;
+  fy_server_health *h = s->health;
+  if (atomic_load_explicit(&h->fails, memory_order_relaxed)) atomic_store(&h->fails, 0);
+  if (atomic_load_explicit(&h->ejections, memory_order_relaxed)) atomic_store(&h->ejections, 0);
   bool fresh = s->ewma_ms == 0 || now_ms - s->ewma_at > FY_P2C_STALE_MS;
   s->ewma_ms = fresh ? latency_ms : 0.8 * s->ewma_ms + 0.2 * latency_ms;
   s->ewma_at = now_ms;
@@ -66,21 +74,22 @@ static size_t fy_group_ejected(const fy_group *g, uint64_t now_ms) {
  */
 void fy_server_failed(fy_server *s, uint64_t now_ms) {
   const fy_cfg_group *cfg = s->group->cfg;
-  s->fails++;
-  if (cfg->max_fails == 0 || s->fails < cfg->max_fails || !fy_server_in_service(s, now_ms)) return;
+  fy_server_health *h = s->health;
+  unsigned fails = atomic_fetch_add(&h->fails, 1) + 1;
+  if (cfg->max_fails == 0 || fails < cfg->max_fails || !fy_server_in_service(s, now_ms)) return;
   size_t ejected = fy_group_ejected(s->group, now_ms);
   if ((double)(ejected + 1) > cfg->max_ejected * (double)s->group->nservers) {
     fy_log_warn("upstream %s: %s failed %u times in a row but stays in service (max_ejected)", cfg->name,
-                s->addr_text, s->fails);
+                s->addr_text, fails);
     return;
   }
   uint64_t ms = cfg->eject;
-  for (unsigned i = 0; i < s->ejections && ms < cfg->max_eject; i++)
+  unsigned ejections = atomic_fetch_add(&h->ejections, 1);
+  for (unsigned i = 0; i < ejections && ms < cfg->max_eject; i++)
     ms *= 2;
   ms = FY_MIN(ms, cfg->max_eject);
-  s->ejections++;
-  s->fails = 0;
-  s->ejected_until = now_ms + ms;
+  atomic_store(&h->fails, 0);
+  atomic_store(&h->ejected_until, now_ms + ms);
   fy_log_warn("upstream %s: %s ejected for %.1f s after %u failures in a row", cfg->name, s->addr_text,
               (double)ms / 1000.0, cfg->max_fails);
 }

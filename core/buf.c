@@ -2,17 +2,62 @@
 
 #include <stdio.h>
 
+#define FY_BUF_FIRST 256 /* the first block of every buffer */
+#define FY_SPARE_MAX 64  /* blocks kept per size and thread: 16 KiB of heads, 40 KiB of header arrays */
+
+#if defined(__SANITIZE_ADDRESS__) /* gcc */
+#define FY_SPARE_NONE 1
+#elif defined(__has_feature) /* clang */
+#if __has_feature(address_sanitizer)
+#define FY_SPARE_NONE 1
+#endif
+#endif
+
+typedef struct fy_spare_stack {
+  size_t size;
+  unsigned n;
+  void *v[FY_SPARE_MAX];
+} fy_spare_stack;
+
+#ifdef FY_SPARE_NONE
+static fy_spare_stack *fy_spare_of(size_t size) {
+  (void)size;
+  return NULL;
+}
+#else
+static __thread fy_spare_stack fy_spares[2] = {{.size = FY_BUF_FIRST}, {.size = FY_SPARE_HEADERS_BYTES}};
+
+static fy_spare_stack *fy_spare_of(size_t size) {
+  for (size_t i = 0; i < FY_ARRAY_SIZE(fy_spares); i++)
+    if (fy_spares[i].size == size) return &fy_spares[i];
+  return NULL;
+}
+#endif
+
+void *fy_spare_get(size_t size) {
+  fy_spare_stack *s = fy_spare_of(size);
+  return s && s->n ? s->v[--s->n] : NULL;
+}
+
+bool fy_spare_put(void *p, size_t size) {
+  fy_spare_stack *s = fy_spare_of(size);
+  if (p == NULL || s == NULL || s->n == FY_SPARE_MAX) return false;
+  s->v[s->n++] = p;
+  return true;
+}
+
 void fy_buf_free(fy_buf *b) {
-  free(b->data);
+  if (!fy_spare_put(b->data, b->cap)) free(b->data);
   fy_buf_init(b);
 }
 
 void fy_buf_reserve(fy_buf *b, size_t extra) {
   if (b->len + extra <= b->cap) return;
-  size_t cap = b->cap ? b->cap : 256;
+  size_t cap = b->cap ? b->cap : FY_BUF_FIRST;
   while (cap < b->len + extra)
     cap *= 2;
-  b->data = fy_realloc(b->data, cap);
+  void *spare = b->data == NULL ? fy_spare_get(cap) : NULL;
+  b->data = spare ? spare : fy_realloc(b->data, cap);
   b->cap = cap;
 }
 

@@ -12,6 +12,7 @@
 #include "common.h"
 
 #include <stdarg.h>
+#include <stdbool.h>
 
 typedef struct fy_buf {
   char *data;
@@ -24,6 +25,17 @@ static inline void fy_buf_init(fy_buf *b) {
 }
 static inline void fy_buf_reset(fy_buf *b) { b->len = 0; }
 void fy_buf_free(fy_buf *b);
+/*
+ * Spare blocks: every new connection allocates a few blocks of the same
+ * first sizes (256-byte heads, the 32-entry header arrays) and frees them at
+ * its close; a short per-thread stack of each size hands them to the next
+ * connection without going through malloc. fy_spare_get returns NULL when
+ * the stack is empty; fy_spare_put returns false when the caller must free.
+ * Sanitizer builds keep none, so AddressSanitizer sees every use after free.
+ */
+#define FY_SPARE_HEADERS_BYTES 640 /* a first header array: 32 entries of 20 bytes (http.c checks it) */
+void *fy_spare_get(size_t size);
+bool fy_spare_put(void *p, size_t size);
 void fy_buf_reserve(fy_buf *b, size_t extra);
 void fy_buf_append(fy_buf *b, const void *p, size_t n);
 static inline void fy_buf_puts(fy_buf *b, const char *s) { fy_buf_append(b, s, strlen(s)); }

@@ -306,6 +306,9 @@ static void fy_cfg_read_rest(lua_State *L, int t, fy_config *cfg) {
   cfg->dns_max_ttl = fy_cfg_ms(L, lua_gettop(L), "max_ttl");
   cfg->dns_timeout = fy_cfg_ms(L, lua_gettop(L), "timeout");
   lua_pop(L, 1);
+  lua_getfield(L, t, "workers");
+  cfg->workers = (unsigned)lua_tointeger(L, -1);
+  lua_pop(L, 1);
   lua_getfield(L, t, "drain");
   cfg->drain_delay = fy_cfg_ms(L, lua_gettop(L), "delay");
   cfg->drain_timeout = fy_cfg_ms(L, lua_gettop(L), "timeout");
@@ -323,6 +326,15 @@ static void fy_cfg_read_rest(lua_State *L, int t, fy_config *cfg) {
   free(level);
   lua_getfield(L, -1, "access");
   cfg->access_log = lua_toboolean(L, -1);
+  if (lua_istable(L, -1)) {
+    char *format = fy_cfg_str(L, lua_gettop(L), "format");
+    cfg->access_json = format && strcmp(format, "json") == 0;
+    free(format);
+    lua_getfield(L, -1, "file");
+    if (lua_isstring(L, -1)) cfg->access_file = fy_strdup(lua_tostring(L, -1));
+    lua_pop(L, 1);
+    cfg->access_buffer = (size_t)fy_cfg_num(L, lua_gettop(L), "buffer");
+  }
   lua_pop(L, 2);
 }
 
@@ -449,6 +461,7 @@ int fy_config_load(const char *path, fy_config **out, fy_buf *errors) {
   lua_pop(L, 1);
 
   fy_config *cfg = fy_calloc(1, sizeof *cfg);
+  atomic_init(&cfg->refs, 1);
   int t = lua_gettop(L);
   cfg->path = fy_strdup(path);
   fy_cfg_read_listeners(L, t, cfg);
@@ -470,7 +483,7 @@ done:
 }
 
 void fy_config_free(fy_config *cfg) {
-  if (cfg == NULL) return;
+  if (cfg == NULL || atomic_fetch_sub(&cfg->refs, 1) > 1) return;
   for (size_t i = 0; i < cfg->nlisteners; i++) {
     fy_cfg_listener *l = &cfg->listeners[i];
     for (size_t j = 0; j < l->tls.ncerts; j++) {
@@ -513,6 +526,7 @@ void fy_config_free(fy_config *cfg) {
   free(cfg->admin_host);
   fy_buf_free(&cfg->warnings);
   free(cfg->dns_servers);
+  free(cfg->access_file);
   free(cfg->path);
   free(cfg);
 }

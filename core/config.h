@@ -12,6 +12,7 @@
 #include "buf.h"
 #include "tls.h"
 
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <sys/socket.h>
 
@@ -99,6 +100,7 @@ typedef struct fy_limits {
 } fy_limits;
 
 typedef struct fy_config {
+  atomic_uint refs; /* every worker's generation of one reload shares the config */
   char *path;
   fy_cfg_listener *listeners;
   size_t nlisteners;
@@ -108,8 +110,12 @@ typedef struct fy_config {
   char **policy_keys; /* per policy: "file:line: key.path" of the config key naming it */
   size_t npolicies;
   fy_limits limits;
+  unsigned workers; /* worker threads; 0: "auto" (fy_runtime_auto_workers) */
   int log_level;
   bool access_log;
+  bool access_json;  /* log.access.format = "json" (else the text line) */
+  char *access_file; /* NULL: stderr */
+  size_t access_buffer;
   char *admin_host; /* NULL: no admin listener */
   int admin_port;
   bool watch; /* reload when the config or a policy file changes */
@@ -125,6 +131,11 @@ typedef struct fy_config {
  * per error ("file:line: message") to errors.
  */
 int fy_config_load(const char *path, fy_config **out, fy_buf *errors);
+/* Drops a reference; the last one frees it. */
 void fy_config_free(fy_config *cfg);
+static inline fy_config *fy_config_ref(fy_config *cfg) {
+  atomic_fetch_add(&cfg->refs, 1);
+  return cfg;
+}
 
 #endif

@@ -1,6 +1,7 @@
 /* The client side of a connection: parsing, limits, timers, writes, closing. */
 #include "conn.h"
 
+#include "access_log.h"
 #include "log.h"
 #include "pool.h"
 
@@ -30,11 +31,14 @@ uint64_t fy_now_ms(fy_conn *c) { return uv_now(c->w->loop); }
 static void fy_conn_request_begun(fy_req_reader *rd) {
   fy_conn *c = rd->data;
   if (c->req.started_ms == 0) c->req.started_ms = fy_now_ms(c);
+  if (c->req.started_ns == 0) c->req.started_ns = uv_hrtime();
   fy_conn_retime(c, false); /* from keep-alive idle to the header deadline */
 }
 
 static void fy_conn_request_body(fy_req_reader *rd, const char *at, size_t len) {
-  fy_exchange_body(&((fy_conn *)rd->data)->ex, at, len);
+  fy_conn *c = rd->data;
+  c->req.bytes_in += len;
+  fy_exchange_body(&c->ex, at, len);
 }
 
 static void fy_conn_request_ended(fy_req_reader *rd) { fy_exchange_body_end(&((fy_conn *)rd->data)->ex); }
@@ -50,6 +54,7 @@ static const fy_req_reader_cb fy_conn_reader_cb = {
 static void fy_conn_parse_error(fy_conn *c, int status, const char *why) {
   fy_log_info("client %s:%d: request refused with %d: %s", c->client_ip, c->client_port, status, why);
   c->close_after = true;
+  c->req.termination = "refused";
   fy_proxy_abort(&c->ex);
   fy_conn_respond_simple(c, status, fy_http_reason(status));
 }
@@ -250,6 +255,7 @@ static void fy_conn_timeout_cb(fy_deadline *d) {
       break;
     }
     c->close_after = true;
+    c->req.termination = "client_timeout";
     fy_conn_respond_simple(c, 408, "request header timeout\n");
     break;
   case FY_WAIT_BODY:
@@ -257,6 +263,7 @@ static void fy_conn_timeout_cb(fy_deadline *d) {
     c->close_after = true;
     fy_proxy_abort(&c->ex);
     if (c->ex.rs == FY_RS_WAIT) fy_exchange_enter(&c->ex, FY_RS_NONE);
+    c->req.termination = "client_timeout";
     fy_conn_respond_simple(c, 408, "request body timeout\n");
     break;
   case FY_WAIT_KEEPALIVE:
@@ -393,21 +400,25 @@ void fy_conn_respond_simple(fy_conn *c, int status, const char *body) {
 
 /* ---- exchange lifecycle ----------------------------------------------- */
 
+static void fy_conn_observe(fy_conn *c) {
+  const fy_req *r = &c->req;
+  char labels[FY_LABELS_MAX];
+  const char *group = r->group >= 0 && r->gen ? r->gen->cfg->groups[r->group].name : "none";
+  fy_labels(labels, sizeof labels, "listener", c->listener->name, "group", group, "class",
+            fy_metrics_class(r->status), NULL);
+  uint64_t now = uv_hrtime();
+  fy_metrics_observe(&c->w->metrics, FY_M_REQUEST_DURATION, labels,
+                     r->started_ns && now > r->started_ns ? now - r->started_ns : 0);
+}
+
 static void fy_conn_access_log(fy_conn *c) {
   fy_req *r = &c->req;
-  if (!c->listener->admin) /* the admin listener's own answers are not traffic */
+  if (!c->listener->admin) { /* the admin listener's own answers are not traffic */
     c->w->stats.responses[r->status >= 100 && r->status < 600 ? r->status / 100 : 0]++;
+    fy_conn_observe(c);
+  }
   fy_proxy_log_hook(&c->ex);
-  if (!c->gen->cfg->access_log) return;
-  /* The target fields are set once the head is parsed (method set with them). */
-  fy_target t = r->method ? r->target : (fy_target){0};
-  fy_log_info("access %s \"%s %s://%.*s%.*s%s%.*s\" %d %llu %s %s %llums id=%llu", c->client_ip,
-              r->method ? r->method : "-", c->sock.tls ? "https" : "http", (int)r->host_len, r->host,
-              (int)FY_MIN(t.path_len, 512), t.path ? t.path : "", t.query ? "?" : "",
-              (int)FY_MIN(t.query_len, 512), t.query ? t.query : "", r->status,
-              (unsigned long long)r->bytes_out,
-              r->group >= 0 && r->gen ? r->gen->cfg->groups[r->group].name : "-", r->server ? r->server : "-",
-              (unsigned long long)(fy_now_ms(c) - r->started_ms), (unsigned long long)r->id);
+  fy_access_log_write(c);
 }
 
 static void fy_conn_request_end(fy_conn *c) {
@@ -497,6 +508,11 @@ static void fy_conn_request_begin(fy_conn *c) {
   r->method = NULL;
   r->host_len = 0;
   r->started_ms = 0;
+  r->started_ns = r->connect_ns = r->header_ns = r->policy_ns = 0;
+  r->nfailures = 0;
+  r->bytes_in = 0;
+  r->termination = NULL;
+  fy_buf_reset(&r->log_fields);
   r->respond_status = 0;
   r->has_body = r->chunked = r->keepalive = r->expect_continue = r->head = r->has_content_length = false;
   fy_conn_req_client(c);
@@ -504,6 +520,7 @@ static void fy_conn_request_begin(fy_conn *c) {
   fy_req_reader_begin(&c->rd);
   fy_exchange_begin(&c->ex);
   if (c->nreq == 0) r->started_ms = fy_now_ms(c); /* the first request's clock starts at accept */
+  if (c->nreq == 0) r->started_ns = uv_hrtime();
   c->wait = FY_WAIT_NONE;
   fy_conn_retime(c, false);
   if (c->rpos == c->rlen) { /* idle: the read block goes back to the pool at once */
@@ -645,6 +662,7 @@ static void fy_conn_free(fy_conn *c) {
   fy_headers_free(&c->req.rheaders);
   fy_buf_free(&c->req.respond_headers);
   fy_buf_free(&c->req.respond_body);
+  fy_buf_free(&c->req.log_fields);
   fy_buf_free(&c->cw_head);
   fy_buf_free(&c->cw_copy);
   fy_exchange_free(&c->ex);
@@ -671,9 +689,11 @@ void fy_conn_close(fy_conn *c) {
   if (c->closing) return;
   if (c->ex.rs != FY_RS_DONE && c->rd.rq != FY_RQ_HEAD) {
     c->req.status = c->req.status ? c->req.status : 499;
+    if (c->req.termination == NULL) c->req.termination = c->w->unbound ? "drain_cut" : "client_cut";
     fy_conn_access_log(c);
   }
   c->closing = true;
+  if (c->admin_wait) fy_admin_abort(c);
   fy_write_forget(&c->cwrite);
   fy_proxy_abort(&c->ex);
   fy_list_remove(&c->link);

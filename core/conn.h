@@ -76,6 +76,7 @@ typedef struct fy_conn {
   bool reset_on_close; /* close with RST: the response was cut */
   unsigned nreq;
   unsigned handles_open;
+  void *admin_wait; /* an admin answer that waits on other loops (admin.c) */
   char client_ip[INET6_ADDRSTRLEN];
   int client_port;
 } fy_conn;
@@ -91,6 +92,8 @@ void fy_conn_respond_simple(fy_conn *c, int status, const char *body);
 
 /* admin.c: answers a request on the admin listener. */
 void fy_admin_handle(fy_conn *c);
+/* The connection closes: an admin answer it waits for is dropped. */
+void fy_admin_abort(fy_conn *c);
 uint64_t fy_now_ms(fy_conn *c);
 
 #endif

@@ -3,6 +3,7 @@
 #include "log.h"
 
 #include <ares.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <sys/select.h>
 
@@ -26,13 +27,17 @@ struct fy_dns_req {
   void *data;
 };
 
-static int fy_dns_library_ready;
+/* c-ares is initialised once per process, whichever thread needs it first. */
+static pthread_once_t fy_dns_library_once = PTHREAD_ONCE_INIT;
+static int fy_dns_library_status = -1;
+
+static void fy_dns_library_start(void) {
+  fy_dns_library_status = ares_library_init(ARES_LIB_INIT_ALL) == ARES_SUCCESS ? 0 : -1;
+}
 
 static int fy_dns_library_init(void) {
-  if (fy_dns_library_ready) return 0;
-  if (ares_library_init(ARES_LIB_INIT_ALL) != ARES_SUCCESS) return -1;
-  fy_dns_library_ready = 1;
-  return 0;
+  pthread_once(&fy_dns_library_once, fy_dns_library_start);
+  return fy_dns_library_status;
 }
 
 static int fy_dns_channel(ares_channel *ch, struct ares_options *opts, int mask, const char *servers,
@@ -270,4 +275,43 @@ int fy_dns_resolve_sync(const char *servers, const char *host, int port, uint64_
     return -1;
   }
   return 0;
+}
+
+/* ---- one answer per name for all the generations of a reload ------------------ */
+
+struct fy_dns_memo_entry {
+  char *host;
+  int port, rc;
+  fy_dns_answer answer;
+  char err[256];
+};
+
+int fy_dns_resolve_memo(fy_dns_memo *m, const char *servers, const char *host, int port, uint64_t timeout_ms,
+                        fy_dns_answer *answer, char *err, size_t errlen) {
+  if (m == NULL) return fy_dns_resolve_sync(servers, host, port, timeout_ms, answer, err, errlen);
+  for (size_t i = 0; i < m->n; i++) {
+    struct fy_dns_memo_entry *e = &m->v[i];
+    if (e->port == port && strcmp(e->host, host) == 0) {
+      *answer = e->answer;
+      snprintf(err, errlen, "%s", e->err);
+      return e->rc;
+    }
+  }
+  m->v = fy_realloc(m->v, (m->n + 1) * sizeof *m->v);
+  struct fy_dns_memo_entry *e = &m->v[m->n++];
+  memset(e, 0, sizeof *e);
+  e->host = fy_strdup(host);
+  e->port = port;
+  e->rc = fy_dns_resolve_sync(servers, host, port, timeout_ms, &e->answer, e->err, sizeof e->err);
+  *answer = e->answer;
+  snprintf(err, errlen, "%s", e->err);
+  return e->rc;
+}
+
+void fy_dns_memo_free(fy_dns_memo *m) {
+  for (size_t i = 0; i < m->n; i++)
+    free(m->v[i].host);
+  free(m->v);
+  m->v = NULL;
+  m->n = 0;
 }

@@ -41,4 +41,18 @@ void fy_dns_close(fy_dns *d);
 int fy_dns_resolve_sync(const char *servers, const char *host, int port, uint64_t timeout_ms,
                         fy_dns_answer *answer, char *err, size_t errlen);
 
+/*
+ * The answers of one config load, so that building a generation for each
+ * worker asks the DNS once per name: the first build resolves, the others
+ * reuse its answer (or its error).
+ */
+typedef struct fy_dns_memo {
+  struct fy_dns_memo_entry *v;
+  size_t n;
+} fy_dns_memo;
+
+int fy_dns_resolve_memo(fy_dns_memo *m, const char *servers, const char *host, int port, uint64_t timeout_ms,
+                        fy_dns_answer *answer, char *err, size_t errlen);
+void fy_dns_memo_free(fy_dns_memo *m);
+
 #endif

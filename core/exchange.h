@@ -92,6 +92,7 @@ struct fy_exchange {
   size_t ntried;
   fy_server *server;   /* of the current attempt */
   uint64_t attempt_ns; /* when the current attempt's request went out */
+  uint64_t dial_ns;    /* when the current attempt's new connection started */
   uint64_t key;        /* balancing key from route() */
   bool has_key;
   fy_buf replay;        /* request body bytes sent so far, to send again */

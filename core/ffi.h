@@ -120,6 +120,24 @@ int fy_ffi_res_header_set(double id, int mode, const char *name, size_t nlen, co
 int fy_ffi_stream_info(double id, fy_ffi_stream *out);
 const char *fy_ffi_stream_vpce(double id);
 void fy_ffi_log(int level, const char *msg, size_t len);
+/*
+ * req:log_field(name, value): kind 0 a string (escaped by C), 1 a number
+ * already formatted by Lua (finite), 2 true, 3 false. 0, FY_FFI_EGONE, or
+ * FY_FFI_EINVAL when the request's fields would pass their size cap
+ * (access_log.c).
+ */
+int fy_ffi_req_log_field(double id, const char *name, size_t nlen, int kind, const char *val, size_t vlen);
+/*
+ * ferry.metrics (policy_metrics.c). labels and values are NUL-ended strings
+ * back to back. declare: the counter's id >= 0, or < 0 with the reason in
+ * msg; only while a policy loads (or outside any hook under ferry test).
+ * inc: 0, or < 0 from a phase that may not count. value and reset are for
+ * specs; reset is refused where ferry serves.
+ */
+int fy_ffi_metric_declare(const char *name, const char *help, const char *labels, char *msg, size_t msglen);
+int fy_ffi_metric_inc(int id, const char *values, size_t len, unsigned nvalues, double n);
+int fy_ffi_metric_value(const char *name, const char *values, size_t len, unsigned nvalues, double *out);
+int fy_ffi_metric_reset(void);
 /* FY_FFI_CDEF_END */
 #pragma GCC visibility pop
 

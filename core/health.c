@@ -47,15 +47,15 @@ static void fy_health_record(fy_server *s, bool ok, const char *why) {
   const fy_cfg_group *cfg = s->group->cfg;
   if (ok) {
     s->check_fails = 0;
-    if (s->down && ++s->check_passes >= cfg->check_rise) {
-      s->down = false;
+    if (atomic_load(&s->health->down) && ++s->check_passes >= cfg->check_rise) {
+      atomic_store(&s->health->down, false);
       fy_log_info("upstream %s: %s is up again (health check)", cfg->name, s->addr_text);
     }
     return;
   }
   s->check_passes = 0;
-  if (!s->down && ++s->check_fails >= cfg->check_fall) {
-    s->down = true;
+  if (!atomic_load(&s->health->down) && ++s->check_fails >= cfg->check_fall) {
+    atomic_store(&s->health->down, true);
     fy_log_warn("upstream %s: %s is down (health check: %s)", cfg->name, s->addr_text, why);
   }
 }

@@ -15,16 +15,19 @@ void fy_headers_reset(fy_headers *h) {
   h->n = 0;
 }
 
+_Static_assert(32 * sizeof(fy_hdr) == FY_SPARE_HEADERS_BYTES, "first header arrays are spare blocks");
+
 void fy_headers_free(fy_headers *h) {
   fy_buf_free(&h->buf);
-  free(h->v);
+  if (!fy_spare_put(h->v, h->cap * sizeof *h->v)) free(h->v);
   fy_headers_init(h);
 }
 
 void fy_headers_add(fy_headers *h, const char *name, size_t nlen, const char *val, size_t vlen) {
   if (h->n == h->cap) {
+    void *spare = h->cap == 0 ? fy_spare_get(FY_SPARE_HEADERS_BYTES) : NULL;
     h->cap = h->cap ? h->cap * 2 : 32;
-    h->v = fy_realloc(h->v, h->cap * sizeof *h->v);
+    h->v = spare ? spare : fy_realloc(h->v, h->cap * sizeof *h->v);
   }
   if (h->buf.data == NULL) fy_buf_reserve(&h->buf, 256); /* names and values always point into memory */
   fy_hdr *e = &h->v[h->n++];

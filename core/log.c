@@ -5,7 +5,7 @@
 #include <string.h>
 #include <time.h>
 
-int fy_log_level_current = FY_LOG_INFO;
+_Atomic int fy_log_level_current = FY_LOG_INFO;
 
 static const char *const fy_log_names[] = {"debug", "info", "warn", "error"};
 

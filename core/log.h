@@ -7,7 +7,8 @@
 
 enum fy_log_level { FY_LOG_DEBUG, FY_LOG_INFO, FY_LOG_WARN, FY_LOG_ERROR };
 
-extern int fy_log_level_current;
+/* Set by a reload on the control thread, read by every worker: atomic. */
+extern _Atomic int fy_log_level_current;
 
 int fy_log_level_parse(const char *name);
 void fy_log(int level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));

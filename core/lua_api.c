@@ -14,14 +14,16 @@
 #include "worker.h"
 #include "log.h"
 
+#include <lauxlib.h>
+#include <lua.h>
+
 #include <stdio.h>
 
 _Static_assert(sizeof(((fy_ffi_proxy *)0)->source) == INET6_ADDRSTRLEN,
                "fy_ffi_proxy.source: INET6_ADDRSTRLEN");
 
 static fy_req *fy_ffi_req(double id) {
-  fy_worker *w = fy_worker_current;
-  fy_req *r = w ? w->hook_req : NULL;
+  fy_req *r = fy_hook_current.req;
   return r && (double)r->id == id ? r : NULL;
 }
 
@@ -62,8 +64,8 @@ int fy_ffi_req_tls(double id, fy_ffi_tls *out) {
   fy_req *r = fy_ffi_req(id);
   if (r == NULL) return FY_FFI_EGONE;
   fy_tls_info info;
-  if (fy_worker_current->hook_tls)
-    info = *fy_worker_current->hook_tls;
+  if (fy_hook_current.tls)
+    info = *fy_hook_current.tls;
   else if (!fy_tls_get_info(r->tls, &info))
     return 0;
   out->sni = info.sni;
@@ -116,7 +118,7 @@ int fy_ffi_req_header_set(double id, int mode, const char *name, size_t nlen, co
   fy_req *r = fy_ffi_req(id);
   if (r == NULL) return FY_FFI_EGONE;
   /* By the response hook the request has gone upstream: an edit would change nothing (as in OpenResty). */
-  int hook = fy_worker_current->hook;
+  int hook = fy_hook_current.hook;
   if (hook == FY_HOOK_RESPONSE || hook == FY_HOOK_LOG) return FY_FFI_EPHASE;
   if (!fy_http_name_ok(name, nlen) || (mode != FY_FFI_HDR_REMOVE && !fy_http_value_ok(val, vlen)))
     return FY_FFI_EINVAL;
@@ -140,7 +142,7 @@ int fy_ffi_req_respond_header(double id, const char *name, size_t nlen, const ch
 int fy_ffi_req_respond(double id, int status, const char *body, size_t blen) {
   fy_req *r = fy_ffi_req(id);
   if (r == NULL) return FY_FFI_EGONE;
-  if (fy_worker_current->hook != FY_HOOK_ROUTE) return FY_FFI_EROUTE;
+  if (fy_hook_current.hook != FY_HOOK_ROUTE) return FY_FFI_EROUTE;
   if (r->respond_status) return FY_FFI_EPHASE;
   if (status < 200 || status > 599) return FY_FFI_EINVAL;
   r->respond_status = status;
@@ -154,7 +156,7 @@ int fy_ffi_req_respond(double id, int status, const char *body, size_t blen) {
 static fy_headers *fy_ffi_res_headers(fy_req *r) { return &r->rheaders; }
 
 static bool fy_ffi_res_phase(bool edit) {
-  int hook = fy_worker_current->hook;
+  int hook = fy_hook_current.hook;
   return hook == FY_HOOK_RESPONSE || (!edit && hook == FY_HOOK_LOG);
 }
 
@@ -198,9 +200,9 @@ int fy_ffi_res_header_set(double id, int mode, const char *name, size_t nlen, co
 
 void fy_ffi_log(int level, const char *msg, size_t len) {
   if (level < FY_LOG_DEBUG || level > FY_LOG_ERROR) level = FY_LOG_INFO;
-  fy_worker *w = fy_worker_current;
-  if (w && w->hook_req)
-    fy_log(level, "request %llu: %.*s", (unsigned long long)w->hook_req->id, (int)len, msg);
+  const fy_req *r = fy_hook_current.req;
+  if (r)
+    fy_log(level, "request %llu: %.*s", (unsigned long long)r->id, (int)len, msg);
   else
     fy_log(level, "%.*s", (int)len, msg);
 }
@@ -212,7 +214,7 @@ int fy_ffi_group_server(double id, int group, int index, fy_ffi_server *out) {
   fy_group *g = &r->gen->groups[group];
   if (index < 0 || (size_t)index >= g->nservers) return 0;
   fy_server *s = g->servers[index];
-  uint64_t now = uv_now(fy_worker_current->loop);
+  uint64_t now = uv_now(r->gen->w->loop); /* the worker the request's generation serves on */
   *out = (fy_ffi_server){s->name,
                          strlen(s->name),
                          s->addr_text,
@@ -220,7 +222,7 @@ int fy_ffi_group_server(double id, int group, int index, fy_ffi_server *out) {
                          (int)s->weight,
                          (int)s->active,
                          fy_server_in_service(s, now),
-                         (int)s->fails,
+                         (int)atomic_load_explicit(&s->health->fails, memory_order_relaxed),
                          s->ewma_ms};
   return 1;
 }
@@ -279,4 +281,139 @@ static const fy_ffi_layout fy_ffi_layouts[] = {
 const fy_ffi_layout *fy_ffi_abi_layout(int *n) {
   *n = (int)(sizeof fy_ffi_layouts / sizeof fy_ffi_layouts[0]);
   return fy_ffi_layouts;
+}
+
+/* ---- the same, as Lua C functions --------------------------------------- */
+
+/*
+ * Policy code runs interpreted (see docs/design.md), and there an FFI call
+ * is slow: the clib lookup, argument conversion and the cdata boxes that
+ * reading out-parameters makes cost about 5,000 instructions a field, where
+ * a Lua C function costs a few hundred. ferry.core uses these for the
+ * accessors every request reaches; each returns the fy_ffi_* code first.
+ */
+static int fy_lua_native_str(lua_State *L) {
+  const char *s = NULL;
+  size_t len = 0;
+  int rc = fy_ffi_req_str(lua_tonumber(L, 1), (int)lua_tointeger(L, 2), &s, &len);
+  lua_pushinteger(L, rc);
+  if (rc == 1)
+    lua_pushlstring(L, s, len);
+  else
+    lua_pushnil(L);
+  return 2;
+}
+
+/* (id, name, nth) -> code, value: one value of a request or response header. */
+static int fy_lua_native_header_get(lua_State *L,
+                                    int (*get)(double, const char *, size_t, int, const char **, size_t *)) {
+  size_t nlen = 0, len = 0;
+  const char *name = lua_tolstring(L, 2, &nlen), *v = NULL;
+  int rc = name ? get(lua_tonumber(L, 1), name, nlen, (int)lua_tointeger(L, 3), &v, &len) : FY_FFI_EINVAL;
+  lua_pushinteger(L, rc);
+  if (rc == 1)
+    lua_pushlstring(L, v, len);
+  else
+    lua_pushnil(L);
+  return 2;
+}
+
+/* (id, mode, name, value) -> code: set, add or remove a request or response header. */
+static int fy_lua_native_header_set(lua_State *L,
+                                    int (*set)(double, int, const char *, size_t, const char *, size_t)) {
+  size_t nlen = 0, vlen = 0;
+  const char *name = lua_tolstring(L, 3, &nlen), *v = lua_tolstring(L, 4, &vlen);
+  int rc = name && v ? set(lua_tonumber(L, 1), (int)lua_tointeger(L, 2), name, nlen, v, vlen) : FY_FFI_EINVAL;
+  lua_pushinteger(L, rc);
+  return 1;
+}
+
+static int fy_lua_native_req_header_get(lua_State *L) {
+  return fy_lua_native_header_get(L, fy_ffi_req_header_get);
+}
+static int fy_lua_native_req_header_set(lua_State *L) {
+  return fy_lua_native_header_set(L, fy_ffi_req_header_set);
+}
+static int fy_lua_native_res_header_get(lua_State *L) {
+  return fy_lua_native_header_get(L, fy_ffi_res_header_get);
+}
+static int fy_lua_native_res_header_set(lua_State *L) {
+  return fy_lua_native_header_set(L, fy_ffi_res_header_set);
+}
+
+static void fy_lua_native_field(lua_State *L, const char *k, const char *v) {
+  if (v == NULL || v[0] == '\0') return; /* absent fields are nil */
+  lua_pushstring(L, v);
+  lua_setfield(L, -2, k);
+}
+
+static void fy_lua_native_int(lua_State *L, const char *k, int v) {
+  if (v == 0) return;
+  lua_pushinteger(L, v);
+  lua_setfield(L, -2, k);
+}
+
+/* (id) -> code, table: req.proxy, made here in one go. */
+static int fy_lua_native_proxy(lua_State *L) {
+  fy_ffi_proxy p;
+  int rc = fy_ffi_req_proxy(lua_tonumber(L, 1), &p);
+  lua_pushinteger(L, rc);
+  if (rc != 1) return 1;
+  lua_createtable(L, 0, 9);
+  lua_pushinteger(L, p.version);
+  lua_setfield(L, -2, "version");
+  lua_pushboolean(L, p.local == 1);
+  lua_setfield(L, -2, "local");
+  fy_lua_native_field(L, "source", p.source);
+  fy_lua_native_int(L, "source_port", p.source_port);
+  fy_lua_native_field(L, "destination", p.destination);
+  fy_lua_native_int(L, "destination_port", p.destination_port);
+  fy_lua_native_field(L, "vpce_id", p.vpce_id);
+  fy_lua_native_field(L, "authority", p.authority);
+  fy_lua_native_field(L, "alpn", p.alpn);
+  return 2;
+}
+
+/* (id) -> code, table: req.tls. */
+static int fy_lua_native_tls(lua_State *L) {
+  fy_ffi_tls t;
+  int rc = fy_ffi_req_tls(lua_tonumber(L, 1), &t);
+  lua_pushinteger(L, rc);
+  if (rc != 1) return 1;
+  lua_createtable(L, 0, 7);
+  const char *names[] = {"sni", "version", "cipher", "alpn", "client_subject"};
+  const char *vals[] = {t.sni, t.version, t.cipher, t.alpn, t.client_subject};
+  for (int i = 0; i < 5; i++) {
+    if (vals[i] == NULL) continue;
+    lua_pushstring(L, vals[i]);
+    lua_setfield(L, -2, names[i]);
+  }
+  lua_pushboolean(L, t.client_verified == 1);
+  lua_setfield(L, -2, "client_verified");
+  lua_pushboolean(L, t.resumed == 1);
+  lua_setfield(L, -2, "resumed");
+  return 2;
+}
+
+static int fy_lua_native_ctx(lua_State *L) {
+  lua_pushinteger(L, fy_ffi_req_ctx(lua_tonumber(L, 1)));
+  return 1;
+}
+
+void fy_lua_api_open(lua_State *L) {
+  static const luaL_Reg fns[] = {{"str", fy_lua_native_str},
+                                 {"req_header_get", fy_lua_native_req_header_get},
+                                 {"req_header_set", fy_lua_native_req_header_set},
+                                 {"res_header_get", fy_lua_native_res_header_get},
+                                 {"res_header_set", fy_lua_native_res_header_set},
+                                 {"proxy", fy_lua_native_proxy},
+                                 {"tls", fy_lua_native_tls},
+                                 {"ctx", fy_lua_native_ctx},
+                                 {NULL, NULL}};
+  lua_getglobal(L, "package");
+  lua_getfield(L, -1, "loaded");
+  lua_newtable(L);
+  luaL_register(L, NULL, fns);
+  lua_setfield(L, -2, "ferry.native");
+  lua_pop(L, 2);
 }

@@ -14,6 +14,7 @@
 #include "buf.h"
 #include "config.h"
 #include "ffi.h"
+#include "policy_metrics.h"
 
 #include <stdbool.h>
 
@@ -37,6 +38,26 @@ const char *fy_hook_outcome_name(enum fy_hook_outcome out);
  * call that never returns to Lua (a pathological string.find pattern) is
  * the one thing these cannot stop.
  */
+struct fy_req;
+struct fy_stream;
+
+/*
+ * The hook call running on this thread, for the fy_ffi_* functions Lua
+ * calls back into. Only the Lua door sets it (a hook call in lua_host.c, a
+ * route_stream call in stream.c, `ferry test`'s testbed), for the length
+ * of one call, and puts back what was there: everything below the worker
+ * takes its context from its handle or request instead.
+ */
+typedef struct fy_hook_call {
+  struct fy_req *req;       /* the request whose hook runs */
+  struct fy_stream *stream; /* the stream whose route_stream runs */
+  int hook;
+  /* `ferry test` only: the TLS session its request stands for (a test request has no socket). */
+  const struct fy_tls_info *tls;
+  struct fy_lua *lua; /* the state the hook runs in (NULL under `ferry test`) */
+} fy_hook_call;
+extern __thread fy_hook_call fy_hook_current;
+
 typedef struct fy_lua {
   struct lua_State *L;
   int route_ref, select_ref, retry_ref, response_ref, log_ref, release_ref, stream_ref; /* ferry.core.* */
@@ -47,8 +68,21 @@ typedef struct fy_lua {
   uint64_t budget_ms;               /* of the call running now */
   uint64_t hook_budget_ms;          /* limits.hook_timeout */
   bool timed_out, oom;              /* what the call running now ran into */
+  bool hook_armed;                  /* the count hook is set at FY_LUA_HOOK_EVERY */
   uint64_t errors, timeouts, nomem; /* counters, for metrics */
+  /*
+   * Policy counters (policy_metrics.h): what its policies declared while
+   * loading, on whichever thread built the generation, and once bound on
+   * its worker's loop, each one's id in that worker's registry.
+   */
+  fy_policy_metrics declared;
+  int *counters; /* registry ids, in the order of declared (-1: the registry was full) */
+  size_t ncounters;
+  struct fy_worker *w; /* the worker whose generation this state is (fy_gen_build sets it) */
 } fy_lua;
+
+/* The state whose policies are loading on this thread (NULL outside fy_lua_init). */
+extern __thread fy_lua *fy_lua_loading;
 
 /* Creates the state, loads every policy of cfg. Errors as "file:line: message". */
 int fy_lua_init(fy_lua *lua, const fy_config *cfg, fy_buf *errors);
@@ -90,5 +124,7 @@ enum fy_hook_outcome fy_lua_retry(fy_lua *lua, int policy, struct fy_req *req, u
 
 /* Loads the embedded modules and makes them requirable in L. */
 void fy_lua_openlibs(struct lua_State *L);
+/* package.loaded["ferry.native"]: Lua C versions of the hot fy_ffi_* accessors (lua_api.c). */
+void fy_lua_api_open(struct lua_State *L);
 
 #endif

@@ -1,6 +1,8 @@
 /* The ferry command: run, check, reload, test, version. */
+#include "access_log.h"
 #include "config.h"
 #include "log.h"
+#include "runtime.h"
 #include "test_cmd.h"
 #include "worker.h"
 
@@ -101,77 +103,65 @@ static int fy_cmd_check(const char *path) {
   return 0;
 }
 
-static uv_signal_t fy_sigterm, fy_sigint, fy_sighup;
+static uv_signal_t fy_sigterm, fy_sigint, fy_sighup, fy_sigusr1;
 
-static void fy_on_stopped(fy_worker *w) {
-  fy_worker_close(w);
+static void fy_on_stopped(fy_runtime *rt) {
+  (void)rt;
   uv_close((uv_handle_t *)&fy_sigterm, NULL);
   uv_close((uv_handle_t *)&fy_sigint, NULL);
   uv_close((uv_handle_t *)&fy_sighup, NULL);
+  uv_close((uv_handle_t *)&fy_sigusr1, NULL);
   fy_log_info("stopped");
-  (void)w;
+}
+
+static void fy_on_reloaded(fy_runtime *rt, int status, unsigned number, const fy_buf *errors, void *data) {
+  (void)rt;
+  (void)data;
+  if (status != FY_OK)
+    fy_log_error("reload refused, generation %u keeps serving:\n%.*s", number, (int)errors->len,
+                 errors->data);
 }
 
 static void fy_on_signal(uv_signal_t *s, int signum) {
-  fy_worker *w = s->data;
+  fy_runtime *rt = s->data;
+  if (signum == SIGUSR1) {
+    fy_log_info("SIGUSR1: reopening the access log");
+    fy_access_log_reopen();
+    return;
+  }
   if (signum == SIGHUP) {
-    fy_buf errors;
-    fy_buf_init(&errors);
-    unsigned number = 0;
-    fy_log_info("SIGHUP: reloading %s", w->config_path);
-    if (fy_worker_reload(w, w->config_path, &errors, &number) != FY_OK)
-      fy_log_error("reload refused, generation %u keeps serving:\n%.*s", w->gen->number, (int)errors.len,
-                   errors.data);
-    fy_buf_free(&errors);
+    fy_log_info("SIGHUP: reloading %s", fy_runtime_config_path(rt));
+    fy_runtime_reload(rt, NULL, fy_on_reloaded, NULL);
     return;
   }
   fy_log_info("%s: draining (in-flight requests finish, new connections are refused)",
               signum == SIGTERM ? "SIGTERM" : "SIGINT");
-  fy_worker_stop(w, fy_on_stopped);
+  fy_runtime_stop(rt, fy_on_stopped);
 }
 
 static int fy_cmd_run(const char *path) {
   uv_loop_t *loop = uv_default_loop();
-  fy_worker w;
-  fy_worker_init(&w, loop, NULL);
-  fy_gen *gen = fy_load(&w, path);
-  if (gen == NULL) {
-    fprintf(stderr, "ferry: %s: not starting\n", path);
-    return 1;
-  }
-  fy_log_level_current = gen->cfg->log_level;
-  w.gen = gen;
-  if (gen->cfg->warnings.len) fy_log_warn("%.*s", (int)gen->cfg->warnings.len - 1, gen->cfg->warnings.data);
-  char real[PATH_MAX];
-  w.config_path = fy_strdup(realpath(path, real) ? real : path);
+  signal(SIGPIPE, SIG_IGN);
   fy_buf errors;
   fy_buf_init(&errors);
-  if (fy_worker_listen(&w, &errors) != 0) {
+  fy_runtime *rt = NULL;
+  if (fy_runtime_start(&rt, loop, path, &errors) != FY_OK) {
     fwrite(errors.data, 1, errors.len, stderr);
     fprintf(stderr, "ferry: %s: not starting\n", path);
     fy_buf_free(&errors);
-    for (size_t i = 0; i < w.nlisteners; i++)
-      uv_close((uv_handle_t *)&w.listeners[i].tcp, NULL);
-    fy_gen_unref(w.gen);
-    fy_worker_close(&w);
-    uv_run(loop, UV_RUN_NOWAIT);
-    free(w.listeners);
     return 1;
   }
   fy_buf_free(&errors);
-  signal(SIGPIPE, SIG_IGN);
-  uv_signal_t *sigs[] = {&fy_sigterm, &fy_sigint, &fy_sighup};
-  int nums[] = {SIGTERM, SIGINT, SIGHUP};
-  for (int i = 0; i < 3; i++) {
+  uv_signal_t *sigs[] = {&fy_sigterm, &fy_sigint, &fy_sighup, &fy_sigusr1};
+  int nums[] = {SIGTERM, SIGINT, SIGHUP, SIGUSR1};
+  for (int i = 0; i < 4; i++) {
     uv_signal_init(loop, sigs[i]);
-    sigs[i]->data = &w;
+    sigs[i]->data = rt;
     uv_signal_start(sigs[i], fy_on_signal, nums[i]);
   }
   fy_log_info("ferry %s running with %s (pid %d)", FERRY_VERSION, path, (int)uv_os_getpid());
   uv_run(loop, UV_RUN_DEFAULT);
-  fy_gen_unref(w.gen);
-  uv_run(loop, UV_RUN_NOWAIT); /* close callbacks of pooled upstream connections */
-  free(w.listeners);
+  fy_runtime_free(rt);
   return 0;
 }
 

@@ -28,3 +28,12 @@ void fy_pool_put(void *block) {
   fy_pool_head = b;
   fy_pool_count++;
 }
+
+void fy_pool_drain(void) {
+  while (fy_pool_head) {
+    fy_pool_free *b = fy_pool_head;
+    fy_pool_head = b->next;
+    free(b);
+  }
+  fy_pool_count = 0;
+}

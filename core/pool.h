@@ -25,5 +25,7 @@
 
 void *fy_pool_get(void);
 void fy_pool_put(void *block);
+/* Frees this thread's free blocks: a worker thread that ends calls it last. */
+void fy_pool_drain(void);
 
 #endif

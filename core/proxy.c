@@ -23,6 +23,25 @@ static inline const fy_cfg_group *fy_proxy_group(fy_exchange *x) {
 
 /* ---- failure ------------------------------------------------------------ */
 
+/* Each failed attempt's kind, for the access log (the first eight). */
+static void fy_proxy_note_failure(fy_exchange *x, enum fy_failure f) {
+  if (x->req->nfailures < FY_ARRAY_SIZE(x->req->failures)) x->req->failures[x->req->nfailures] = (uint8_t)f;
+  x->req->nfailures++;
+}
+
+/* A response head from the current attempt's server: its latency and its class. */
+static void fy_proxy_observe_head(fy_exchange *x, int status) {
+  char labels[FY_LABELS_MAX];
+  const fy_server *s = x->server;
+  x->req->header_ns = uv_hrtime() - x->attempt_ns;
+  fy_metrics_observe(&x->w->metrics, FY_M_HEADER_DURATION,
+                     fy_labels(labels, sizeof labels, "group", s->group->cfg->name, NULL), x->req->header_ns);
+  fy_metrics_add(&x->w->metrics, FY_M_SERVER_RESPONSES,
+                 fy_labels(labels, sizeof labels, "group", s->group->cfg->name, "server", s->addr_text,
+                           "class", fy_metrics_class(status), NULL),
+                 1);
+}
+
 static void fy_proxy_detach(fy_exchange *x, bool reusable) {
   fy_uconn *uc = x->up;
   if (uc == NULL) return;
@@ -81,6 +100,7 @@ static void fy_proxy_fail(fy_exchange *x, int err) {
   fy_uconn *uc = x->up;
   enum fy_failure f = fy_proxy_classify(uc, err);
   x->w->stats.failures[f]++;
+  fy_proxy_note_failure(x, f);
   /* A reused keep-alive connection the server had closed: not the server's fault. */
   bool stale = uc && uc->requests > 1 && f == FY_FAIL_RESET;
   const char *server = x->server ? x->server->addr_text : "-";
@@ -100,6 +120,7 @@ static void fy_proxy_fail(fy_exchange *x, int err) {
       return;
     }
     int status = f == FY_FAIL_TIMEOUT || f == FY_FAIL_CONNECT_TIMEOUT ? 504 : 502;
+    x->req->termination = "upstream_failed";
     fy_log_warn("request %llu: upstream %s: %s (%s) -> %d after %u attempt%s", (unsigned long long)x->req->id,
                 server, fy_strerror(err), fy_failure_name(f), status, x->attempt, x->attempt > 1 ? "s" : "");
     fy_exchange_enter(x, FY_RS_NONE);
@@ -110,6 +131,7 @@ static void fy_proxy_fail(fy_exchange *x, int err) {
               (unsigned long long)x->req->id, server, fy_strerror(err));
   if (x->server) fy_server_failed(x->server, fy_exchange_now_ms(x));
   x->req->status = x->req->status ? x->req->status : 502;
+  x->req->termination = "upstream_cut";
   x->client->cut(x); /* a FIN would end a close-delimited body as if it were complete */
 }
 
@@ -225,6 +247,7 @@ static int fy_on_resp_headers_complete(llhttp_t *p) {
    */
   if (status < 100 || status == 101) return -1; /* not HTTP; ferry never asks for an upgrade */
   if (status < 200) return 1;                   /* interim responses are dropped */
+  fy_proxy_observe_head(x, status);
   uint64_t now = fy_exchange_now_ms(x);
   if (status >= 500)
     fy_server_failed(x->server, now);
@@ -234,6 +257,7 @@ static int fy_on_resp_headers_complete(llhttp_t *p) {
       fy_retry_decide(x, FY_FAIL_STATUS, status, false)) {
     x->retry_status = status; /* handled once llhttp returns: this answer is dropped */
     x->w->stats.failures[FY_FAIL_STATUS]++;
+    fy_proxy_note_failure(x, FY_FAIL_STATUS);
     return HPE_PAUSED;
   }
   x->req->ustatus = status;
@@ -284,6 +308,7 @@ static void fy_proxy_upstream_pump(fy_exchange *x) {
       x->response_failed = false;
       fy_proxy_abort(x);
       fy_exchange_enter(x, FY_RS_NONE);
+      x->req->termination = "policy_error";
       fy_exchange_respond_simple(x, 500, "policy error\n");
       return;
     }
@@ -468,6 +493,11 @@ static void fy_proxy_on_ready(fy_uconn *uc, int status) {
     fy_proxy_fail(x, status);
     return;
   }
+  x->req->connect_ns = uv_hrtime() - x->dial_ns;
+  char labels[FY_LABELS_MAX];
+  fy_metrics_observe(&x->w->metrics, FY_M_CONNECT_DURATION,
+                     fy_labels(labels, sizeof labels, "group", uc->server->group->cfg->name, NULL),
+                     x->req->connect_ns);
   fy_proxy_upstream_ready(x);
   x->client->pump(x);
 }
@@ -511,12 +541,18 @@ static void fy_proxy_connect(fy_exchange *x) {
   fy_server *s = fy_proxy_pick(x);
   if (s == NULL) {
     fy_exchange_enter(x, FY_RS_NONE);
+    x->req->termination = "policy_error";
     fy_exchange_respond_simple(x, 500, "policy error\n");
     return;
   }
   x->server = s;
   x->req->server = s->addr_text;
   x->w->stats.attempts++;
+  char labels[FY_LABELS_MAX];
+  fy_metrics_add(&x->w->metrics, FY_M_SERVER_ATTEMPTS,
+                 fy_labels(labels, sizeof labels, "group", s->group->cfg->name, "server", s->addr_text, NULL),
+                 1);
+  x->dial_ns = uv_hrtime();
   if (x->ntried < FY_ARRAY_SIZE(x->tried)) x->tried[x->ntried++] = s;
   fy_exchange_enter(x, FY_RS_WAIT);
   fy_uconn *uc;
@@ -562,11 +598,13 @@ void fy_proxy_start(fy_exchange *x) {
     fy_log_error("request %llu: route: %s: %.*s", (unsigned long long)r->id, fy_hook_outcome_name(out),
                  (int)err.len, err.data);
     fy_buf_free(&err);
+    r->termination = "policy_error";
     fy_exchange_respond_simple(x, 500, "policy error\n");
     return;
   }
   fy_buf_free(&err);
-  if (group < 0 || r->respond_status) { /* req:respond() wins over a group returned after it */
+  if (group < 0 || r->respond_status) {
+    r->termination = "answered"; /* req:respond() wins over a group returned after it */
     x->client->respond(x, r->respond_status, r->respond_headers.data, r->respond_headers.len,
                        r->respond_body.data, r->respond_body.len);
     return;

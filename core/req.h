@@ -45,6 +45,16 @@ typedef struct fy_req {
   uint64_t bytes_out;
   int group;
   const char *server;
+  /* For the latency histograms and the access log (uv_hrtime ns; 0: did not happen). */
+  uint64_t started_ns;
+  uint64_t connect_ns; /* opening the last new upstream connection (0: a pooled one) */
+  uint64_t header_ns;  /* the last attempt's request sent to its response head */
+  uint64_t policy_ns;  /* in hooks, all of them */
+  uint8_t failures[8]; /* enum fy_failure of each failed attempt, in order */
+  unsigned nfailures;
+  uint64_t bytes_in;       /* request body bytes received */
+  const char *termination; /* why the exchange ended (access log); NULL: "ok" */
+  fy_buf log_fields;       /* the policy's fields for the access line (access_log.c) */
   /* A response made by req:respond(). */
   int respond_status;
   fy_buf respond_headers;

@@ -251,10 +251,10 @@ static void fy_stream_route(fy_stream *s) {
   fy_buf_init(&err);
   int group = -1;
   int policy = s->gen->cfg->listeners[s->listener->index].policy;
-  fy_worker *w = s->w;
-  w->hook_stream = s;
+  fy_hook_call outer = fy_hook_current;
+  fy_hook_current = (fy_hook_call){.stream = s};
   enum fy_hook_outcome out = fy_lua_route_stream(&s->gen->lua, policy, s->id, &group, &err);
-  w->hook_stream = NULL;
+  fy_hook_current = outer;
   if (out != FY_HOOK_OK) {
     fy_log_error("stream %llu: route_stream: %s: %.*s", (unsigned long long)s->id, fy_hook_outcome_name(out),
                  (int)err.len, err.data);
@@ -404,8 +404,7 @@ void fy_stream_accept(fy_listener *l) {
 
 /* fy_ffi_stream and these functions are declared in ffi.h. */
 int fy_ffi_stream_info(double id, fy_ffi_stream *out) {
-  fy_worker *w = fy_worker_current;
-  fy_stream *s = w ? w->hook_stream : NULL;
+  fy_stream *s = fy_hook_current.stream;
   if (s == NULL || (double)s->id != id) return FY_FFI_EGONE;
   out->sni = s->sni.sni;
   out->alpn = s->sni.alpn_count ? s->sni.alpn[0] : "";
@@ -418,7 +417,6 @@ int fy_ffi_stream_info(double id, fy_ffi_stream *out) {
 }
 
 const char *fy_ffi_stream_vpce(double id) {
-  fy_worker *w = fy_worker_current;
-  fy_stream *s = w ? w->hook_stream : NULL;
+  fy_stream *s = fy_hook_current.stream;
   return s && (double)s->id == id && s->pp ? s->pp->vpce_id : "";
 }

@@ -14,12 +14,15 @@
  * spec describes is written as a client sends it and read by req.c's
  * fy_req_reader (llhttp and every check of a request head, with the
  * config's default limits) into a fy_req held in a userdata, and makes
- * one of them the worker's hook_req, so ferry.core's request handle and the fy_ffi_* functions work on it
- * exactly as during a real hook. A PROXY protocol header a spec describes is written as a load balancer sends
- * it and read by ferry's parser into its pp, as conn.c does; a TLS session it describes becomes the worker's
- * hook_tls, which fy_ffi_req_tls reads instead of a socket's session (the server name kept as tls.c keeps
- * it). The worker is a zeroed fy_worker that only serves as that context: no loop runs in `ferry test`. The
- * hooks are entered in their own phase (route, select, retry, response, log). For the response and log hooks,
+ * one of them the current hook call's request (fy_hook_current), so
+ * ferry.core's request handle and the fy_ffi_* functions work on it
+ * exactly as during a real hook: no loop runs in `ferry test`. A PROXY
+ * protocol header a spec describes is written as a load balancer sends it
+ * and read by ferry's parser into its pp, as conn.c does; a TLS session it
+ * describes becomes the hook call's tls, which fy_ffi_req_tls reads
+ * instead of a socket's session (the server name kept as tls.c keeps it).
+ * The hooks are entered in their own phase (route, select, retry,
+ * response, log). For the response and log hooks,
  * an upstream response is put where proxy.c keeps it (req.rheaders,
  * req.ustatus) and the request entered in that hook's phase, so ferry.core's
  * res handle and the fy_ffi_res_* functions work on it too.
@@ -59,7 +62,6 @@ static const char *const fy_test_lpath[] = {"/usr/local/share/lua/5.1/?.lua",
 static const char *const fy_test_cpath[] = {
     "/usr/local/lib/lua/5.1/?.so", "/usr/lib/" FY_TEST_TRIPLET "/lua/5.1/?.so", "/usr/lib/lua/5.1/?.so"};
 
-static fy_worker fy_testbed_worker; /* the hook context; nothing else of it is used */
 static fy_limits fy_testbed_limits; /* the config's defaults (ferry.config's schema) */
 
 typedef struct fy_testbed_req {
@@ -383,11 +385,12 @@ static fy_testbed_req *fy_tb_check(lua_State *L, int i) { return luaL_checkudata
 static int fy_tb_gc(lua_State *L) {
   fy_testbed_req *t = fy_tb_check(L, 1);
   fy_req *r = &t->req;
-  if (fy_testbed_worker.hook_req == r) fy_testbed_worker.hook_req = NULL, fy_testbed_worker.hook_tls = NULL;
+  if (fy_hook_current.req == r) fy_hook_current = (fy_hook_call){0};
   fy_buf_free(&r->url);
   fy_headers_free(&r->headers);
   fy_buf_free(&r->respond_headers);
   fy_buf_free(&r->respond_body);
+  fy_buf_free(&r->log_fields);
   fy_headers_free(&r->rheaders);
   fy_buf_free(&t->wire);
   fy_buf_free(&t->head);
@@ -412,17 +415,13 @@ static int fy_tb_enter(lua_State *L) {
   static const char *const hooks[] = {"route", "select", "retry", "response", "log", NULL};
   static const int hook_ids[] = {FY_HOOK_ROUTE, FY_HOOK_SELECT, FY_HOOK_RETRY, FY_HOOK_RESPONSE, FY_HOOK_LOG};
   int hook = hook_ids[luaL_checkoption(L, 2, "route", hooks)];
-  fy_worker_current = &fy_testbed_worker;
-  fy_testbed_worker.hook_req = &t->req;
-  fy_testbed_worker.hook_tls = t->has_tls ? &t->tls : NULL;
-  fy_testbed_worker.hook = hook;
+  fy_hook_current = (fy_hook_call){.req = &t->req, .hook = hook, .tls = t->has_tls ? &t->tls : NULL};
   return 0;
 }
 
 /* testbed.leave(): no request is current; handles raise "request is gone". */
 static int fy_tb_leave(lua_State *L) {
-  fy_testbed_worker.hook_req = NULL;
-  fy_testbed_worker.hook_tls = NULL;
+  fy_hook_current = (fy_hook_call){0};
   return 0;
 }
 
@@ -627,7 +626,9 @@ int fy_cmd_test(int argc, char **argv) {
   }
   lua_setglobal(L, "arg");
 
-  fy_worker_current = &fy_testbed_worker;
+  /* Counters specs' policies declare count here: there is no generation in `ferry test`. */
+  fy_policy_metrics counters = {0};
+  fy_policy_metrics_direct = &counters;
   static const char runner[] = "require 'busted.runner'({ standalone = false })\n";
   lua_pushcfunction(L, fy_test_traceback);
   int status = 0;
@@ -638,6 +639,8 @@ int fy_cmd_test(int argc, char **argv) {
   }
   fflush(stdout);
   lua_close(L);
-  fy_worker_current = NULL;
+  fy_hook_current = (fy_hook_call){0};
+  fy_policy_metrics_direct = NULL;
+  fy_policy_metrics_free(&counters);
   return status;
 }

@@ -5,7 +5,7 @@
  * behind it) rather than a stand-in.
  *
  * Besides busted, the state gets one extra module, `ferry.testbed`, which
- * ferry.testing uses to build real requests (a fy_req inside a fy_conn, parsed
+ * ferry.testing uses to build real requests (a fy_req, parsed
  * and validated by the same code as requests from the wire) and to make one
  * of them the request whose hook is running.
  */

@@ -5,6 +5,8 @@
 #include "worker.h"
 
 #include <ctype.h>
+#include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 
 #include <mbedtls/ctr_drbg.h>
@@ -36,7 +38,42 @@ static struct {
   mbedtls_ssl_cache_context cache;
 } fy_tls_global;
 
+/*
+ * Each thread draws from its own generator, seeded from the shared entropy
+ * pool, so handshakes on different workers never wait on one mutex (the
+ * process-wide drbg above only feeds the ticket keys, which mbedTLS locks).
+ */
+static __thread struct {
+  bool ready;
+  mbedtls_ctr_drbg_context drbg;
+} fy_tls_thread_rng;
+
+static int fy_tls_rng(void *unused, unsigned char *out, size_t len) {
+  (void)unused;
+  if (!fy_tls_thread_rng.ready) {
+    static const char pers[] = "ferry-thread";
+    mbedtls_ctr_drbg_init(&fy_tls_thread_rng.drbg);
+    int rc = mbedtls_ctr_drbg_seed(&fy_tls_thread_rng.drbg, mbedtls_entropy_func, &fy_tls_global.entropy,
+                                   (const unsigned char *)pers, sizeof pers - 1);
+    if (rc != 0) return rc;
+    fy_tls_thread_rng.ready = true;
+  }
+  return mbedtls_ctr_drbg_random(&fy_tls_thread_rng.drbg, out, len);
+}
+
+static pthread_mutex_t fy_tls_global_lock = PTHREAD_MUTEX_INITIALIZER;
+
+static int fy_tls_global_init_locked(char *err, size_t errlen);
+
+/* Contexts are built on the loader thread; the process-wide state is made once. */
 static int fy_tls_global_init(char *err, size_t errlen) {
+  pthread_mutex_lock(&fy_tls_global_lock);
+  int rc = fy_tls_global_init_locked(err, errlen);
+  pthread_mutex_unlock(&fy_tls_global_lock);
+  return rc;
+}
+
+static int fy_tls_global_init_locked(char *err, size_t errlen) {
   if (fy_tls_global.ready) return 0;
   mbedtls_entropy_init(&fy_tls_global.entropy);
   mbedtls_ctr_drbg_init(&fy_tls_global.drbg);
@@ -117,7 +154,7 @@ static int fy_tls_conf_common(mbedtls_ssl_config *conf, int endpoint, const int 
   int rc =
       mbedtls_ssl_config_defaults(conf, endpoint, MBEDTLS_SSL_TRANSPORT_STREAM, MBEDTLS_SSL_PRESET_DEFAULT);
   if (rc != 0) return rc;
-  mbedtls_ssl_conf_rng(conf, mbedtls_ctr_drbg_random, &fy_tls_global.drbg);
+  mbedtls_ssl_conf_rng(conf, fy_tls_rng, NULL);
   mbedtls_ssl_conf_min_version(conf, MBEDTLS_SSL_MAJOR_VERSION_3, MBEDTLS_SSL_MINOR_VERSION_3); /* TLS 1.2 */
   mbedtls_ssl_conf_ciphersuites(conf, ciphers ? ciphers : fy_tls_default_ciphers);
   mbedtls_ssl_conf_renegotiation(conf, MBEDTLS_SSL_RENEGOTIATION_DISABLED);
@@ -165,7 +202,7 @@ typedef struct fy_tls_cert {
 } fy_tls_cert;
 
 struct fy_tls_server_ctx {
-  unsigned refs;
+  atomic_uint refs; /* generations of every worker and their handshakes share one context */
   mbedtls_ssl_config conf;
   fy_tls_cert *certs;
   size_t ncerts;
@@ -222,7 +259,7 @@ size_t fy_tls_sni_name(const unsigned char *name, size_t len, char *out) {
 static int fy_tls_sni_cb(void *p, mbedtls_ssl_context *ssl, const unsigned char *name, size_t len);
 
 void fy_tls_server_ctx_unref(fy_tls_server_ctx *ctx) {
-  if (ctx == NULL || --ctx->refs > 0) return;
+  if (ctx == NULL || atomic_fetch_sub(&ctx->refs, 1) > 1) return;
   mbedtls_ssl_config_free(&ctx->conf);
   for (size_t i = 0; i < ctx->ncerts; i++) {
     fy_tls_cert *c = &ctx->certs[i];
@@ -299,7 +336,7 @@ int fy_tls_server_ctx_new(const fy_cfg_tls_server *cfg, fy_tls_server_ctx **out,
 /* ---- client contexts ------------------------------------------------------- */
 
 struct fy_tls_client_ctx {
-  unsigned refs;
+  atomic_uint refs;
   mbedtls_ssl_config conf;
   mbedtls_x509_crt ca, crt;
   mbedtls_pk_context key;
@@ -318,7 +355,7 @@ static uint64_t fy_tls_crt_hash(const mbedtls_x509_crt *crt) {
 }
 
 void fy_tls_client_ctx_unref(fy_tls_client_ctx *ctx) {
-  if (ctx == NULL || --ctx->refs > 0) return;
+  if (ctx == NULL || atomic_fetch_sub(&ctx->refs, 1) > 1) return;
   mbedtls_ssl_config_free(&ctx->conf);
   mbedtls_x509_crt_free(&ctx->ca);
   mbedtls_x509_crt_free(&ctx->crt);
@@ -647,7 +684,8 @@ static void fy_tls_report_failure(fy_tls *t) {
 }
 
 static void fy_tls_count(fy_tls *t, enum fy_tls_outcome outcome) {
-  if (fy_worker_current) fy_worker_current->stats.tls[t->cctx ? 1 : 0][outcome]++;
+  fy_worker *w = fy_worker_of(t->sock->tcp.loop);
+  if (w) w->stats.tls[t->cctx ? 1 : 0][outcome]++;
 }
 
 static void fy_tls_handshake_done(fy_tls *t) {
@@ -767,7 +805,7 @@ static void fy_tls_schedule(fy_tls *t) {
   if (t->work_queued) return;
   t->work_queued = true;
   t->work.run = fy_tls_work;
-  fy_worker_defer(fy_worker_current, &t->work);
+  fy_worker_defer(fy_worker_of(t->sock->tcp.loop), &t->work);
 }
 
 /* ---- sessions on sockets ------------------------------------------------------ */
@@ -790,7 +828,7 @@ static fy_tls *fy_tls_new(fy_sock *s, const mbedtls_ssl_config *conf) {
 void fy_tls_accept(fy_sock *s, fy_tls_server_ctx *ctx, const char *seed, size_t len) {
   fy_tls *t = fy_tls_new(s, &ctx->conf);
   t->sctx = ctx;
-  ctx->refs++;
+  atomic_fetch_add(&ctx->refs, 1);
   if (len) {
     t->in = fy_pool_get();
     len = FY_MIN(len, FY_POOL_BLOCK_SIZE);
@@ -805,7 +843,7 @@ void fy_tls_connect(fy_sock *s, fy_tls_client_ctx *ctx, const char *name, fy_tls
                     fy_tls_handshake_cb done, void *data) {
   fy_tls *t = fy_tls_new(s, &ctx->conf);
   t->cctx = ctx;
-  ctx->refs++;
+  atomic_fetch_add(&ctx->refs, 1);
   t->done = done;
   t->data = data;
   t->session = session;

@@ -2,6 +2,7 @@
 
 #include "log.h"
 #include "pool.h"
+#include "worker.h"
 
 #include <stdio.h>
 
@@ -9,6 +10,15 @@
 
 static bool fy_addr_equal(const struct sockaddr_storage *a, const struct sockaddr_storage *b);
 static void fy_server_free(fy_server *s);
+
+fy_server_health *fy_server_health_ref(fy_server_health *h) {
+  atomic_fetch_add(&h->refs, 1);
+  return h;
+}
+
+void fy_server_health_unref(fy_server_health *h) {
+  if (h && atomic_fetch_sub(&h->refs, 1) == 1) free(h);
+}
 
 static void fy_server_init(fy_server *s, fy_group *g, const fy_cfg_server *cs, const struct sockaddr *sa,
                            size_t salen) {
@@ -38,10 +48,17 @@ static bool fy_group_has(const fy_group *g, const fy_entry *e, const struct sock
   return false;
 }
 
-static fy_server *fy_group_add_server(fy_group *g, fy_entry *e, const struct sockaddr_storage *ss) {
+static fy_server *fy_group_add_server(fy_group *g, fy_entry *e, const struct sockaddr_storage *ss,
+                                      fy_server_health *health) {
   fy_server *s = fy_calloc(1, sizeof *s);
   fy_server_init(s, g, e->cfg, (const struct sockaddr *)ss,
                  ss->ss_family == AF_INET6 ? sizeof(struct sockaddr_in6) : sizeof(struct sockaddr_in));
+  if (health) {
+    s->health = fy_server_health_ref(health);
+  } else {
+    s->health = fy_calloc(1, sizeof *s->health);
+    atomic_init(&s->health->refs, 1);
+  }
   s->entry = e;
   s->tls_name = fy_entry_tls_name(g, e);
   g->servers = fy_realloc(g->servers, (g->nservers + 1) * sizeof *g->servers);
@@ -79,7 +96,7 @@ static void fy_group_build_ring(fy_group *g) {
 
 /* An IP literal needs no resolving; a name is resolved now and again while running. */
 static int fy_entry_init(fy_group *g, fy_entry *e, const fy_cfg_server *cs, size_t i, const fy_config *cfg,
-                         fy_buf *errors) {
+                         fy_dns_memo *memo, fy_buf *errors) {
   e->group = g;
   e->cfg = cs;
   fy_dns_answer answer;
@@ -90,7 +107,7 @@ static int fy_entry_init(fy_group *g, fy_entry *e, const fy_cfg_server *cs, size
     e->literal = true;
   } else {
     char err[256];
-    if (fy_dns_resolve_sync(cfg->dns_servers, cs->host, cs->port, cfg->dns_timeout, &answer, err,
+    if (fy_dns_resolve_memo(memo, cfg->dns_servers, cs->host, cs->port, cfg->dns_timeout, &answer, err,
                             sizeof err) != 0) {
       fy_buf_printf(errors, "%s: upstreams.%s.servers[%zu]: cannot resolve '%s': %s\n", cfg->path,
                     g->cfg->name, i + 1, cs->host, err);
@@ -99,21 +116,22 @@ static int fy_entry_init(fy_group *g, fy_entry *e, const fy_cfg_server *cs, size
     e->ttl = answer.ttl;
   }
   for (size_t k = 0; k < answer.n; k++)
-    if (!fy_group_has(g, e, &answer.addrs[k])) fy_group_add_server(g, e, &answer.addrs[k]);
+    if (!fy_group_has(g, e, &answer.addrs[k])) fy_group_add_server(g, e, &answer.addrs[k], NULL);
   return 0;
 }
 
-int fy_groups_init(fy_group **out, const fy_config *cfg, fy_buf *errors) {
+int fy_groups_init(fy_group **out, const fy_config *cfg, fy_dns_memo *memo, fy_buf *errors) {
   int rc = 0;
   fy_group *groups = fy_calloc(cfg->ngroups, sizeof *groups);
   for (size_t i = 0; i < cfg->ngroups; i++) {
     fy_group *g = &groups[i];
+    g->index = i;
     g->cfg = &cfg->groups[i];
     g->config = cfg;
     g->nentries = g->cfg->nservers;
     g->entries = fy_calloc(g->nentries, sizeof *g->entries);
     for (size_t j = 0; j < g->nentries; j++)
-      if (fy_entry_init(g, &g->entries[j], &g->cfg->servers[j], j, cfg, errors) != 0) rc = FY_ECONFIG;
+      if (fy_entry_init(g, &g->entries[j], &g->cfg->servers[j], j, cfg, memo, errors) != 0) rc = FY_ECONFIG;
     fy_group_build_ring(g);
   }
   *out = groups;
@@ -149,7 +167,25 @@ static void fy_entry_drop_server(fy_group *g, size_t index) {
   g->gone[g->ngone++] = s;
 }
 
-static void fy_entry_apply(fy_entry *e, const fy_dns_answer *answer) {
+fy_server_health *fy_group_health_of(fy_group *g, size_t entry, const struct sockaddr_storage *addr) {
+  for (size_t j = 0; j < g->nservers; j++)
+    if (g->servers[j]->entry == &g->entries[entry] && fy_addr_equal(&g->servers[j]->addr, addr))
+      return g->servers[j]->health;
+  return NULL;
+}
+
+void fy_groups_share_health(fy_group *to, fy_group *from, size_t n) {
+  for (size_t i = 0; i < n; i++)
+    for (size_t j = 0; j < to[i].nservers; j++) {
+      fy_server *s = to[i].servers[j];
+      fy_server_health *h = fy_group_health_of(&from[i], (size_t)(s->entry - to[i].entries), &s->addr);
+      if (h == NULL || h == s->health) continue;
+      fy_server_health_unref(s->health);
+      s->health = fy_server_health_ref(h);
+    }
+}
+
+static void fy_entry_apply(fy_entry *e, const fy_dns_answer *answer, fy_server_health *const *health) {
   fy_group *g = e->group;
   bool changed = false;
   for (size_t i = g->nservers; i-- > 0;) {
@@ -165,16 +201,29 @@ static void fy_entry_apply(fy_entry *e, const fy_dns_answer *answer) {
   }
   for (size_t k = 0; k < answer->n; k++) {
     if (fy_group_has(g, e, &answer->addrs[k])) continue;
-    fy_server *s = fy_group_add_server(g, e, &answer->addrs[k]);
+    fy_server *s = fy_group_add_server(g, e, &answer->addrs[k], health ? health[k] : NULL);
     fy_log_info("upstream %s: %s now also resolves to %s", g->cfg->name, e->cfg->name, s->addr_text);
     changed = true;
   }
   if (changed) fy_group_build_ring(g);
 }
 
+void fy_group_apply_answer(fy_group *g, size_t entry, const fy_dns_answer *answer,
+                           fy_server_health *const *health) {
+  fy_entry_apply(&g->entries[entry], answer, health);
+}
+
 static void fy_entry_resolved(void *data, int status, const char *error, const fy_dns_answer *answer) {
   fy_entry *e = data;
   e->pending = NULL;
+  /* Resolution runs on the loop of the worker that re-resolves (a runtime's control worker): it counts it. */
+  fy_worker *w = e->group->loop ? fy_worker_of(e->group->loop) : NULL;
+  if (w) {
+    char labels[64];
+    const char *outcome = status != 0 ? "failed" : answer->n == 0 ? "empty" : "ok";
+    fy_metrics_add(&w->metrics, FY_M_DNS_LOOKUPS, fy_labels(labels, sizeof labels, "outcome", outcome, NULL),
+                   1);
+  }
   if (status != 0 || answer->n == 0) {
     fy_log_warn("upstream %s: resolving %s failed (%s); keeping its %s addresses", e->group->cfg->name,
                 e->cfg->host, error ? error : "no address", "last good");
@@ -182,7 +231,9 @@ static void fy_entry_resolved(void *data, int status, const char *error, const f
     return;
   }
   e->ttl = answer->ttl;
-  fy_entry_apply(e, answer);
+  fy_entry_apply(e, answer, NULL);
+  if (e->group->on_resolved)
+    e->group->on_resolved(e->group, (size_t)(e - e->group->entries), answer, e->group->on_resolved_data);
   fy_entry_schedule(e, false);
 }
 
@@ -286,6 +337,7 @@ void fy_groups_drop_idle(fy_group *groups, size_t n) {
 
 static void fy_server_free(fy_server *s) {
   fy_tls_session_free(s->tls_session);
+  fy_server_health_unref(s->health);
   free(s);
 }
 

@@ -24,6 +24,7 @@
 #include "write.h"
 
 #include <llhttp.h>
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <uv.h>
 
@@ -37,6 +38,24 @@ struct fy_uconn;
  * address, each with the entry's weight, its own pool and its own health.
  */
 struct fy_entry;
+
+/*
+ * What every worker knows of one server: its passive and active health.
+ * The workers' fy_servers for one address share one of these (made by the
+ * process's probing generation), so a server ejected through one worker's
+ * failures is out of service for all. Plain atomics: read on every pick,
+ * written only when something changes.
+ */
+typedef struct fy_server_health {
+  atomic_uint refs;
+  atomic_bool down;               /* failed `fall` checks in a row */
+  atomic_uint fails;              /* consecutive failures, from every worker */
+  atomic_uint ejections;          /* times ejected in a row; doubles the ejection time */
+  _Atomic uint64_t ejected_until; /* loop time (ms); 0 = in service */
+} fy_server_health;
+
+fy_server_health *fy_server_health_ref(fy_server_health *h);
+void fy_server_health_unref(fy_server_health *h);
 
 typedef struct fy_server {
   struct fy_group *group;
@@ -52,13 +71,10 @@ typedef struct fy_server {
   int current_weight;          /* smooth weighted round robin */
   double ewma_ms;              /* response head latency, for p2c */
   uint64_t ewma_at;            /* loop time of its last update */
-  unsigned fails;              /* consecutive failures */
-  unsigned ejections;          /* times ejected in a row; doubles the ejection time */
-  uint64_t ejected_until;      /* loop time (ms); 0 = in service */
+  fy_server_health *health;    /* shared by every worker's server at this address */
   const char *tls_name;        /* SNI and certificate name (TLS groups), else NULL */
   fy_tls_session *tls_session; /* the last session, offered for resumption */
-  /* active health checks (health.c) */
-  bool down; /* failed `fall` checks in a row */
+  /* active health checks (health.c): run by the process's probing generation only */
   unsigned check_passes, check_fails;
   uv_timer_t *check_timer; /* own allocation, freed by its close callback */
   void *probe;             /* the check in flight */
@@ -79,8 +95,14 @@ typedef struct fy_entry {
   fy_dns_req *pending;
 } fy_entry;
 
+struct fy_group;
+/* A name of g re-resolved (entries[entry]) and applied: the runtime tells the workers. */
+typedef void (*fy_group_resolved_cb)(struct fy_group *g, size_t entry, const fy_dns_answer *answer,
+                                     void *data);
+
 typedef struct fy_group {
   const fy_cfg_group *cfg;
+  size_t index; /* in its generation's groups */
   const fy_config *config;
   fy_server **servers; /* in service (or ejected), in no particular order */
   size_t nservers;
@@ -95,6 +117,8 @@ typedef struct fy_group {
   size_t nring;
   unsigned requests, retries; /* exchanges and retries in flight, for the retry budget */
   bool retired;               /* its generation is no longer live: do not pool into it */
+  fy_group_resolved_cb on_resolved;
+  void *on_resolved_data;
 } fy_group;
 
 enum fy_uconn_state {
@@ -135,8 +159,24 @@ typedef struct fy_uconn {
 
 #define FY_UCONN_RBUF_SIZE FY_POOL_BLOCK_SIZE
 
-/* Builds the runtime groups of a generation; resolves server names (blocking). */
-int fy_groups_init(fy_group **out, const fy_config *cfg, fy_buf *errors);
+/*
+ * Builds the runtime groups of a generation; resolves server names
+ * (blocking: on the loader thread, or before any loop runs). memo, if not
+ * NULL, keeps the answers so that the generations of every worker built
+ * for one reload ask the DNS once per name.
+ */
+int fy_groups_init(fy_group **out, const fy_config *cfg, fy_dns_memo *memo, fy_buf *errors);
+/* Makes every server of to share the health of the server of from at its address. */
+void fy_groups_share_health(fy_group *to, fy_group *from, size_t n);
+/*
+ * Applies a new answer for g->entries[entry]: servers whose address left it
+ * drain, new addresses become servers. health, if not NULL, holds for each
+ * address of the answer the shared health its new server takes.
+ */
+void fy_group_apply_answer(fy_group *g, size_t entry, const fy_dns_answer *answer,
+                           fy_server_health *const *health);
+/* The health of g's server for entries[entry] at addr, or NULL. */
+fy_server_health *fy_group_health_of(fy_group *g, size_t entry, const struct sockaddr_storage *addr);
 /* Starts re-resolving the groups' names on their TTL (once the generation serves). */
 void fy_groups_start(fy_group *groups, size_t n, uv_loop_t *loop, fy_dns *dns);
 void fy_groups_stop(fy_group *groups, size_t n);

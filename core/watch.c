@@ -1,6 +1,7 @@
 #include "watch.h"
 
 #include "log.h"
+#include "runtime.h"
 #include "worker.h"
 
 #include <libgen.h>
@@ -37,18 +38,20 @@ void fy_watch_close(fy_worker *w) {
   uv_close((uv_handle_t *)&wt->debounce, fy_watch_freed);
 }
 
+static void fy_watch_reloaded(fy_runtime *rt, int status, unsigned number, const fy_buf *errors, void *data) {
+  (void)rt;
+  (void)data;
+  if (status != FY_OK)
+    fy_log_error("reload refused, generation %u keeps serving:\n%.*s", number, (int)errors->len,
+                 errors->data);
+}
+
 static void fy_watch_fire(uv_timer_t *t) {
   fy_watch *wt = t->data;
   fy_worker *w = wt->w;
-  fy_buf errors;
-  fy_buf_init(&errors);
-  unsigned number = 0;
   fy_log_info("watch: files changed, reloading %s", w->config_path);
-  /* fy_worker_reload calls fy_watch_update, which replaces (and frees) wt. */
-  if (fy_worker_reload(w, w->config_path, &errors, &number) != FY_OK)
-    fy_log_error("reload refused, generation %u keeps serving:\n%.*s", w->gen->number, (int)errors.len,
-                 errors.data);
-  fy_buf_free(&errors);
+  /* The reload ends in fy_watch_update, which replaces (and frees) wt. */
+  fy_runtime_reload(w->rt, w->config_path, fy_watch_reloaded, NULL);
 }
 
 static void fy_watch_event(uv_fs_event_t *h, const char *filename, int events, int status) {

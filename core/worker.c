@@ -4,23 +4,30 @@
 
 #include "conn.h"
 #include "log.h"
+#include "runtime.h"
 #include "stream.h"
 #include "watch.h"
 
+#include <errno.h>
 #include <stdio.h>
-
-__thread fy_worker *fy_worker_current;
+#include <sys/socket.h>
+#include <unistd.h>
 
 /* ---- generations -------------------------------------------------------- */
 
 int fy_gen_new(fy_worker *w, fy_config *cfg, fy_gen **out, fy_buf *errors) {
+  return fy_gen_build(w, cfg, NULL, out, errors);
+}
+
+int fy_gen_build(fy_worker *w, fy_config *cfg, fy_dns_memo *memo, fy_gen **out, fy_buf *errors) {
   fy_gen *g = fy_calloc(1, sizeof *g);
   g->refs = 1;
   g->number = 1;
   g->cfg = cfg;
   g->w = w;
-  int rc = fy_groups_init(&g->groups, cfg, errors);
+  int rc = fy_groups_init(&g->groups, cfg, memo, errors);
   int lrc = fy_lua_init(&g->lua, cfg, errors);
+  g->lua.w = w;
   for (size_t i = 0; i < cfg->nlisteners && lrc == 0; i++) {
     const fy_cfg_listener *l = &cfg->listeners[i];
     unsigned need = l->tcp ? FY_HOOK_HAS_ROUTE_STREAM : FY_HOOK_HAS_ROUTE;
@@ -73,13 +80,39 @@ static int fy_listener_open(fy_worker *w, fy_listener *l, const fy_cfg_listener 
   }
   uv_tcp_init(w->loop, &l->tcp);
   l->tcp.data = l;
-  rc = uv_tcp_bind(&l->tcp, (struct sockaddr *)&ss, 0);
+  if (w->rt && !l->admin) {
+    /* Each worker has its own socket on the address and the kernel spreads
+     * new connections over them. libuv has no flag for SO_REUSEPORT: make
+     * the socket, set it, bind, then hand the socket to libuv. */
+    int fd = socket(ss.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0), one = 1;
+    socklen_t len = ss.ss_family == AF_INET6 ? sizeof(struct sockaddr_in6) : sizeof(struct sockaddr_in);
+    /* Another process's SO_REUSEPORT socket would share the port with ours
+     * without a word: the first worker binds once without it, so that an
+     * address in use is refused as it is with one worker. */
+    rc = fd < 0 ? -errno : 0;
+    if (rc == 0 && w->index == 0) {
+      int probe = socket(ss.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+      if (probe < 0 || setsockopt(probe, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one) != 0 ||
+          bind(probe, (struct sockaddr *)&ss, len) != 0)
+        rc = -errno;
+      if (probe >= 0) close(probe);
+    }
+    if (rc == 0 && (setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one) != 0 ||
+                    setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one) != 0 ||
+                    bind(fd, (struct sockaddr *)&ss, len) != 0))
+      rc = -errno;
+    if (rc == 0) rc = uv_tcp_open(&l->tcp, fd);
+    if (rc != 0 && fd >= 0) close(fd);
+  } else {
+    rc = uv_tcp_bind(&l->tcp, (struct sockaddr *)&ss, 0);
+  }
   if (rc == 0) rc = uv_listen((uv_stream_t *)&l->tcp, 511, fy_listener_on_connection);
   if (rc != 0) {
     fy_buf_printf(errors, "listener %s: cannot listen on %s:%d: %s\n", cl->name, cl->host, cl->port,
                   uv_strerror(rc));
     return rc;
   }
+  if (w->rt && w->index > 0) return 0; /* the first worker says it for all */
   fy_log_info("listener %s: serving %s on %s:%d", cl->name,
               cl->tcp     ? "tcp"
               : cl->https ? "https"
@@ -93,13 +126,14 @@ int fy_worker_listen(fy_worker *w, fy_buf *errors) {
   w->listeners = fy_calloc(cfg->nlisteners + 1, sizeof *w->listeners);
   int rc = 0;
   w->nlisteners = 0;
-  for (size_t i = 0; i < cfg->nlisteners && rc == 0; i++) {
+  for (size_t i = 0; i < cfg->nlisteners && rc == 0 && !w->control; i++) {
     fy_listener *l = &w->listeners[w->nlisteners++];
     l->w = w;
     l->index = i;
     snprintf(l->name, sizeof l->name, "%s", cfg->listeners[i].name);
     rc = fy_listener_open(w, l, &cfg->listeners[i], errors);
   }
+  if (w->rt && !w->control) return rc; /* a serving worker: the control worker does the rest */
   if (rc == 0 && cfg->admin_host) {
     fy_listener *l = &w->listeners[w->nlisteners++];
     fy_cfg_listener admin = {.name = "admin", .host = cfg->admin_host, .port = cfg->admin_port};
@@ -147,43 +181,70 @@ static int fy_reload_check_listeners(const fy_config *live, const fy_config *nex
   return rc;
 }
 
-int fy_worker_reload(fy_worker *w, const char *path, fy_buf *errors, unsigned *number) {
-  uint64_t start = uv_hrtime();
-  fy_config *cfg = NULL;
-  fy_gen *next = NULL;
-  int rc = fy_config_load(path, &cfg, errors);
-  if (rc == FY_OK) rc = fy_reload_check_listeners(w->gen->cfg, cfg, errors);
-  if (rc == FY_OK) rc = fy_gen_new(w, cfg, &next, errors);
-  if (rc != FY_OK) {
-    fy_config_free(cfg);
-    w->reload_failures++;
-    return rc;
+int fy_worker_check_reload(const fy_config *live, const fy_config *next, unsigned nworkers, fy_buf *errors) {
+  int rc = fy_reload_check_listeners(live, next, errors);
+  unsigned want = next->workers ? next->workers : fy_runtime_auto_workers();
+  if (want != nworkers) {
+    fy_buf_printf(errors,
+                  "%s: workers: %u workers instead of %u; changing the number of workers needs a restart\n",
+                  next->path, want, nworkers);
+    rc = FY_ECONFIG;
   }
-  if (w->dns && fy_dns_set_servers(w->dns, cfg->dns_servers, errors) != 0) {
-    fy_gen_unref(next);
-    w->reload_failures++;
-    return FY_ECONFIG;
-  }
+  return rc;
+}
+
+void fy_worker_switch(fy_worker *w, fy_gen *next) {
   fy_gen *live = w->gen;
-  next->number = live->number + 1;
   fy_groups_stop(live->groups, live->cfg->ngroups);
-  if (w->dns) fy_groups_start(next->groups, cfg->ngroups, w->loop, w->dns);
-  fy_groups_adopt_idle(next->groups, cfg->ngroups, live->groups, live->cfg->ngroups);
+  if (w->dns) fy_groups_start(next->groups, next->cfg->ngroups, w->loop, w->dns);
+  fy_groups_adopt_idle(next->groups, next->cfg->ngroups, live->groups, live->cfg->ngroups);
   for (size_t i = 0; i < live->cfg->ngroups; i++)
     live->groups[i].retired = true;
   w->gen = next;
   fy_gen_unref(live); /* freed once its last exchange ends */
-  fy_log_level_current = cfg->log_level;
-  if (path != w->config_path) {
-    free(w->config_path);
-    w->config_path = fy_strdup(path);
+}
+
+/* ---- the inbox ------------------------------------------------------------ */
+
+static void fy_worker_inbox_cb(uv_async_t *a) {
+  fy_worker *w = a->data;
+  uv_mutex_lock(&w->inbox_lock);
+  fy_msg *m = w->inbox_head;
+  w->inbox_head = NULL;
+  w->inbox_tail = &w->inbox_head;
+  uv_mutex_unlock(&w->inbox_lock);
+  while (m) {
+    fy_msg *next = m->next;
+    m->run(m, w);
+    m = next;
   }
-  w->reloads++;
-  if (cfg->watch || w->watch) fy_watch_update(w);
-  *number = next->number;
-  fy_log_info("generation %u is live (%s, built in %.1f ms)", next->number, path,
-              (double)(uv_hrtime() - start) / 1e6);
-  return FY_OK;
+}
+
+void fy_worker_inbox_init(fy_worker *w) {
+  uv_mutex_init(&w->inbox_lock);
+  w->inbox_head = NULL;
+  w->inbox_tail = &w->inbox_head;
+  uv_async_init(w->loop, &w->inbox_async, fy_worker_inbox_cb);
+  w->inbox_async.data = w;
+}
+
+void fy_worker_post(fy_worker *w, fy_msg *m) {
+  m->next = NULL;
+  uv_mutex_lock(&w->inbox_lock);
+  *w->inbox_tail = m;
+  w->inbox_tail = &m->next;
+  uv_mutex_unlock(&w->inbox_lock);
+  uv_async_send(&w->inbox_async);
+}
+
+static void fy_worker_inbox_closed(uv_handle_t *h) {
+  fy_worker *w = h->data;
+  uv_mutex_destroy(&w->inbox_lock);
+}
+
+void fy_worker_inbox_close(fy_worker *w) {
+  fy_worker_inbox_cb(&w->inbox_async); /* nothing posted stays unrun */
+  uv_close((uv_handle_t *)&w->inbox_async, fy_worker_inbox_closed);
 }
 
 /* ---- worker ------------------------------------------------------------- */
@@ -199,7 +260,8 @@ int fy_worker_init(fy_worker *w, uv_loop_t *loop, fy_gen *gen) {
   uv_check_init(loop, &w->check);
   uv_timer_init(loop, &w->trim);
   w->idle.data = w->check.data = w->trim.data = w;
-  fy_worker_current = w;
+  w->started_ns = uv_hrtime();
+  loop->data = w; /* a handle finds its worker through its loop */
   return 0;
 }
 
@@ -208,8 +270,11 @@ int fy_worker_init(fy_worker *w, uv_loop_t *loop, fy_gen *gen) {
 #define FY_TRIM_DELAY_MS 250
 
 static void fy_worker_trim_cb(uv_timer_t *t) {
-  (void)t;
-  malloc_trim(256 * 1024); /* keep a little slack for the next burst */
+  fy_worker *w = t->data;
+  if (w->rt)
+    fy_runtime_trim(w->rt); /* one trim for the process, on the control loop */
+  else
+    malloc_trim(256 * 1024); /* keep a little slack for the next burst */
 }
 
 /*
@@ -232,6 +297,8 @@ void fy_worker_close(fy_worker *w) {
   w->dns = NULL;
   free(w->config_path);
   w->config_path = NULL;
+  fy_metrics_free(&w->metrics);
+  fy_policy_metrics_free(&w->policy_metrics);
   if (!uv_is_closing((uv_handle_t *)&w->idle)) uv_close((uv_handle_t *)&w->idle, NULL);
   if (!uv_is_closing((uv_handle_t *)&w->check)) uv_close((uv_handle_t *)&w->check, NULL);
   if (!uv_is_closing((uv_handle_t *)&w->trim)) uv_close((uv_handle_t *)&w->trim, NULL);

@@ -20,7 +20,7 @@ int fy_write(fy_write_req *req, uv_stream_t *s, uv_buf_t *bufs, unsigned n, fy_w
   int rc = uv_try_write(s, bufs, n);
   if (rc >= 0 && (size_t)rc == total) {
     req->deferred.run = fy_write_deferred;
-    fy_worker_defer(fy_worker_current, &req->deferred);
+    fy_worker_defer(fy_worker_of(s->loop), &req->deferred);
     return 0;
   }
   if (rc < 0 && rc != UV_EAGAIN) return rc;

@@ -19,6 +19,7 @@
 --
 -- The admitted endpoint's account is left in req.ctx.account, for a log hook.
 local allowlist = require "agents_allowlist"
+local metrics = require "ferry.metrics"
 
 local M = {}
 
@@ -52,13 +53,20 @@ end
 
 M.allowed = endpoint_set(allowlist)
 
+-- What route decided, in /metrics as ferry_policy_agent_decisions_total{decision, group}:
+-- admitted, refused_allowlist (an endpoint not on the allowlist), refused_no_endpoint
+-- (no PROXY header, a LOCAL one, no endpoint id), misdirected (host or SNI; group "none").
+M.decisions = metrics.counter("agent_decisions", "routing decisions of the agents policy", { "decision", "group" })
+
 local TEXT = { ["Content-Type"] = "text/plain" }
 
-local function forbidden(req, why)
+local function forbidden(req, why, decision)
+  M.decisions:inc(decision or "refused_no_endpoint", "none")
   return req:respond(403, "ferry: forbidden: " .. why .. "\n", TEXT)
 end
 
 local function misdirected(req, why)
+  M.decisions:inc("misdirected", "none")
   return req:respond(421, "ferry: " .. why .. "\n", TEXT)
 end
 
@@ -72,7 +80,9 @@ function M.route(req)
   end
   if not p.vpce_id then return forbidden(req, "no VPC endpoint id in the PROXY header") end
   local entry = M.allowed[p.vpce_id]
-  if not entry then return forbidden(req, "VPC endpoint " .. p.vpce_id .. " is not on the allowlist") end
+  if not entry then
+    return forbidden(req, "VPC endpoint " .. p.vpce_id .. " is not on the allowlist", "refused_allowlist")
+  end
 
   local group = M.routes[req.host]
   if not group then return misdirected(req, "no route for host '" .. req.host .. "'") end
@@ -82,6 +92,7 @@ function M.route(req)
   end
 
   req.ctx.account = entry.account
+  M.decisions:inc("admitted", group)
   return group
 end
 

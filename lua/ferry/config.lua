@@ -199,6 +199,11 @@ local schema = {
       },
     },
     policy = { type = "string" },
+    -- Worker threads; "auto": the CPUs this process may use (affinity and cgroup cpu.max).
+    workers = { type = "workers", default = "auto", check = function(v)
+      if v ~= "auto" and (v < 1 or v > 256) then return false, "expected an integer from 1 to 256 or \"auto\"" end
+      return true
+    end },
     limits = { type = "table", default = {}, fields = {
       max_request_line = bytes(8192, 64),
       max_header_bytes = bytes(32768, 256),
@@ -234,7 +239,15 @@ local schema = {
     } },
     log = { type = "table", default = {}, fields = {
       level = { type = "string", enum = { "debug", "info", "warn", "error" }, default = "info" },
-      access = { type = "boolean", default = true },
+      -- true (the defaults below), false (none), or a table.
+      access = { type = "switch", default = true, fields = {
+        format = { type = "string", enum = { "text", "json" }, default = "text" },
+        file = { type = "string", check = function(v)
+          if v == "" then return false, "must not be empty (leave it out for stderr)" end
+          return true
+        end },
+        buffer = bytes(1024 * 1024, 64 * 1024),
+      } },
     } },
   },
 }
@@ -275,14 +288,17 @@ local kinds = {
   boolean = function(v) return type(v) == "boolean" end,
   server = function(v) return type(v) == "string" or type(v) == "table" end,
   table = function(v) return type(v) == "table" end,
+  switch = function(v) return type(v) == "boolean" or type(v) == "table" end,
   list = function(v) return type(v) == "table" and is_list(v) end,
   map = function(v) return type(v) == "table" end,
+  workers = function(v) return v == "auto" or (type(v) == "number" and v % 1 == 0) end,
 }
 
 local kind_names = {
-  list = "a list", map = "a table of named entries", table = "a table",
+  list = "a list", map = "a table of named entries", table = "a table", switch = "a boolean or a table",
   integer = "an integer", string = "a string", number = "a number", boolean = "a boolean",
   server = "'host:port' or { address = 'host:port', weight = N }",
+  workers = "an integer from 1 to 256 or \"auto\"",
 }
 
 check_value = function(spec, value, path, errs)
@@ -320,6 +336,10 @@ check_value = function(spec, value, path, errs)
     if not ok then errs[#errs + 1] = path .. ": " .. msg end
   end
   if spec.type == "table" then return check_fields(spec, value, path, errs) end
+  if spec.type == "switch" then -- off, on with the defaults, or on with these settings
+    if value == false then return false end
+    return check_fields(spec, value == true and {} or value, path, errs)
+  end
   if spec.type == "list" then
     if spec.nonempty and #value == 0 then errs[#errs + 1] = path .. ": must not be empty" end
     local out = {}
@@ -409,8 +429,14 @@ end
 
 -- Cross-field rules and normalisation into the shape config.c reads.
 local function normalise(cfg, base, errs)
-  local out = { limits = cfg.limits, log = cfg.log, reload = cfg.reload, drain = cfg.drain, listeners = {}, upstreams = {},
+  local out = { workers = cfg.workers == "auto" and 0 or cfg.workers, limits = cfg.limits, log = cfg.log,
+                reload = cfg.reload, drain = cfg.drain, listeners = {}, upstreams = {},
                 policies = {}, policy_keys = {}, dns = { min_ttl = cfg.dns.min_ttl, max_ttl = cfg.dns.max_ttl, timeout = cfg.dns.timeout } }
+  if cfg.log.access then
+    local a = cfg.log.access
+    out.log = { level = cfg.log.level, access = { format = a.format, buffer = a.buffer,
+                                                  file = a.file and resolve(base, a.file) } }
+  end
   if cfg.dns.servers then out.dns.servers = table.concat(cfg.dns.servers, ",") end
   if cfg.dns.min_ttl > cfg.dns.max_ttl then errs[#errs + 1] = "dns.min_ttl: must not exceed dns.max_ttl" end
   if cfg.admin then

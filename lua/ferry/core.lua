@@ -7,6 +7,9 @@
 
 local ffi = require "ffi"
 local C = ffi.C
+-- Lua C functions for the accessors every request reaches (core/lua_api.c):
+-- policy code is interpreted, and there they cost a fraction of an FFI call.
+local native = require "ferry.native"
 
 -- The FFI surface is declared once, in core/ffi.h; its declarations are
 -- embedded as ferry.cdef. The codes, field numbers and hook bits below are
@@ -64,8 +67,6 @@ local group_index = {} -- group name -> 0-based index in the generation
 local group_names = {} -- 0-based index in the generation -> group name
 local RESPONDED = setmetatable({}, { __tostring = function() return "response" end })
 
-local sptr = ffi.new("const char *[1]")
-local slen = ffi.new("size_t[1]")
 local dnum = ffi.new("double[1]")
 
 local NO_ANSWER, FAILED = C.FY_HOOK_NO_ANSWER, C.FY_HOOK_FAILED -- what the hooks below return to C
@@ -94,8 +95,8 @@ local function header_name(name, what)
   return name
 end
 
--- A headers view over one C header list: get and set are its fy_ffi_* pair,
--- prefix names it in error messages ("headers", "res.headers").
+-- A headers view over one C header list: get and set are its ferry.native
+-- pair, prefix names it in error messages ("headers", "res.headers").
 local function headers_class(get, set, prefix)
   local m = {}
   local what = { get = prefix .. ":get", get_all = prefix .. ":get_all", set = prefix .. ":set",
@@ -103,18 +104,20 @@ local function headers_class(get, set, prefix)
 
   function m:get(name)
     header_name(name, what.get)
-    local rc = check(get(self._id, name, #name, 0, sptr, slen), what.get)
-    if rc == 0 then return nil end
-    return ffi.string(sptr[0], slen[0])
+    local rc, v = get(self._id, name, 0)
+    if rc < 0 then check(rc, what.get) end
+    return v
   end
 
   -- Every value of a header, in order (a list, possibly empty).
   function m:get_all(name)
     header_name(name, what.get_all)
     local out, n = {}, 0
-    while check(get(self._id, name, #name, n, sptr, slen), what.get_all) == 1 do
+    while true do
+      local rc, v = get(self._id, name, n)
+      if check(rc, what.get_all) ~= 1 then break end
       n = n + 1
-      out[n] = ffi.string(sptr[0], slen[0])
+      out[n] = v
     end
     return out
   end
@@ -127,7 +130,8 @@ local function headers_class(get, set, prefix)
     else
       value = ""
     end
-    check(set(self._id, mode, name, #name, value, #value), op, 4)
+    local rc = set(self._id, mode, name, value)
+    if rc < 0 then check(rc, op, 4) end
   end
 
   function m:set(name, value) edit(self, HDR.set, name, value, what.set) end
@@ -136,8 +140,8 @@ local function headers_class(get, set, prefix)
   return { __index = m }
 end
 
-local headers_mt = headers_class(C.fy_ffi_req_header_get, C.fy_ffi_req_header_set, "headers")
-local res_headers_mt -- below, with the res handle
+local headers_mt = headers_class(native.req_header_get, native.req_header_set, "headers")
+local res_headers_mt -- after the cdef of the res functions, below
 
 -- req -------------------------------------------------------------------
 
@@ -161,8 +165,31 @@ function req_methods:respond(status, body, headers)
   return RESPONDED
 end
 
-local proxy_info = ffi.new("fy_ffi_proxy")
-local tls_info = ffi.new("fy_ffi_tls")
+-- A value for the access log: kind 0 string, 1 number (as JSON text), 2 true, 3 false.
+local function log_value(v)
+  local t = type(v)
+  if t == "string" then return 0, v end
+  if t == "boolean" then return v and 2 or 3, "" end
+  if t == "number" and v == v and v ~= math.huge and v ~= -math.huge then
+    if v % 1 == 0 and v > -2^53 and v < 2^53 then return 1, string.format("%d", v) end
+    return 1, string.format("%.17g", v)
+  end
+  error("req:log_field: the value must be a string, a finite number or a boolean, got " .. t, 3)
+end
+M.log_value = log_value
+
+-- req:log_field(name, value): adds a field to this request's access log line
+-- (under "fields" in JSON, fields={...} in text); a second call replaces it.
+function req_methods:log_field(name, value)
+  if type(name) ~= "string" or not name:find("^[%a_][%w_]*$") or #name > 64 then
+    error("req:log_field: the name must match [a-zA-Z_][a-zA-Z0-9_]* (at most 64 bytes)", 2)
+  end
+  local kind, text = log_value(value)
+  local rc = C.fy_ffi_req_log_field(self._id, name, #name, kind, text, #text)
+  if rc == -3 then error("req:log_field: the request's fields would exceed 4096 bytes", 2) end
+  check(rc, "req:log_field")
+end
+
 local req_mt = {}
 local ctxs = {} -- request id -> its ctx table, shared by every hook of the request
 
@@ -175,8 +202,8 @@ end
 function req_mt.__index(self, k)
   local f = FIELDS[k]
   if f then
-    local rc = check(C.fy_ffi_req_str(self._id, f, sptr, slen), "req." .. k)
-    local v = rc == 1 and ffi.string(sptr[0], slen[0]) or nil
+    local rc, v = native.str(self._id, f)
+    if rc < 0 then check(rc, "req." .. k) end
     rawset(self, k, v) -- fixed for the request's life
     return v
   end
@@ -200,7 +227,7 @@ function req_mt.__index(self, k)
     local id = self._id
     local t = ctxs[id]
     if not t then
-      check(C.fy_ffi_req_ctx(id), "req.ctx") -- C calls release(id) when the request ends
+      check(native.ctx(id), "req.ctx") -- C calls release(id) when the request ends
       t = {}
       ctxs[id] = t
     end
@@ -208,34 +235,16 @@ function req_mt.__index(self, k)
     return t
   end
   if k == "proxy" then
-    local v = false
-    if check(C.fy_ffi_req_proxy(self._id, proxy_info), "req.proxy") == 1 then
-      local p = proxy_info
-      local function text(ptr) local t = ffi.string(ptr) return t ~= "" and t or nil end
-      v = {
-        version = p.version, ["local"] = p["local"] == 1,
-        source = text(p.source), source_port = p.source_port ~= 0 and p.source_port or nil,
-        destination = text(p.destination),
-        destination_port = p.destination_port ~= 0 and p.destination_port or nil,
-        vpce_id = text(p.vpce_id), authority = text(p.authority), alpn = text(p.alpn),
-      }
-    end
+    local rc, v = native.proxy(self._id) -- absent fields are nil
+    check(rc, "req.proxy")
     if v then rawset(self, k, v) end
-    return v or nil
+    return v
   end
   if k == "tls" then
-    local v = false
-    if check(C.fy_ffi_req_tls(self._id, tls_info), "req.tls") == 1 then
-      local i = tls_info
-      local function text(ptr) return ptr ~= nil and ffi.string(ptr) or nil end
-      v = {
-        sni = text(i.sni), version = text(i.version), cipher = text(i.cipher), alpn = text(i.alpn),
-        client_subject = text(i.client_subject), client_verified = i.client_verified == 1,
-        resumed = i.resumed == 1,
-      }
-    end
-    rawset(self, k, v)
-    return v or nil
+    local rc, v = native.tls(self._id)
+    check(rc, "req.tls")
+    rawset(self, k, v or false)
+    return v
   end
   if k == "id" then return self._id end
   return req_methods[k]
@@ -255,6 +264,12 @@ local HOOKS = { route = true, select = true, retry = true, response = true, log 
 -- Policy code runs interpreted: LuaJIT's compiled code never checks hooks,
 -- so a runaway loop in a compiled trace could not be stopped by the budget.
 -- The runtime's own modules (preloaded) keep the JIT.
+-- jit.on is refused: a policy that turned the compiler back on for its own
+-- functions (jit.on(true, true)) would get loops compiled past the budget.
+-- The runtime never calls it; jit.off and the rest of the jit module stay.
+jit.on = function() -- luacheck: ignore 122 (the policy's jit module, on purpose)
+  error("jit.on: policy code runs interpreted, so that limits.hook_timeout can stop a runaway loop", 2)
+end
 -- Modules are loaded as source only: LuaJIT does not verify bytecode, and a
 -- crafted bytecode file can crash the process.
 package.loaders[2] = function(name)
@@ -333,8 +348,8 @@ function M.group_name(g) return group_names[g] end
 
 -- route(req) of hook table mod on request id: a group index and, optionally,
 -- a key for "hash" balancing; NO_ANSWER when it answered; FAILED and why.
-local function route_with(mod, id)
-  local req = setmetatable({ _id = id }, req_mt)
+local function route_with(mod, id, host)
+  local req = setmetatable({ _id = id, host = host }, req_mt)
   local ok, res, key = xpcall(mod.route, traceback, req)
   if not ok then return FAILED, tostring(res) end
   if res == RESPONDED then return NO_ANSWER end
@@ -348,7 +363,8 @@ local function route_with(mod, id)
 end
 M.route_with = route_with
 
-function M.route(policy, id) return route_with(policies[policy], id) end
+-- host: the request's, handed over with the call (one field read fewer per request).
+function M.route(policy, id, host) return route_with(policies[policy], id, host) end
 
 local HAS = enum("FY_HOOK_HAS_") -- { select = FY_HOOK_HAS_SELECT, ... }
 
@@ -362,7 +378,7 @@ end
 
 -- res: the upstream's response, in the response and log hooks -------------
 
-res_headers_mt = headers_class(C.fy_ffi_res_header_get, C.fy_ffi_res_header_set, "res.headers")
+res_headers_mt = headers_class(native.res_header_get, native.res_header_set, "res.headers")
 
 local istatus = ffi.new("int[1]")
 local res_mt = {}

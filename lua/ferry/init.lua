@@ -4,4 +4,5 @@ local core = require "ferry.core"
 
 return {
   log = core.log,
+  metrics = require "ferry.metrics",
 }

@@ -15,6 +15,8 @@
 --       (the hook's edits in, hop-by-hop headers out), or { error = "..." } (ferry: 500)
 --   t.log(policy, req, res)           runs log(req, res), res = { status =, bytes =, headers = }
 --       read-only as in ferry; returns true, or nil and the message
+--   t.metric(name, values...)         the count of a policy counter's series (ferry.metrics), 0 if none
+--   t.reset_metrics()                 every policy counter back to no series (e.g. in before_each)
 -- (route may also return a balancing key: { group = "metrics", key = "..." }).
 --
 -- One implementation: this module runs inside `ferry test`, where
@@ -51,7 +53,7 @@ M.backend = "ferry" -- the one there is
 
 local states = setmetatable({}, { __mode = "k" }) -- spec view -> { ud = testbed request, id = }
 
--- The request made current (w->hook_req) and its hook (w->hook); saved and
+-- The request made current (fy_hook_current.req) and its hook (fy_hook_current.hook); saved and
 -- put back around each use, so a spec's view can be read even from inside
 -- a hook.
 local active, active_hook
@@ -502,6 +504,11 @@ function M.log(policy, req, res)
   if rc == core.FAILED then return nil, err end
   return true
 end
+
+-- Policy counters (ferry.metrics): the C core's values under `ferry test`, ferry.metrics' own otherwise.
+
+function M.metric(name, ...) return require("ferry.metrics").value(name, ...) end
+function M.reset_metrics() require("ferry.metrics").reset() end
 
 -- Policies -------------------------------------------------------------------
 

@@ -17,12 +17,13 @@ M.HEALTH_HOST = "health.observability.internal"
 
 function M.route(req)
   if req.host == M.HEALTH_HOST then
+    common.decisions:inc("answered", "none")
     return req:respond(200, "ok\n", { ["Content-Type"] = "text/plain", ["Cache-Control"] = "no-store" })
   end
   local group = common.group_for(req)
   if not group then return common.misdirected(req) end
   req.headers:remove(common.REGION_HEADER)
-  return group
+  return common.admit(group)
 end
 
 return M

@@ -25,7 +25,7 @@ function M.route(req)
   if not group then return common.misdirected(req) end
   if M.shed[group] then return common.shed(req, group, M.region, M.retry_after) end
   req.headers:set(common.REGION_HEADER, M.region)
-  return group
+  return common.admit(group)
 end
 
 return M

@@ -3,8 +3,9 @@
 It answers A queries from a table the test edits while it runs
 (`server.records[name] = (["127.0.0.2"], ttl)`), AAAA queries with an empty
 answer, unknown names with NXDOMAIN, and, while `server.failing` is set,
-every query with SERVFAIL. It counts the queries it saw per name. Standard
-library only; it runs in a thread of the test process.
+every query with SERVFAIL; with `server.delay` set (seconds), every answer
+leaves that late, so lookups stay in flight. It counts the queries it saw per
+name. Standard library only; it runs in a thread of the test process.
 """
 
 import socket
@@ -22,6 +23,7 @@ class DNSServer:
         self.records = {}
         self.failing = False
         self.queries = {}
+        self.delay = 0
         self.lock = threading.Lock()
         self.stopping = False
         self.thread = threading.Thread(target=self.run, daemon=True)
@@ -41,8 +43,16 @@ class DNSServer:
             except OSError:
                 return
             reply = self.answer(data)
-            if reply:
+            if reply and self.delay:
+                threading.Timer(self.delay, self.send_late, (reply, peer)).start()
+            elif reply:
                 self.sock.sendto(reply, peer)
+
+    def send_late(self, reply, peer):
+        try:
+            self.sock.sendto(reply, peer)
+        except OSError:
+            pass  # stopped meanwhile
 
     @staticmethod
     def parse_question(data):

@@ -146,7 +146,8 @@ def _proc_status_kb(pid, key):
 # In a sanitizer build (FERRY_SANITIZED=1, set by ctest) a report in ferry's
 # log fails the test that started it, even when every assertion held.
 SANITIZED = os.environ.get("FERRY_SANITIZED") == "1"
-SANITIZER_REPORT = re.compile(r"ERROR: (AddressSanitizer|LeakSanitizer)[^\n]*|runtime error:[^\n]*")
+SANITIZER_REPORT = re.compile(r"ERROR: (AddressSanitizer|LeakSanitizer)[^\n]*|runtime error:[^\n]*"
+                              r"|WARNING: ThreadSanitizer[^\n]*")
 
 
 class FerryStartError(AssertionError):
@@ -175,6 +176,7 @@ class Ferry:
         self.proc = None
         self.port = None
         self.returncode = None
+        self.env = {}  # extra environment for the ferry process
 
     def render(self, port):
         values = dict(listen="%s:%d" % (LOCAL, port), port=str(port),
@@ -214,7 +216,7 @@ class Ferry:
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen([FERRY_BIN, "run", "-c", self.conf_path],
                                          stdin=subprocess.DEVNULL, stdout=log, stderr=log,
-                                         cwd=self.dir, env=CLEAN_ENV)
+                                         cwd=self.dir, env=dict(CLEAN_ENV, **self.env))
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

@@ -45,7 +45,7 @@ local cfg = {
   dns = { servers = { "127.0.0.1:53" }, min_ttl = 5, max_ttl = 300, timeout = 5 },
   drain = { delay = 0, timeout = 10 },
   reload = { watch = false, debounce = 0.3 },
-  log = { level = "info", access = true },
+  log = { level = "info", access = { format = "text", buffer = 65536 } },
 }
 %s = %s
 return cfg
@@ -57,6 +57,8 @@ WRONG = {
     "number": ('"lots"', "expected a number, got string"),
     "integer": ('"lots"', "expected an integer, got string"),
     "boolean": ('"yes"', "expected a boolean, got string"),
+    "switch": ('"yes"', "expected a boolean or a table, got string"),
+    "workers": ("true", 'expected an integer from 1 to 256 or "auto", got boolean'),
     "table": ("5", "expected a table, got number"),
     "list": ("5", "expected a list, got number"),
     "map": ("5", "expected a table of named entries, got number"),
@@ -95,7 +97,7 @@ KEYS = {
     "upstreams.g.proxy_protocol": "string",
     "upstreams.g.keepalive": "table", "upstreams.g.keepalive.max_idle": "integer",
     "upstreams.g.keepalive.idle_timeout": "number", "upstreams.g.keepalive.upstream_idle_timeout": "number",
-    "policy": "string",
+    "policy": "string", "workers": "workers",
     "limits": "table", "limits.max_request_line": "integer", "limits.max_header_bytes": "integer",
     "limits.max_headers": "integer", "limits.header_timeout": "number", "limits.body_timeout": "number",
     "limits.send_timeout": "number", "limits.keepalive_timeout": "number",
@@ -107,7 +109,8 @@ KEYS = {
     "dns.max_ttl": "number", "dns.timeout": "number",
     "drain": "table", "drain.delay": "number", "drain.timeout": "number",
     "reload": "table", "reload.watch": "boolean", "reload.debounce": "number",
-    "log": "table", "log.level": "string", "log.access": "boolean",
+    "log": "table", "log.level": "string", "log.access": "switch",
+    "log.access.format": "string", "log.access.file": "string", "log.access.buffer": "integer",
 }
 
 # The schema's own list of its keys, read from lua/ferry/config.lua.
@@ -115,7 +118,7 @@ SCHEMA_KEYS = r"""
 package.path = arg[1] .. "/lua/?.lua;" .. package.path
 local function walk(spec, path)
   if path ~= "" then print(path .. "\t" .. spec.type) end
-  if spec.type == "table" then
+  if spec.type == "table" or (spec.type == "switch" and spec.fields) then
     local names = {}
     for k in pairs(spec.fields) do names[#names + 1] = k end
     table.sort(names)

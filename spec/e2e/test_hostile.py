@@ -73,7 +73,9 @@ class HostileTest(E2ECase):
         return True
 
     def test_connection_limit_sheds_with_503(self):
-        ferry = self.start_ferry(CONFIG, ROUTING_POLICY, up=self.up.addr, maxconn=20)
+        # limits.max_connections counts per worker (as nginx's worker_connections): one worker here.
+        ferry = self.start_ferry(CONFIG.replace("  policy =", "  workers = 1,\n  policy =", 1), ROUTING_POLICY,
+                                 up=self.up.addr, maxconn=20)
         self.open_many(ferry.port, 20)
         time.sleep(0.2)
         r = curl(ferry.url("/echo"), host=METRICS, timeout=5)

@@ -25,6 +25,17 @@ function M.route(req)
   local p = req.path
   if p == "/error" then error("deliberate failure") end
   if p == "/loop" then while true do end end
+  if p == "/counting-loop" then  -- the kind of loop LuaJIT would compile into a trace
+    local x = 0
+    while true do x = x + 1 end
+  end
+  if p == "/jit-on" then jit.on(true, true) end
+  if p == "/jit-on-loop" then  -- a policy that tries to turn the compiler back on gains nothing
+    pcall(jit.on)
+    pcall(jit.on, true, true)
+    local x = 0
+    for i = 1, math.huge do x = x + i % 7 end
+  end
   if p == "/stubborn-loop" then
     while true do pcall(function() while true do end end) end
   end
@@ -84,6 +95,20 @@ class IsolationTest(IsolationBase):
         before = self.status()["hook_timeouts"]
         self.check_fails_alone("/loop", r"route: timeout: ran longer than its 100 ms budget")
         self.assertEqual(self.status()["hook_timeouts"], before + 1)
+
+    def test_loop_the_jit_would_compile(self):
+        # Policy code runs interpreted under the instruction-count hook, so a
+        # hot numeric loop never becomes a compiled trace that skips the hook.
+        for path in ("/counting-loop", "/jit-on-loop"):
+            with self.subTest(path=path):
+                before = self.status()["hook_timeouts"]
+                self.check_fails_alone(path, r"route: timeout: ran longer than its 100 ms budget")
+                self.assertEqual(self.status()["hook_timeouts"], before + 1)
+
+    def test_jit_on_is_refused(self):
+        before = self.status()["hook_errors"]
+        self.check_fails_alone("/jit-on", r"route: error: .*policy\.lua:\d+: jit\.on: policy code runs interpreted")
+        self.assertEqual(self.status()["hook_errors"], before + 1)
 
     def test_loop_that_catches_its_own_errors(self):
         before = self.status()["hook_timeouts"]

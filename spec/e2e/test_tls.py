@@ -894,8 +894,11 @@ class TlsOptionsTest(TlsCase):
 # TLS to upstreams
 
 
+# One worker: these check pooled upstream connections and resumed sessions, which each
+# worker keeps for itself (as nginx's workers do).
 UPSTREAM_CONFIG = """
 return {
+  workers = 1,
   listeners = {
     { name = "edge", type = "http", address = "$listen" },
     { name = "agents", type = "https", address = "$https",

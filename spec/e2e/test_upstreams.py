@@ -140,8 +140,11 @@ class BalancingTest(E2ECase):
         ups = [self.start_upstream(n) for n in ("a", "b")]
         servers = ", ".join('"%s"' % u.addr for u in ups)
         # least_conn rotates among equally loaded servers, even one request at a time.
+        # (One client connection: one worker's rotation; each worker balances on its own.)
         ferry = self.start_group(servers, balance="least_conn")
-        counts = collections.Counter(get(ferry.port)[1] for _ in range(100))
+        conn = http.client.HTTPConnection("127.0.0.1", ferry.port, timeout=10)
+        counts = collections.Counter(get(ferry.port, conn=conn)[1] for _ in range(100))
+        conn.close()
         self.assertEqual(counts, {"a": 50, "b": 50}, counts)
         ferry.stop()
         # p2c spreads by load: with concurrent requests the busier server costs more.
@@ -260,7 +263,9 @@ class RetryTest(E2ECase):
         self.addCleanup(self.resetter.stop)
 
     def start_group(self, servers, extra="", policy=ROUTE_POLICY):
-        return self.start_ferry(GROUP_CONFIG, policy, servers=servers, balance="round_robin", extra=extra)
+        # One worker: these count which attempt lands where, and each worker keeps its own rotation.
+        return self.start_ferry(GROUP_CONFIG.replace("return {", "return {\n  workers = 1,", 1), policy,
+                                servers=servers, balance="round_robin", extra=extra)
 
     def test_refused_and_reset_are_retried_to_a_healthy_server(self):
         good = self.start_upstream("good")

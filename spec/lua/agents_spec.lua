@@ -32,6 +32,18 @@ describe("agents policy", function()
     assert.matches(pattern, d.body, 1, true)
   end
 
+  it("counts admitted and refused requests in ferry_policy_agent_decisions_total", function()
+    t.reset_metrics()
+    route { host = "metrics.observability.internal" }
+    route { proxy = { vpce_id = "vpce-00000000000000000" } }
+    route { proxy = false }
+    route { host = "evil.example.com" }
+    assert.equal(1, t.metric("agent_decisions", "admitted", "metrics"))
+    assert.equal(1, t.metric("agent_decisions", "refused_allowlist", "none"))
+    assert.equal(1, t.metric("agent_decisions", "refused_no_endpoint", "none"))
+    assert.equal(1, t.metric("agent_decisions", "misdirected", "none"))
+  end)
+
   describe("an allowlisted VPC endpoint", function()
     it("reaches the group of its Host", function()
       assert.same({ group = "metrics" }, route { host = "metrics.observability.internal" })

@@ -38,6 +38,18 @@ describe("eu-west-1 policy", function()
     assert.equal(421, route { no_host_header = true }.status)
   end)
 
+  it("counts its decisions in ferry_policy_region_decisions_total", function()
+    t.reset_metrics()
+    route { method = "POST", host = "logs.observability.internal" }
+    route { host = "health.observability.internal" }
+    route { host = "evil.example.com" }
+    route { host = "evil.example.com" }
+    assert.equal(1, t.metric("region_decisions", "admitted", "logs"))
+    assert.equal(1, t.metric("region_decisions", "answered", "none"))
+    assert.equal(2, t.metric("region_decisions", "misdirected", "none"))
+    assert.equal(0, t.metric("region_decisions", "shed", "logs"))
+  end)
+
   it("does not pass on an X-Ferry-Region sent by an agent", function()
     local req = t.request { host = "metrics.observability.internal",
                             headers = { ["x-ferry-region"] = "us-east-1", ["X-Scope-OrgID"] = "team-a" } }

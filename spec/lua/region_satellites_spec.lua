@@ -9,7 +9,10 @@ describe(region .. " policy", function()
   local groups = { "logs", "metrics", "traces" }
   local policy
 
-  before_each(function() policy = t.load_policy("scripts/regions/" .. region .. ".lua") end)
+  before_each(function()
+    policy = t.load_policy("scripts/regions/" .. region .. ".lua")
+    t.reset_metrics()
+  end)
 
   local function route(opts) return t.route(policy, t.request(opts), groups) end
 
@@ -48,6 +51,19 @@ describe(region .. " policy", function()
     -- the other kinds still flow
     assert.same({ group = "metrics" }, route { method = "POST", host = "metrics.observability.internal" })
     assert.same({ group = "logs" }, route { method = "POST", host = "logs.observability.internal" })
+  end)
+
+  it("counts its decisions in ferry_policy_region_decisions_total", function()
+    route { method = "POST", host = "metrics.observability.internal" }
+    route { method = "POST", host = "metrics.observability.internal" }
+    route { host = "evil.example.com" }
+    policy.shed.traces = true
+    route { method = "POST", host = "traces.observability.internal" }
+    assert.equal(2, t.metric("region_decisions", "admitted", "metrics"))
+    assert.equal(0, t.metric("region_decisions", "admitted", "logs"))
+    assert.equal(1, t.metric("region_decisions", "misdirected", "none"))
+    assert.equal(1, t.metric("region_decisions", "shed", "traces"))
+    assert.equal(0, t.metric("region_decisions", "admitted", "traces"))
   end)
 
   it("sheds nothing by default", function()

@@ -672,8 +672,31 @@ static void test_accept(void) {
   CHECK(fy_proxy_protocol_accept((const uint8_t *)"GET / HTTP/1.1\r\n", 16, &info, ip, sizeof ip, &port) < 0);
 }
 
+/* fy_addr_name: the text req.proxy and X-Forwarded-For carry, against inet_ntop. */
+static void test_addr_name(void) {
+  const char *ips[] = {"0.0.0.0",   "255.255.255.255", "10.0.0.5",      "192.168.100.9",
+                       "1.20.3.40", "127.0.0.1",       "99.100.101.199"};
+  for (size_t i = 0; i < sizeof ips / sizeof ips[0]; i++) {
+    struct sockaddr_storage ss;
+    memset(&ss, 0, sizeof ss);
+    struct sockaddr_in *sin = (struct sockaddr_in *)&ss;
+    sin->sin_family = AF_INET;
+    sin->sin_port = htons(8080);
+    CHECK(inet_pton(AF_INET, ips[i], &sin->sin_addr) == 1);
+    char text[INET6_ADDRSTRLEN];
+    int port = 0;
+    fy_addr_name(&ss, text, sizeof text, &port);
+    CHECK(strcmp(text, ips[i]) == 0);
+    CHECK(port == 8080);
+    char small[8];
+    fy_addr_name(&ss, small, sizeof small, &port); /* cut, still terminated */
+    CHECK(strlen(small) < sizeof small && strncmp(small, ips[i], strlen(small)) == 0);
+  }
+}
+
 int main(void) {
   fy_proxy_info info;
+  test_addr_name();
   CHECK(fy_proxy_protocol_parse(NULL, 0, &info) == 0);
   run_suite();
   exact_copies = true;
