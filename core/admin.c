@@ -160,10 +160,8 @@ static void fy_admin_servers(fy_buf *o, const fy_gen *gen, uint64_t now, const f
   }
 }
 
-static void fy_admin_metrics_collected(fy_runtime *rt, const fy_worker_view *v, size_t n, void *data) {
-  fy_conn *c = fy_admin_wait_end(data);
-  if (c == NULL) return;
-  fy_worker *w = c->w;
+void fy_admin_metrics_text(fy_runtime *rt, const fy_worker_view *v, size_t n, fy_buf *out) {
+  fy_worker *w = fy_runtime_control(rt);
   fy_worker_stats st;
   memset(&st, 0, sizeof st);
   uint64_t errors = 0, timeouts = 0, nomem = 0;
@@ -189,8 +187,7 @@ static void fy_admin_metrics_collected(fy_runtime *rt, const fy_worker_view *v, 
   for (int a = 0; a < 2; a++) /* the control loop's own: TLS handshakes of health probes */
     for (int b = 0; b < 3; b++)
       st.tls[a][b] += w->stats.tls[a][b];
-  fy_buf o;
-  fy_buf_init(&o);
+  fy_buf o = *out;
   fy_admin_metric(&o, "responses_total", "counter", "answers to clients by status class (none: cut)");
   static const char *const classes[] = {"none", "1xx", "2xx", "3xx", "4xx", "5xx"};
   for (int i = 0; i < 6; i++)
@@ -269,6 +266,15 @@ static void fy_admin_metrics_collected(fy_runtime *rt, const fy_worker_view *v, 
                 "ferry_access_log_dropped_total{reason=\"full\"} %llu\n"
                 "ferry_access_log_dropped_total{reason=\"write_error\"} %llu\n",
                 (unsigned long long)dropped, (unsigned long long)fy_access_log_write_errors());
+  *out = o;
+}
+
+static void fy_admin_metrics_collected(fy_runtime *rt, const fy_worker_view *v, size_t n, void *data) {
+  fy_conn *c = fy_admin_wait_end(data);
+  if (c == NULL) return;
+  fy_buf o;
+  fy_buf_init(&o);
+  fy_admin_metrics_text(rt, v, n, &o);
   fy_conn_respond(c, 200, "text/plain; version=0.0.4", o.data, o.len);
   fy_buf_free(&o);
 }

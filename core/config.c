@@ -438,6 +438,11 @@ static int fy_cfg_load_tls(lua_State *L, fy_config *cfg, fy_buf *errors) {
 }
 
 int fy_config_load(const char *path, fy_config **out, fy_buf *errors) {
+  return fy_config_load_text(path, NULL, NULL, out, errors);
+}
+
+int fy_config_load_text(const char *path, const char *text, const char *base, fy_config **out,
+                        fy_buf *errors) {
   int rc = FY_ECONFIG;
   fy_cfg_budget budget = {.used = 0, .deadline_ns = uv_hrtime() + (uint64_t)FY_CFG_TIME_MS * 1000000};
   lua_State *L = lua_newstate(fy_cfg_alloc, &budget);
@@ -456,7 +461,11 @@ int fy_config_load(const char *path, fy_config **out, fy_buf *errors) {
   if (lua_pcall(L, 1, 1, 0) != 0) goto fail;
   lua_getfield(L, -1, "load");
   lua_pushstring(L, path);
-  if (lua_pcall(L, 1, 2, 0) != 0) goto fail;
+  if (text) {
+    lua_pushstring(L, text);
+    lua_pushstring(L, base ? base : ".");
+  }
+  if (lua_pcall(L, text ? 3 : 1, 2, 0) != 0) goto fail;
   if (lua_isnil(L, -2)) goto fail;
   lua_pop(L, 1);
 

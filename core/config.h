@@ -131,6 +131,9 @@ typedef struct fy_config {
  * per error ("file:line: message") to errors.
  */
 int fy_config_load(const char *path, fy_config **out, fy_buf *errors);
+/* The same for a config given as text: path only names it in errors; relative paths are under base. */
+int fy_config_load_text(const char *path, const char *text, const char *base, fy_config **out,
+                        fy_buf *errors);
 /* Drops a reference; the last one frees it. */
 void fy_config_free(fy_config *cfg);
 static inline fy_config *fy_config_ref(fy_config *cfg) {

@@ -11,14 +11,14 @@
  * return codes, field numbers and hook bits from the enums below (by name,
  * from the same text), and when it loads it compares the layout of every
  * struct as LuaJIT sees it with what the C compiler made (fy_ffi_abi_layout)
- * and refuses to load on any difference.
+ * and refuses to load on any difference. Lua calls the functions through
+ * the table fy_ffi_api, never by symbol: none of them is exported.
  */
 #ifndef FERRY_FFI_H
 #define FERRY_FFI_H
 
 #include <stddef.h>
 
-#pragma GCC visibility push(default)
 /* FY_FFI_CDEF_BEGIN */
 enum {
   FY_FFI_EGONE = -1,  /* the request is not the one whose hook is running */
@@ -138,7 +138,45 @@ int fy_ffi_metric_declare(const char *name, const char *help, const char *labels
 int fy_ffi_metric_inc(int id, const char *values, size_t len, unsigned nvalues, double n);
 int fy_ffi_metric_value(const char *name, const char *values, size_t len, unsigned nvalues, double *out);
 int fy_ffi_metric_reset(void);
+/*
+ * The functions above, as Lua reaches them: lua_host.c hands every state
+ * the address of one constant table (package.loaded["ferry.api"], a light
+ * userdata) and ferry.core casts it to this type. Going through pointers
+ * rather than ffi.C keeps the symbols hidden: libferry exports only the
+ * ferry_* API, and a host that loads it with dlopen(RTLD_LOCAL) works the
+ * same. A field is named as its function, so call sites read C.fy_ffi_x().
+ */
+typedef struct fy_ffi_api {
+  const fy_ffi_layout *(*fy_ffi_abi_layout)(int *n);
+  int (*fy_ffi_req_str)(double id, int field, const char **out, size_t *len);
+  int (*fy_ffi_req_client_port)(double id);
+  int (*fy_ffi_req_content_length)(double id, double *out);
+  int (*fy_ffi_req_header_get)(double id, const char *name, size_t nlen, int nth, const char **out,
+                               size_t *len);
+  int (*fy_ffi_req_header_set)(double id, int mode, const char *name, size_t nlen, const char *val,
+                               size_t vlen);
+  int (*fy_ffi_req_respond_header)(double id, const char *name, size_t nlen, const char *val, size_t vlen);
+  int (*fy_ffi_req_respond)(double id, int status, const char *body, size_t blen);
+  int (*fy_ffi_req_ctx)(double id);
+  int (*fy_ffi_req_proxy)(double id, fy_ffi_proxy *out);
+  int (*fy_ffi_req_tls)(double id, fy_ffi_tls *out);
+  int (*fy_ffi_group_server)(double id, int group, int index, fy_ffi_server *out);
+  int (*fy_ffi_res_info)(double id, int *status, double *bytes);
+  int (*fy_ffi_res_header_get)(double id, const char *name, size_t nlen, int nth, const char **out,
+                               size_t *len);
+  int (*fy_ffi_res_header_set)(double id, int mode, const char *name, size_t nlen, const char *val,
+                               size_t vlen);
+  int (*fy_ffi_stream_info)(double id, fy_ffi_stream *out);
+  const char *(*fy_ffi_stream_vpce)(double id);
+  void (*fy_ffi_log)(int level, const char *msg, size_t len);
+  int (*fy_ffi_req_log_field)(double id, const char *name, size_t nlen, int kind, const char *val,
+                              size_t vlen);
+  int (*fy_ffi_metric_declare)(const char *name, const char *help, const char *labels, char *msg,
+                               size_t msglen);
+  int (*fy_ffi_metric_inc)(int id, const char *values, size_t len, unsigned nvalues, double n);
+  int (*fy_ffi_metric_value)(const char *name, const char *values, size_t len, unsigned nvalues, double *out);
+  int (*fy_ffi_metric_reset)(void);
+} fy_ffi_api;
 /* FY_FFI_CDEF_END */
-#pragma GCC visibility pop
 
 #endif

@@ -7,6 +7,20 @@
 
 _Atomic int fy_log_level_current = FY_LOG_INFO;
 
+static fy_log_sink fy_log_sink_fn;
+static void *fy_log_sink_data;
+
+void fy_log_set_sink(fy_log_sink sink, void *data) {
+  fy_log_sink_fn = sink;
+  fy_log_sink_data = data;
+}
+
+void fy_log_stderr(int level, const char *line, size_t len, void *data) {
+  (void)level;
+  (void)data;
+  fwrite(line, 1, len, stderr);
+}
+
 static const char *const fy_log_names[] = {"debug", "info", "warn", "error"};
 
 int fy_log_level_parse(const char *name) {
@@ -16,7 +30,7 @@ int fy_log_level_parse(const char *name) {
 }
 
 void fy_log(int level, const char *fmt, ...) {
-  if (level < fy_log_level_current) return;
+  if (level < fy_log_level_current || fy_log_sink_fn == NULL) return;
   char line[4096];
   struct timespec ts;
   struct tm tm;
@@ -31,5 +45,5 @@ void fy_log(int level, const char *fmt, ...) {
   va_end(ap);
   n = m < 0 ? n : (n + m < (int)sizeof line - 2 ? n + m : (int)sizeof line - 2);
   line[n++] = '\n';
-  fwrite(line, 1, (size_t)n, stderr);
+  fy_log_sink_fn(level, line, (size_t)n, fy_log_sink_data);
 }

@@ -276,6 +276,9 @@ static const fy_ffi_layout fy_ffi_layouts[] = {
     FY_LAYOUT_FIELD(fy_ffi_layout, field),
     FY_LAYOUT_FIELD(fy_ffi_layout, offset),
     FY_LAYOUT_FIELD(fy_ffi_layout, size),
+    FY_LAYOUT_SIZE(fy_ffi_api),
+    FY_LAYOUT_FIELD(fy_ffi_api, fy_ffi_abi_layout),
+    FY_LAYOUT_FIELD(fy_ffi_api, fy_ffi_metric_reset),
 };
 
 const fy_ffi_layout *fy_ffi_abi_layout(int *n) {

@@ -2,6 +2,7 @@
 
 #include "log.h"
 #include "lua_embed.h"
+#include "lua_modules.h"
 #include "conn.h"
 
 #include <lauxlib.h>
@@ -14,10 +15,42 @@
 #define FY_LUA_LOAD_BUDGET_MS 2000
 #define FY_LUA_HOOK_EVERY 1000 /* VM instructions between two deadline checks */
 
+static const fy_ffi_api fy_ffi_table = {
+    .fy_ffi_abi_layout = fy_ffi_abi_layout,
+    .fy_ffi_req_str = fy_ffi_req_str,
+    .fy_ffi_req_client_port = fy_ffi_req_client_port,
+    .fy_ffi_req_content_length = fy_ffi_req_content_length,
+    .fy_ffi_req_header_get = fy_ffi_req_header_get,
+    .fy_ffi_req_header_set = fy_ffi_req_header_set,
+    .fy_ffi_req_respond_header = fy_ffi_req_respond_header,
+    .fy_ffi_req_respond = fy_ffi_req_respond,
+    .fy_ffi_req_ctx = fy_ffi_req_ctx,
+    .fy_ffi_req_proxy = fy_ffi_req_proxy,
+    .fy_ffi_req_tls = fy_ffi_req_tls,
+    .fy_ffi_group_server = fy_ffi_group_server,
+    .fy_ffi_res_info = fy_ffi_res_info,
+    .fy_ffi_res_header_get = fy_ffi_res_header_get,
+    .fy_ffi_res_header_set = fy_ffi_res_header_set,
+    .fy_ffi_stream_info = fy_ffi_stream_info,
+    .fy_ffi_stream_vpce = fy_ffi_stream_vpce,
+    .fy_ffi_log = fy_ffi_log,
+    .fy_ffi_req_log_field = fy_ffi_req_log_field,
+    .fy_ffi_metric_declare = fy_ffi_metric_declare,
+    .fy_ffi_metric_inc = fy_ffi_metric_inc,
+    .fy_ffi_metric_value = fy_ffi_metric_value,
+    .fy_ffi_metric_reset = fy_ffi_metric_reset,
+};
+
 void fy_lua_openlibs(lua_State *L) {
   luaL_openlibs(L);
   fy_lua_api_open(L);
+  lua_getglobal(L, "package");
+  lua_getfield(L, -1, "loaded");
+  lua_pushlightuserdata(L, (void *)&fy_ffi_table);
+  lua_setfield(L, -2, "ferry.api");
+  lua_pop(L, 2);
   fy_lua_embed_preload(L);
+  fy_lua_modules_apply(L);
 }
 
 const char *fy_hook_outcome_name(enum fy_hook_outcome out) {

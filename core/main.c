@@ -1,26 +1,20 @@
-/* The ferry command: run, check, reload, test, version. */
-#include "access_log.h"
-#include "config.h"
-#include "log.h"
-#include "runtime.h"
-#include "test_cmd.h"
-#include "worker.h"
+/*
+ * The ferry command: run, check, reload, test, version. A client of the
+ * embedding API (ferry.h) like any other host: it alone installs signal
+ * handlers, sends the log to stderr, and turns on what a library leaves
+ * off by default (malloc_trim, sd_notify).
+ */
+#include "ferry.h"
 
-#include <ares.h>
-#include <arpa/inet.h>
 #include <limits.h>
-#include <llhttp.h>
-#include <luajit.h>
 #include <netdb.h>
 #include <signal.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
-#ifndef FERRY_VERSION
-#define FERRY_VERSION "0.1.0"
-#endif
 #ifndef FERRY_DEFAULT_CONFIG
 #define FERRY_DEFAULT_CONFIG "examples/ferry.lua"
 #endif
@@ -56,102 +50,78 @@ static const char *fy_config_arg(int argc, char **argv) {
   return path;
 }
 
-/* Loads config and builds a generation; prints errors and returns NULL on failure. */
-static fy_gen *fy_load(fy_worker *w, const char *path) {
-  fy_buf errors;
-  fy_buf_init(&errors);
-  fy_config *cfg = NULL;
-  fy_gen *gen = NULL;
-  if (fy_config_load(path, &cfg, &errors) == FY_OK && fy_gen_new(w, cfg, &gen, &errors) != FY_OK) {
-    fy_config_free(cfg);
-    gen = NULL;
-  }
-  if (errors.len) fwrite(errors.data, 1, errors.len, stderr);
-  fy_buf_free(&errors);
-  return gen;
-}
-
 static int fy_cmd_version(void) {
-  printf("ferry %s\n", FERRY_VERSION);
-  printf("libuv %s\n", uv_version_string());
-  printf("%s\n", LUAJIT_VERSION); /* "LuaJIT 2.1.0-beta3" */
-  printf("llhttp %d.%d.%d (strict mode)\n", LLHTTP_VERSION_MAJOR, LLHTTP_VERSION_MINOR, LLHTTP_VERSION_PATCH);
-  printf("c-ares %s\n", ares_version(NULL));
-  printf("%s (TLS 1.2)\n", fy_tls_version()); /* "mbed TLS 2.28.3" */
+  printf("ferry %s\n%s", ferry_version(), ferry_library_versions());
   return 0;
 }
 
+/* The report's last line (the summary) to stdout, the warnings before it to stderr. */
 static int fy_cmd_check(const char *path) {
-  uv_loop_t loop;
-  uv_loop_init(&loop);
-  fy_worker w;
-  fy_worker_init(&w, &loop, NULL);
-  fy_gen *gen = fy_load(&w, path);
-  if (gen == NULL) {
-    fy_worker_close(&w);
-    uv_run(&loop, UV_RUN_NOWAIT);
-    uv_loop_close(&loop);
+  char *report = NULL;
+  int rc = ferry_check(path, &report);
+  if (rc != 0) {
+    if (report) fputs(report, stderr);
+    ferry_free(report);
     return 1;
   }
-  if (gen->cfg->warnings.len) fwrite(gen->cfg->warnings.data, 1, gen->cfg->warnings.len, stderr);
-  printf("%s: ok (%zu listeners, %zu upstream groups, %zu policies)\n", path, gen->cfg->nlisteners,
-         gen->cfg->ngroups, gen->cfg->npolicies);
-  fy_gen_unref(gen);
-  fy_worker_close(&w);
-  uv_run(&loop, UV_RUN_NOWAIT);
-  uv_loop_close(&loop);
+  size_t len = strlen(report);
+  const char *last = report;
+  for (size_t i = 0; i + 1 < len; i++)
+    if (report[i] == '\n') last = report + i + 1;
+  fwrite(report, 1, (size_t)(last - report), stderr);
+  fputs(last, stdout);
+  ferry_free(report);
   return 0;
 }
 
 static uv_signal_t fy_sigterm, fy_sigint, fy_sighup, fy_sigusr1;
 
-static void fy_on_stopped(fy_runtime *rt) {
+static void fy_on_stopped(ferry_runtime *rt, void *data) {
   (void)rt;
+  (void)data;
   uv_close((uv_handle_t *)&fy_sigterm, NULL);
   uv_close((uv_handle_t *)&fy_sigint, NULL);
   uv_close((uv_handle_t *)&fy_sighup, NULL);
   uv_close((uv_handle_t *)&fy_sigusr1, NULL);
-  fy_log_info("stopped");
+  ferry_log(FERRY_LOG_INFO, "stopped");
 }
 
-static void fy_on_reloaded(fy_runtime *rt, int status, unsigned number, const fy_buf *errors, void *data) {
+static void fy_on_reloaded(ferry_runtime *rt, int status, unsigned number, const char *errors, void *data) {
   (void)rt;
   (void)data;
-  if (status != FY_OK)
-    fy_log_error("reload refused, generation %u keeps serving:\n%.*s", number, (int)errors->len,
-                 errors->data);
+  if (status != 0)
+    ferry_log(FERRY_LOG_ERROR, "reload refused, generation %u keeps serving:\n%s", number, errors);
 }
 
 static void fy_on_signal(uv_signal_t *s, int signum) {
-  fy_runtime *rt = s->data;
+  ferry_runtime *rt = s->data;
   if (signum == SIGUSR1) {
-    fy_log_info("SIGUSR1: reopening the access log");
-    fy_access_log_reopen();
+    ferry_log(FERRY_LOG_INFO, "SIGUSR1: reopening the access log");
+    ferry_reopen_access_log();
     return;
   }
   if (signum == SIGHUP) {
-    fy_log_info("SIGHUP: reloading %s", fy_runtime_config_path(rt));
-    fy_runtime_reload(rt, NULL, fy_on_reloaded, NULL);
+    ferry_log(FERRY_LOG_INFO, "SIGHUP: reloading %s", ferry_config_path(rt));
+    ferry_reload(rt, NULL, fy_on_reloaded, NULL);
     return;
   }
-  fy_log_info("%s: draining (in-flight requests finish, new connections are refused)",
-              signum == SIGTERM ? "SIGTERM" : "SIGINT");
-  fy_runtime_stop(rt, fy_on_stopped);
+  ferry_log(FERRY_LOG_INFO, "%s: draining (in-flight requests finish, new connections are refused)",
+            signum == SIGTERM ? "SIGTERM" : "SIGINT");
+  ferry_stop(rt, fy_on_stopped, NULL);
 }
 
 static int fy_cmd_run(const char *path) {
   uv_loop_t *loop = uv_default_loop();
   signal(SIGPIPE, SIG_IGN);
-  fy_buf errors;
-  fy_buf_init(&errors);
-  fy_runtime *rt = NULL;
-  if (fy_runtime_start(&rt, loop, path, &errors) != FY_OK) {
-    fwrite(errors.data, 1, errors.len, stderr);
+  ferry_options opts = {.config_path = path, .run = FERRY_RUN_THREADS, .flags = FERRY_TRIM | FERRY_NOTIFY};
+  ferry_runtime *rt = NULL;
+  char *errors = NULL;
+  if (ferry_start(&rt, loop, &opts, &errors) != 0) {
+    if (errors) fputs(errors, stderr);
     fprintf(stderr, "ferry: %s: not starting\n", path);
-    fy_buf_free(&errors);
+    ferry_free(errors);
     return 1;
   }
-  fy_buf_free(&errors);
   uv_signal_t *sigs[] = {&fy_sigterm, &fy_sigint, &fy_sighup, &fy_sigusr1};
   int nums[] = {SIGTERM, SIGINT, SIGHUP, SIGUSR1};
   for (int i = 0; i < 4; i++) {
@@ -159,16 +129,32 @@ static int fy_cmd_run(const char *path) {
     sigs[i]->data = rt;
     uv_signal_start(sigs[i], fy_on_signal, nums[i]);
   }
-  fy_log_info("ferry %s running with %s (pid %d)", FERRY_VERSION, path, (int)uv_os_getpid());
+  ferry_log(FERRY_LOG_INFO, "ferry %s running with %s (pid %d)", ferry_version(), path, (int)uv_os_getpid());
   uv_run(loop, UV_RUN_DEFAULT);
-  fy_runtime_free(rt);
+  ferry_runtime_free(rt);
   return 0;
 }
 
 /* ---- ferry reload ------------------------------------------------------- */
 
+/* A growing byte string (main.c sees only ferry.h). */
+typedef struct fy_text {
+  char *data;
+  size_t len, cap;
+} fy_text;
+
+static void fy_text_append(fy_text *t, const char *p, size_t n) {
+  if (t->len + n > t->cap) {
+    t->cap = (t->len + n) * 2;
+    t->data = realloc(t->data, t->cap);
+    if (t->data == NULL) abort(); /* ferry.h's allocation policy */
+  }
+  memcpy(t->data + t->len, p, n);
+  t->len += n;
+}
+
 /* Sends one request to the admin listener and returns its status, the body in out. */
-static int fy_admin_call(const char *host, int port, const char *request, fy_buf *out) {
+static int fy_admin_call(const char *host, int port, const char *request, fy_text *out) {
   char portstr[8];
   snprintf(portstr, sizeof portstr, "%d", port);
   struct addrinfo hints = {.ai_socktype = SOCK_STREAM}, *res = NULL;
@@ -189,9 +175,9 @@ static int fy_admin_call(const char *host, int port, const char *request, fy_buf
   char buf[4096];
   ssize_t n;
   while ((n = read(fd, buf, sizeof buf)) > 0)
-    fy_buf_append(out, buf, (size_t)n);
+    fy_text_append(out, buf, (size_t)n);
   close(fd);
-  fy_buf_append(out, "", 1);
+  fy_text_append(out, "", 1);
   int status = 0;
   if (sscanf(out->data, "HTTP/1.%*d %d", &status) != 1) return -1;
   const char *body = strstr(out->data, "\r\n\r\n");
@@ -202,19 +188,19 @@ static int fy_admin_call(const char *host, int port, const char *request, fy_buf
 }
 
 static int fy_cmd_reload(const char *path) {
-  fy_buf errors;
-  fy_buf_init(&errors);
-  fy_config *cfg = NULL;
-  if (fy_config_load(path, &cfg, &errors) != FY_OK) {
-    fwrite(errors.data, 1, errors.len, stderr);
+  char *host = NULL, *errors = NULL;
+  int port = 0;
+  int rc = ferry_admin_address(path, &host, &port, &errors);
+  if (rc < 0) {
+    if (errors) fputs(errors, stderr);
+    ferry_free(errors);
     return 1;
   }
-  if (cfg->admin_host == NULL) {
+  if (rc == 1) {
     fprintf(stderr,
             "ferry: %s has no admin.address; ferry reload talks to the running ferry through its "
             "admin listener (or send it SIGHUP)\n",
             path);
-    fy_config_free(cfg);
     return 2;
   }
   char real[PATH_MAX];
@@ -223,19 +209,20 @@ static int fy_cmd_reload(const char *path) {
            "POST /reload HTTP/1.1\r\nHost: ferry-admin\r\nX-Ferry-Config: %s\r\n"
            "Content-Length: 0\r\nConnection: close\r\n\r\n",
            realpath(path, real) ? real : path);
-  int status = fy_admin_call(cfg->admin_host, cfg->admin_port, request, &errors);
+  fy_text body = {0};
+  int status = fy_admin_call(host, port, request, &body);
   if (status < 0) {
-    fprintf(stderr, "ferry: no ferry answers on the admin listener %s:%d\n", cfg->admin_host,
-            cfg->admin_port);
+    fprintf(stderr, "ferry: no ferry answers on the admin listener %s:%d\n", host, port);
   } else {
-    fwrite(errors.data, 1, strnlen(errors.data, errors.len), status == 200 ? stdout : stderr);
+    fwrite(body.data, 1, strnlen(body.data, body.len), status == 200 ? stdout : stderr);
   }
-  fy_config_free(cfg);
-  fy_buf_free(&errors);
+  ferry_free(host);
+  free(body.data);
   return status == 200 ? 0 : 1;
 }
 
 int main(int argc, char **argv) {
+  ferry_set_log_sink(ferry_log_stderr, NULL);
   if (argc < 2) {
     fy_usage(stderr);
     return 2;
@@ -246,7 +233,7 @@ int main(int argc, char **argv) {
     fy_usage(stdout);
     return 0;
   }
-  if (strcmp(cmd, "test") == 0) return fy_cmd_test(argc, argv);
+  if (strcmp(cmd, "test") == 0) return ferry_test_main(argc, argv);
   if (strcmp(cmd, "check") == 0) return fy_cmd_check(fy_config_arg(argc, argv));
   if (strcmp(cmd, "run") == 0) return fy_cmd_run(fy_config_arg(argc, argv));
   if (strcmp(cmd, "reload") == 0) return fy_cmd_reload(fy_config_arg(argc, argv));

@@ -23,12 +23,15 @@ struct fy_runtime {
   uv_loop_t *loops; /* the serving workers' own */
   size_t nworkers;
   char *config_path;
+  char *config_text, *config_base; /* a config given as text: what a reload of "the running config" reads */
+  bool on_loop, trim, notify;      /* fy_runtime_opts */
   uint64_t reloads, reload_failures;
   fy_reload *reload;      /* the reload running, then the ones waiting, in order */
   bool stopping;          /* no more reloads; workers drain */
   size_t stopped, exited; /* serving workers done draining, and done altogether */
   bool control_stopped;
-  void (*on_stopped)(fy_runtime *rt);
+  void (*on_stopped)(fy_runtime *rt, void *data);
+  void *on_stopped_data;
   atomic_bool trim_wanted;
   fy_msg trim_msg;
 };
@@ -177,36 +180,55 @@ static void fy_trim_run(fy_msg *m, fy_worker *w) {
   fy_runtime *rt = w->rt;
   (void)m;
   atomic_store(&rt->trim_wanted, false);
-  malloc_trim(256 * 1024);
+  if (rt->trim) malloc_trim(256 * 1024);
 }
 
 void fy_runtime_trim(fy_runtime *rt) {
   if (!atomic_exchange(&rt->trim_wanted, true)) fy_worker_post(&rt->control, &rt->trim_msg);
 }
 
-int fy_runtime_start(fy_runtime **out, uv_loop_t *loop, const char *path, fy_buf *errors) {
+int fy_runtime_start(fy_runtime **out, uv_loop_t *loop, const fy_runtime_opts *opts, fy_buf *errors) {
+  const char *path = opts->path;
   fy_config *cfg = NULL;
-  int rc = fy_config_load(path, &cfg, errors);
+  int rc = fy_config_load_text(path, opts->text, opts->base, &cfg, errors);
   if (rc != FY_OK) return rc;
   fy_runtime *rt = fy_calloc(1, sizeof *rt);
   rt->loop = loop;
-  rt->nworkers = cfg->workers ? cfg->workers : fy_runtime_auto_workers();
+  rt->on_loop = opts->on_loop;
+  rt->trim = opts->trim;
+  rt->notify = opts->notify;
+  rt->nworkers = rt->on_loop ? 1 : cfg->workers ? cfg->workers : fy_runtime_auto_workers();
   rt->workers = fy_calloc(rt->nworkers, sizeof *rt->workers);
   rt->loops = fy_calloc(rt->nworkers, sizeof *rt->loops);
   rt->trim_msg.run = fy_trim_run;
   char real[PATH_MAX];
-  rt->config_path = fy_strdup(realpath(path, real) ? real : path);
+  if (opts->text) {
+    rt->config_path = fy_strdup(path);
+    rt->config_text = fy_strdup(opts->text);
+    rt->config_base = fy_strdup(opts->base ? opts->base : ".");
+  } else {
+    rt->config_path = fy_strdup(realpath(path, real) ? real : path);
+  }
   fy_worker_init(&rt->control, loop, NULL);
   rt->control.rt = rt;
   rt->control.control = true;
   for (size_t i = 0; i < rt->nworkers; i++) {
     fy_worker *w = &rt->workers[i];
-    uv_loop_init(&rt->loops[i]);
-    uv_loop_configure(&rt->loops[i], UV_METRICS_IDLE_TIME);
-    fy_worker_init(w, &rt->loops[i], NULL);
+    uv_loop_t *wl = loop;
+    if (!rt->on_loop) {
+      wl = &rt->loops[i];
+      uv_loop_init(wl);
+      uv_loop_configure(wl, UV_METRICS_IDLE_TIME);
+    }
+    fy_worker_init(w, wl, NULL);
     w->rt = rt;
     w->index = (unsigned)i;
   }
+  /*
+   * On the host's loop, a handle's loop leads to the control worker, which
+   * outlives the serving one: deferred writes of either run in its check phase.
+   */
+  if (rt->on_loop) loop->data = &rt->control;
   fy_gen **gens = fy_calloc(rt->nworkers, sizeof *gens);
   rc = fy_runtime_build(rt, cfg, &rt->control.gen, gens, errors);
   fy_config_free(cfg);
@@ -233,7 +255,7 @@ int fy_runtime_start(fy_runtime **out, uv_loop_t *loop, const char *path, fy_buf
       uv_run(w->loop, UV_RUN_NOWAIT);
       if (w->gen) fy_gen_unref(w->gen);
       uv_run(w->loop, UV_RUN_NOWAIT);
-      uv_loop_close(w->loop);
+      if (!rt->on_loop) uv_loop_close(w->loop);
       free(w->listeners);
     }
     for (size_t j = 0; j < rt->control.nlisteners; j++)
@@ -246,6 +268,8 @@ int fy_runtime_start(fy_runtime **out, uv_loop_t *loop, const char *path, fy_buf
     free(rt->workers);
     free(rt->loops);
     free(rt->config_path);
+    free(rt->config_text);
+    free(rt->config_base);
     free(rt);
     fy_access_log_close();
     return rc ? rc : FY_ECONFIG;
@@ -253,15 +277,17 @@ int fy_runtime_start(fy_runtime **out, uv_loop_t *loop, const char *path, fy_buf
   fy_worker_inbox_init(&rt->control);
   for (size_t i = 0; i < rt->nworkers; i++) {
     fy_worker_inbox_init(&rt->workers[i]);
-    uv_thread_create(&rt->workers[i].thread, fy_worker_thread, &rt->workers[i]);
+    if (!rt->on_loop) uv_thread_create(&rt->workers[i].thread, fy_worker_thread, &rt->workers[i]);
   }
-  fy_log_info("%zu worker%s serving", rt->nworkers, rt->nworkers == 1 ? "" : "s");
-  fy_notify_ready();
+  fy_log_info("%zu worker%s serving%s", rt->nworkers, rt->nworkers == 1 ? "" : "s",
+              rt->on_loop ? " on the host's loop" : "");
+  if (rt->notify) fy_notify_ready();
   *out = rt;
   return FY_OK;
 }
 
 const char *fy_runtime_config_path(const fy_runtime *rt) { return rt->config_path; }
+fy_worker *fy_runtime_control(fy_runtime *rt) { return &rt->control; }
 unsigned fy_runtime_generation(const fy_runtime *rt) { return rt->control.gen->number; }
 size_t fy_runtime_workers(const fy_runtime *rt) { return rt->nworkers; }
 uint64_t fy_runtime_reloads(const fy_runtime *rt, bool failed) {
@@ -280,6 +306,7 @@ struct fy_reload {
   fy_reload *next;
   fy_runtime *rt;
   char *path;
+  char *text, *base; /* the config given as text, or NULL */
   fy_reload_cb cb;
   void *data;
   uv_work_t work;
@@ -302,8 +329,9 @@ static void fy_reload_work(uv_work_t *req) {
   fy_reload *r = req->data;
   fy_runtime *rt = r->rt;
   fy_config *cfg = NULL;
-  r->rc = fy_config_load(r->path, &cfg, &r->errors);
-  if (r->rc == FY_OK) r->rc = fy_worker_check_reload(r->live, cfg, (unsigned)rt->nworkers, &r->errors);
+  r->rc = fy_config_load_text(r->path, r->text, r->base, &cfg, &r->errors);
+  unsigned nworkers = rt->on_loop ? 0 : (unsigned)rt->nworkers; /* 0: any, the host's loop runs one */
+  if (r->rc == FY_OK) r->rc = fy_worker_check_reload(r->live, cfg, nworkers, &r->errors);
   if (r->rc == FY_OK) r->rc = fy_runtime_build(rt, cfg, &r->control, r->gens, &r->errors);
   fy_config_free(cfg);
 }
@@ -317,13 +345,16 @@ static void fy_reload_finish(fy_reload *r) {
   } else {
     rt->reload_failures++;
   }
-  if (!rt->stopping) fy_notify_ready(); /* the service manager sees every reload end, a refused one too */
+  /* The service manager sees every reload end, a refused one too. */
+  if (!rt->stopping && rt->notify) fy_notify_ready();
   if (r->cb) r->cb(rt, r->rc, rt->control.gen->number, &r->errors, r->data);
   rt->reload = r->next;
   fy_buf_free(&r->errors);
   free(r->gens);
   free(r->switches);
   free(r->path);
+  free(r->text);
+  free(r->base);
   free(r);
   fy_reload_next(rt);
   fy_runtime_maybe_exit(rt);
@@ -343,6 +374,11 @@ static void fy_reload_all_switched(fy_msg *m, fy_worker *cw) {
   fy_buf_free(&ignored);
   fy_worker_switch(cw, r->control);
   fy_log_level_current = cfg->log_level;
+  if (r->text == NULL && rt->config_text) { /* a file now: a plain reload reads it from here on */
+    free(rt->config_text);
+    free(rt->config_base);
+    rt->config_text = rt->config_base = NULL;
+  }
   if (r->path != rt->config_path && strcmp(r->path, rt->config_path) != 0) {
     free(rt->config_path);
     rt->config_path = fy_strdup(r->path);
@@ -399,7 +435,7 @@ static void fy_reload_next(fy_runtime *rt) {
   r->start = uv_hrtime();
   r->live = rt->control.gen->cfg;
   fy_log_info("reloading %s on %zu worker%s", r->path, rt->nworkers, rt->nworkers == 1 ? "" : "s");
-  fy_notify_reloading();
+  if (rt->notify) fy_notify_reloading();
   uv_queue_work(rt->loop, &r->work, fy_reload_work, fy_reload_built);
 }
 
@@ -407,6 +443,10 @@ void fy_runtime_reload(fy_runtime *rt, const char *path, fy_reload_cb cb, void *
   fy_reload *r = fy_calloc(1, sizeof *r);
   r->rt = rt;
   r->path = fy_strdup(path && path[0] ? path : rt->config_path);
+  if (!(path && path[0]) && rt->config_text) {
+    r->text = fy_strdup(rt->config_text);
+    r->base = fy_strdup(rt->config_base);
+  }
   r->cb = cb;
   r->data = data;
   r->work.data = r;
@@ -419,6 +459,8 @@ void fy_runtime_reload(fy_runtime *rt, const char *path, fy_reload_cb cb, void *
     fy_buf_free(&r->errors);
     free(r->gens);
     free(r->path);
+    free(r->text);
+    free(r->base);
     free(r);
     return;
   }
@@ -528,7 +570,7 @@ static void fy_exited_run(fy_msg *m, fy_worker *cw) {
   if (++rt->exited < rt->nworkers) return;
   fy_worker_close(&rt->control);
   fy_worker_inbox_close(&rt->control);
-  if (rt->on_stopped) rt->on_stopped(rt);
+  if (rt->on_stopped) rt->on_stopped(rt, rt->on_stopped_data);
 }
 
 static void fy_exit_run(fy_msg *m, fy_worker *w) {
@@ -572,11 +614,12 @@ static void fy_stop_run(fy_msg *m, fy_worker *w) {
   fy_worker_stop(w, fy_worker_drained);
 }
 
-void fy_runtime_stop(fy_runtime *rt, void (*stopped)(fy_runtime *rt)) {
+void fy_runtime_stop(fy_runtime *rt, void (*stopped)(fy_runtime *rt, void *data), void *data) {
   if (rt->stopping) return;
   rt->stopping = true;
   rt->on_stopped = stopped;
-  fy_notify_stopping();
+  rt->on_stopped_data = data;
+  if (rt->notify) fy_notify_stopping();
   for (size_t i = 0; i < rt->nworkers; i++) {
     fy_msg *m = fy_calloc(1, sizeof *m);
     m->run = fy_stop_run;
@@ -585,17 +628,33 @@ void fy_runtime_stop(fy_runtime *rt, void (*stopped)(fy_runtime *rt)) {
   fy_worker_stop(&rt->control, fy_control_drained);
 }
 
-void fy_runtime_free(fy_runtime *rt) {
+void fy_runtime_release(fy_runtime *rt) {
   for (size_t i = 0; i < rt->nworkers; i++) {
-    uv_thread_join(&rt->workers[i].thread);
-    free(rt->workers[i].listeners);
+    fy_worker *w = &rt->workers[i];
+    if (!rt->on_loop) {
+      uv_thread_join(&w->thread);
+    } else if (w->gen) { /* what fy_worker_thread does after its loop, here on the host's */
+      fy_gen_unref(w->gen);
+      w->gen = NULL;
+    }
   }
-  fy_gen_unref(rt->control.gen);
-  uv_run(rt->loop, UV_RUN_NOWAIT);
+  if (rt->control.gen) fy_gen_unref(rt->control.gen);
+  rt->control.gen = NULL;
+}
+
+void fy_runtime_free(fy_runtime *rt) {
+  for (size_t i = 0; i < rt->nworkers; i++)
+    free(rt->workers[i].listeners);
+  if (rt->on_loop) { /* this thread's spare blocks and access log batch, as a worker thread's end */
+    fy_pool_drain();
+    fy_access_log_thread_end();
+  }
   free(rt->control.listeners);
   free(rt->workers);
   free(rt->loops);
   free(rt->config_path);
+  free(rt->config_text);
+  free(rt->config_base);
   free(rt);
   fy_access_log_close();
 }

@@ -29,20 +29,40 @@ typedef struct fy_runtime fy_runtime;
 /* The workers "auto" means: CPUs of the affinity mask, capped by a cgroup v2 cpu.max quota. */
 unsigned fy_runtime_auto_workers(void);
 
+/* What to start: the config and the process-wide effects a host allows. */
+typedef struct fy_runtime_opts {
+  const char *path; /* the config file; with text, only the name errors give it */
+  const char *text; /* the config itself, or NULL to read path */
+  const char *base; /* with text: the directory relative paths are under */
+  /*
+   * One serving worker on loop itself, beside the control worker, with no
+   * thread: for a host that wants ferry on its own loop. The config's
+   * workers setting is ignored.
+   */
+  bool on_loop;
+  bool trim;   /* malloc_trim the process's heap after connections release memory */
+  bool notify; /* tell the service manager (sd_notify) about readiness and reloads */
+} fy_runtime_opts;
+
 /*
- * Loads path, builds every generation, binds every listener and starts the
- * worker threads; the control worker serves on loop. On failure errors
- * holds the report and nothing runs.
+ * Loads the config, builds every generation, binds every listener and
+ * starts the worker threads; the control worker serves on loop. On failure
+ * errors holds the report and nothing runs.
  */
-int fy_runtime_start(fy_runtime **out, uv_loop_t *loop, const char *path, fy_buf *errors);
+int fy_runtime_start(fy_runtime **out, uv_loop_t *loop, const fy_runtime_opts *opts, fy_buf *errors);
 
 /* status 0 and the live number, or an error and its report. Runs on the control loop. */
 typedef void (*fy_reload_cb)(fy_runtime *rt, int status, unsigned number, const fy_buf *errors, void *data);
-/* Reloads every worker from path (NULL: the running config path); one reload at a time, in order. */
+/* Reloads every worker from path (NULL: the running config, file or text); one reload at a time, in order. */
 void fy_runtime_reload(fy_runtime *rt, const char *path, fy_reload_cb cb, void *data);
 /* Drains every worker; stopped runs on the control loop once all are done. */
-void fy_runtime_stop(fy_runtime *rt, void (*stopped)(fy_runtime *rt));
-/* Joins the threads and frees the runtime, after stopped ran and the control loop ended. */
+void fy_runtime_stop(fy_runtime *rt, void (*stopped)(fy_runtime *rt, void *data), void *data);
+/*
+ * After stopped ran: joins the threads and drops the last generations,
+ * whose handles on the control loop close; fy_runtime_free once their close
+ * callbacks have run (the loop ended, or a later turn found none closing).
+ */
+void fy_runtime_release(fy_runtime *rt);
 void fy_runtime_free(fy_runtime *rt);
 
 const char *fy_runtime_config_path(const fy_runtime *rt);
@@ -75,6 +95,11 @@ typedef struct fy_worker_view {
 /* Asks every worker for its view; done runs on the control loop with all of them. */
 typedef void (*fy_collect_cb)(fy_runtime *rt, const fy_worker_view *views, size_t n, void *data);
 void fy_runtime_collect(fy_runtime *rt, fy_collect_cb done, void *data);
+
+/* The control worker, on the control loop. */
+fy_worker *fy_runtime_control(fy_runtime *rt);
+/* Appends the text GET /metrics serves, from what fy_runtime_collect gathered (admin.c). */
+void fy_admin_metrics_text(fy_runtime *rt, const fy_worker_view *views, size_t n, fy_buf *out);
 
 /* A worker freed memory: one malloc_trim for the process runs on the control loop. */
 void fy_runtime_trim(fy_runtime *rt);

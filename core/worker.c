@@ -184,7 +184,7 @@ static int fy_reload_check_listeners(const fy_config *live, const fy_config *nex
 int fy_worker_check_reload(const fy_config *live, const fy_config *next, unsigned nworkers, fy_buf *errors) {
   int rc = fy_reload_check_listeners(live, next, errors);
   unsigned want = next->workers ? next->workers : fy_runtime_auto_workers();
-  if (want != nworkers) {
+  if (nworkers && want != nworkers) { /* 0: a runtime serving on its host's loop, always one worker */
     fy_buf_printf(errors,
                   "%s: workers: %u workers instead of %u; changing the number of workers needs a restart\n",
                   next->path, want, nworkers);

@@ -533,12 +533,17 @@ end
 
 -- Best effort at a line number for a key path: find each named component of
 -- the path in turn, each at or after the line of the one before it.
+local texts = {} -- name -> the config text M.load was given instead of a file
 local function locate(file, path)
-  local f = io.open(file, "r")
-  if not f then return nil end
   local lines = {}
-  for line in f:lines() do lines[#lines + 1] = line end
-  f:close()
+  if texts[file] then
+    for line in (texts[file] .. "\n"):gmatch("([^\n]*)\n") do lines[#lines + 1] = line end
+  else
+    local f = io.open(file, "r")
+    if not f then return nil end
+    for line in f:lines() do lines[#lines + 1] = line end
+    f:close()
+  end
   local at = 1
   for comp in path:gmatch("[%w_%-]+") do
     if not comp:match("^%d+$") then
@@ -557,10 +562,18 @@ local function locate(file, path)
   return at
 end
 
--- Returns the normalised config, or nil and a list of error lines.
-function M.load(file)
+-- Returns the normalised config, or nil and a list of error lines. With
+-- text, the config is that string, named file in its errors, and relative
+-- paths in it are relative to base (the embedding API's config strings).
+function M.load(file, text, base)
   -- Source only: LuaJIT does not verify bytecode, and crafted bytecode crashes it.
-  local chunk, err = loadfile(file, "t")
+  local chunk, err
+  if text then
+    texts[file] = text
+    chunk, err = load(text, "=" .. file, "t")
+  else
+    chunk, err = loadfile(file, "t")
+  end
   if not chunk then
     return nil, { with_path(file, err:find("wrong mode", 1, true) and "precompiled bytecode is not accepted" or err) }
   end
@@ -578,7 +591,7 @@ function M.load(file)
   -- rules and the warnings below only ever see a config that passed it.
   if #errs > 0 then checked = nil end
 
-  local out = checked and normalise(checked, dirname(file), errs)
+  local out = checked and normalise(checked, base or dirname(file), errs)
   if out then
     -- "file:line: key.path" of each policy, which the loader's errors start with.
     for i, key in ipairs(out.policy_keys) do out.policy_keys[i] = M.locate_error(file, key .. ":"):sub(1, -2) end

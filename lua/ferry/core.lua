@@ -6,7 +6,6 @@
 -- (lib: fy_ffi_* in core/lua_api.c). No C pointer is ever stored in Lua.
 
 local ffi = require "ffi"
-local C = ffi.C
 -- Lua C functions for the accessors every request reaches (core/lua_api.c):
 -- policy code is interpreted, and there they cost a fraction of an FFI call.
 local native = require "ferry.native"
@@ -16,12 +15,18 @@ local native = require "ferry.native"
 -- read from its enums by name.
 local CDEF = require "ferry.cdef"
 ffi.cdef(CDEF)
+-- The functions come through a table of pointers C hands over (fy_ffi_api
+-- in ffi.h), never through ffi.C: libferry exports none of them, so that a
+-- host may load it with dlopen(RTLD_LOCAL). ffi.C still names the constants
+-- of the enums, which need no symbol.
+local C = ffi.cast("const fy_ffi_api *", require "ferry.api")
+local K = ffi.C
 
 -- Each constant of an enum of ffi.h whose names start with prefix:
 -- { [lower-case rest of the name] = value }.
 local function enum(prefix)
   local t = {}
-  for rest in CDEF:gmatch("%f[%w_]" .. prefix .. "([%u_]+)%f[^%w_]") do t[rest:lower()] = C[prefix .. rest] end
+  for rest in CDEF:gmatch("%f[%w_]" .. prefix .. "([%u_]+)%f[^%w_]") do t[rest:lower()] = K[prefix .. rest] end
   return t
 end
 
@@ -69,14 +74,14 @@ local RESPONDED = setmetatable({}, { __tostring = function() return "response" e
 
 local dnum = ffi.new("double[1]")
 
-local NO_ANSWER, FAILED = C.FY_HOOK_NO_ANSWER, C.FY_HOOK_FAILED -- what the hooks below return to C
+local NO_ANSWER, FAILED = K.FY_HOOK_NO_ANSWER, K.FY_HOOK_FAILED -- what the hooks below return to C
 M.NO_ANSWER, M.FAILED = NO_ANSWER, FAILED
 
 local failures = {
-  [C.FY_FFI_EGONE] = "request is gone (a req handle is only valid during its hook)",
-  [C.FY_FFI_EPHASE] = "not allowed here",
-  [C.FY_FFI_EINVAL] = "invalid argument",
-  [C.FY_FFI_EROUTE] = "only route(req) may do this",
+  [K.FY_FFI_EGONE] = "request is gone (a req handle is only valid during its hook)",
+  [K.FY_FFI_EPHASE] = "not allowed here",
+  [K.FY_FFI_EINVAL] = "invalid argument",
+  [K.FY_FFI_EROUTE] = "only route(req) may do this",
 }
 
 -- level: where the caller's caller is (3 for a method called by the policy).
@@ -155,8 +160,8 @@ function req_methods:respond(status, body, headers)
   if type(body) ~= "string" then error("req:respond: body must be a string", 2) end
   if headers ~= nil and type(headers) ~= "table" then error("req:respond: headers must be a table", 2) end
   local rc = C.fy_ffi_req_respond(self._id, status, body, #body)
-  if rc == C.FY_FFI_EPHASE then error("req:respond: the request was already answered", 2) end
-  if rc == C.FY_FFI_EROUTE then error("req:respond: only route(req) may answer a request", 2) end
+  if rc == K.FY_FFI_EPHASE then error("req:respond: the request was already answered", 2) end
+  if rc == K.FY_FFI_EROUTE then error("req:respond: only route(req) may answer a request", 2) end
   check(rc, "req:respond")
   for k, v in pairs(headers or {}) do
     k, v = tostring(k), tostring(v)

@@ -8,11 +8,12 @@
 -- hook. Values are kept by ferry's C core per worker (core/policy_metrics.c),
 -- so they survive a reload that declares the counter again, and /metrics
 -- shows them as ferry_policy_<name>_total. The C functions are declared in
--- core/ffi.h, which ferry.core hands to the FFI.
+-- core/ffi.h, which ferry.core hands to the FFI; like ferry.core, this
+-- calls them through the pointer table fy_ffi_api, not ffi.C.
 local ffi = require "ffi"
 require "ferry.core"
 
-local C = ffi.C
+local C = ffi.cast("const fy_ffi_api *", require "ferry.api")
 
 local M = {}
 

@@ -21,7 +21,7 @@ OUT=${1:-build/fuzz}
 CC=${CC:-clang}
 SAN="-fsanitize=address,undefined -fno-sanitize-recover=undefined"
 CFLAGS="-std=gnu11 -g -O1 -fno-omit-frame-pointer -fsanitize=fuzzer $SAN
-        -Wall -Wextra -Wshadow -Werror -Icore"
+        -Wall -Wextra -Wshadow -Werror -Icore -Iinclude"
 UV_CFLAGS=$(pkg-config --cflags libuv)
 UV_LIBS=$(pkg-config --libs libuv)
 
@@ -43,7 +43,7 @@ if grep -qs 'include <mbedtls/' core/*.c core/*.h; then
 fi
 # Core and llhttp objects: coverage and sanitizers, but warnings are the CMake
 # build's business (clang may warn where gcc does not), so no -Werror here.
-OBJ_CFLAGS="-std=gnu11 -g -O1 -fno-omit-frame-pointer -fsanitize=fuzzer-no-link $SAN -Icore $DEP_CFLAGS"
+OBJ_CFLAGS="-std=gnu11 -g -O1 -fno-omit-frame-pointer -fsanitize=fuzzer-no-link $SAN -Icore -Iinclude $DEP_CFLAGS"
 OBJ="$OUT/obj"
 mkdir -p "$OBJ"
 

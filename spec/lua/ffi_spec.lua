@@ -18,11 +18,20 @@ describe("the FFI surface", function()
     local types = {}
     for _, e in ipairs(entries) do types[e.type] = true end
     assert.same({ fy_ffi_proxy = true, fy_ffi_tls = true, fy_ffi_server = true, fy_ffi_stream = true,
-                  fy_ffi_layout = true }, types)
+                  fy_ffi_layout = true, fy_ffi_api = true }, types)
     assert.is_nil(core.layout_difference(entries))
     for _, e in ipairs(entries) do
       if e.field then assert.equal(ffi.offsetof(e.type, e.field), e.offset, e.type .. "." .. e.field) end
     end
+  end)
+
+  it("reaches the C functions through the pointer table, not through exported symbols", function()
+    local api = ffi.cast("const fy_ffi_api *", require "ferry.api")
+    local n = ffi.new("int[1]")
+    assert.is_true(api.fy_ffi_abi_layout(n) ~= nil)
+    assert.is_true(n[0] > 0)
+    -- libferry exports only ferry_*: a lookup by name finds nothing.
+    assert.is_false(pcall(function() return ffi.C.fy_ffi_abi_layout end))
   end)
 
   it("would refuse to load on a difference", function()
