@@ -113,6 +113,17 @@ static void fy_on_signal(uv_signal_t *s, int signum) {
 static int fy_cmd_run(const char *path) {
   uv_loop_t *loop = uv_default_loop();
   signal(SIGPIPE, SIG_IGN);
+  /*
+   * Signals are caught before ferry starts serving: a SIGHUP sent as soon as
+   * the port answers must reload, not end the process by default. libuv
+   * queues them on the loop, which runs only once rt is set.
+   */
+  uv_signal_t *sigs[] = {&fy_sigterm, &fy_sigint, &fy_sighup, &fy_sigusr1};
+  int nums[] = {SIGTERM, SIGINT, SIGHUP, SIGUSR1};
+  for (int i = 0; i < 4; i++) {
+    uv_signal_init(loop, sigs[i]);
+    uv_signal_start(sigs[i], fy_on_signal, nums[i]);
+  }
   ferry_options opts = {.config_path = path, .run = FERRY_RUN_THREADS, .flags = FERRY_TRIM | FERRY_NOTIFY};
   ferry_runtime *rt = NULL;
   char *errors = NULL;
@@ -120,15 +131,13 @@ static int fy_cmd_run(const char *path) {
     if (errors) fputs(errors, stderr);
     fprintf(stderr, "ferry: %s: not starting\n", path);
     ferry_free(errors);
+    for (int i = 0; i < 4; i++)
+      uv_close((uv_handle_t *)sigs[i], NULL);
+    uv_run(loop, UV_RUN_NOWAIT);
     return 1;
   }
-  uv_signal_t *sigs[] = {&fy_sigterm, &fy_sigint, &fy_sighup, &fy_sigusr1};
-  int nums[] = {SIGTERM, SIGINT, SIGHUP, SIGUSR1};
-  for (int i = 0; i < 4; i++) {
-    uv_signal_init(loop, sigs[i]);
+  for (int i = 0; i < 4; i++)
     sigs[i]->data = rt;
-    uv_signal_start(sigs[i], fy_on_signal, nums[i]);
-  }
   ferry_log(FERRY_LOG_INFO, "ferry %s running with %s (pid %d)", ferry_version(), path, (int)uv_os_getpid());
   uv_run(loop, UV_RUN_DEFAULT);
   ferry_runtime_free(rt);
