@@ -256,7 +256,6 @@ int fy_runtime_start(fy_runtime **out, uv_loop_t *loop, const fy_runtime_opts *o
       if (w->gen) fy_gen_unref(w->gen);
       uv_run(w->loop, UV_RUN_NOWAIT);
       if (!rt->on_loop) uv_loop_close(w->loop);
-      free(w->listeners);
     }
     for (size_t j = 0; j < rt->control.nlisteners; j++)
       uv_close((uv_handle_t *)&rt->control.listeners[j].tcp, NULL);
@@ -264,14 +263,7 @@ int fy_runtime_start(fy_runtime **out, uv_loop_t *loop, const fy_runtime_opts *o
     uv_run(loop, UV_RUN_NOWAIT);
     if (rt->control.gen) fy_gen_unref(rt->control.gen);
     uv_run(loop, UV_RUN_NOWAIT);
-    free(rt->control.listeners);
-    free(rt->workers);
-    free(rt->loops);
-    free(rt->config_path);
-    free(rt->config_text);
-    free(rt->config_base);
-    free(rt);
-    fy_access_log_close();
+    fy_runtime_free(rt);
     return rc ? rc : FY_ECONFIG;
   }
   fy_worker_inbox_init(&rt->control);
