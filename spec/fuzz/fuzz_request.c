@@ -30,7 +30,8 @@
  *   - the bytes the client receives are well-formed responses (strict llhttp,
  *     a response to HEAD has no body), nothing after the last one;
  *   - at most one final response per request and at most C + 1 of them (the
- *     one more: a 400 for the cut or malformed request after the C);
+ *     one more: a 400 for the cut or malformed request after the C, or for
+ *     a bare LF where llhttp skips empty lines before a request line);
  *   - a response with Connection: close is the last; fewer than C responses
  *     only when the last one closed the connection (ferry refused a request);
  *   - the responses carrying X-Up are the upstream's answers, numbered
@@ -302,7 +303,12 @@ static void check_client(void) {
   REQUIRE(!resp.upgraded);
   REQUIRE(!resp.eof_incomplete && resp.last_end == resp.offset); /* no cut response */
 
-  bool more = ref.n > ref_complete; /* a cut or malformed request follows the complete ones */
+  /* A cut or malformed request follows the complete ones. llhttp skips empty
+   * lines before a request line without starting a message, bare LFs included;
+   * ferry refuses a bare LF there with a 400, so any byte after the last
+   * complete request may earn one. */
+  size_t complete_end = ref_complete ? ref.msgs[ref_complete - 1]->end : 0;
+  bool more = ref.n > ref_complete || ref.offset > complete_end;
   size_t nfinal = 0, from_upstream = 0;
   bool closed = false;
   for (size_t k = 0; k < resp.n; k++) {
@@ -319,6 +325,10 @@ static void check_client(void) {
     REQUIRE(i < ref_complete + (more ? 1 : 0));
     char v[64];
     if (fz_get(m, "connection", v, sizeof v) && strcasecmp(v, "close") == 0) closed = true;
+    if (i == ref.n) { /* refused bytes llhttp took for empty lines */
+      REQUIRE(m->status == 400 && closed && fz_count(m, "server") == 1 && !fz_get(m, "x-up", v, sizeof v));
+      continue;
+    }
     const fz_msg *c = ref.msgs[i];
     if ((int)i == flip_index) /* KNOWN: a refused HEAD request answered with a body */
       REQUIRE(!fz_strict && m->status >= 400 && closed && fz_count(m, "server") == 1);
