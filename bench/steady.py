@@ -24,6 +24,7 @@ Results go to bench/results/steady.md and steady.json.
 import datetime
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -160,6 +161,10 @@ def measure_instructions(p, sc, exe, run_dir, tag):
         dumps = [f for f in os.listdir(run_dir)
                  if f.startswith("callgrind.%s.%s." % (p.name, tag)) and f not in before]
         total = callgrind_total(os.path.join(run_dir, dumps[0])) if len(dumps) == 1 else None
+        keep = os.environ.get("BENCH_KEEP_CALLGRIND")  # a directory for callgrind_annotate
+        if keep and len(dumps) == 1:
+            os.makedirs(keep, exist_ok=True)
+            shutil.copy(os.path.join(run_dir, dumps[0]), os.path.join(keep, "callgrind.%s.%s" % (p.name, tag)))
         if not res.get("ok") or total is None:
             return {"error": "measured run failed: %s" % res}
         return {"ir": total, "requests": res["done"], "ir_per_req": total / res["done"]}
@@ -247,7 +252,6 @@ def main(argv):
     peers = [n for n in STEADY_PEERS if n in args.peers.split(",")]
 
     import atexit
-    import shutil
     import signal
     import tempfile
     RUN.ensure_tools()
@@ -281,8 +285,8 @@ def main(argv):
             row = rows[name] = {}
             if not args.no_callgrind:
                 log("steady: %s %s: instructions (callgrind, 2 runs)" % (scen, name))
-                a = measure_instructions(p, sc, exe, run_dir, "a")
-                b = measure_instructions(p, sc, exe, run_dir, "b") if "error" not in a else a
+                a = measure_instructions(p, sc, exe, run_dir, scen + ".a")
+                b = measure_instructions(p, sc, exe, run_dir, scen + ".b") if "error" not in a else a
                 row["callgrind"] = [a, b]
                 if "error" not in a and "error" not in b:
                     row["ir_per_req"] = (a["ir_per_req"] + b["ir_per_req"]) / 2

@@ -400,15 +400,29 @@ void fy_conn_respond_simple(fy_conn *c, int status, const char *body) {
 
 /* ---- exchange lifecycle ----------------------------------------------- */
 
+/* The request-duration series of (listener, group, class), its labels rendered once. */
+static fy_series *fy_conn_request_series(fy_conn *c) {
+  const fy_req *r = &c->req;
+  int class = fy_metrics_class_index(r->status);
+  fy_group *g = r->group >= 0 && r->gen ? &r->gen->groups[r->group] : NULL;
+  fy_series **slot = &c->listener->m_answered[class];
+  if (g) {
+    if (g->m_requests == NULL) g->m_requests = fy_calloc(r->gen->cfg->nlisteners * FY_METRICS_NCLASSES, sizeof *slot);
+    slot = &g->m_requests[c->listener->index * FY_METRICS_NCLASSES + (size_t)class];
+  }
+  if (*slot == NULL) {
+    char labels[FY_LABELS_MAX];
+    fy_labels(labels, sizeof labels, "listener", c->listener->name, "group", g ? g->cfg->name : "none", "class",
+              fy_metrics_class(r->status), NULL);
+    *slot = fy_metrics_series(&c->w->metrics, FY_M_REQUEST_DURATION, labels);
+  }
+  return *slot;
+}
+
 static void fy_conn_observe(fy_conn *c) {
   const fy_req *r = &c->req;
-  char labels[FY_LABELS_MAX];
-  const char *group = r->group >= 0 && r->gen ? r->gen->cfg->groups[r->group].name : "none";
-  fy_labels(labels, sizeof labels, "listener", c->listener->name, "group", group, "class",
-            fy_metrics_class(r->status), NULL);
   uint64_t now = uv_hrtime();
-  fy_metrics_observe(&c->w->metrics, FY_M_REQUEST_DURATION, labels,
-                     r->started_ns && now > r->started_ns ? now - r->started_ns : 0);
+  fy_series_observe(fy_conn_request_series(c), r->started_ns && now > r->started_ns ? now - r->started_ns : 0);
 }
 
 static void fy_conn_access_log(fy_conn *c) {

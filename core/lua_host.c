@@ -274,7 +274,11 @@ static void fy_lua_timed(fy_lua *lua, struct fy_req *req, int hook, uint64_t ns)
   static const char *const labels[] = {"hook=\"none\"",        "hook=\"route\"",    "hook=\"select\"",
                                        "hook=\"retry\"",       "hook=\"response\"", "hook=\"log\"",
                                        "hook=\"route_stream\""};
-  if (lua->w) fy_metrics_observe(&lua->w->metrics, FY_M_HOOK_DURATION, labels[hook], ns);
+  if (lua->w) {
+    if (lua->m_hooks[hook] == NULL)
+      lua->m_hooks[hook] = fy_metrics_series(&lua->w->metrics, FY_M_HOOK_DURATION, labels[hook]);
+    fy_series_observe(lua->m_hooks[hook], ns);
+  }
   if (req) req->policy_ns += ns;
 }
 

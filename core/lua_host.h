@@ -79,6 +79,7 @@ typedef struct fy_lua {
   int *counters; /* registry ids, in the order of declared (-1: the registry was full) */
   size_t ncounters;
   struct fy_worker *w; /* the worker whose generation this state is (fy_gen_build sets it) */
+  struct fy_series *m_hooks[8]; /* hook durations in w's metrics, by hook, found on first use */
 } fy_lua;
 
 /* The state whose policies are loading on this thread (NULL outside fy_lua_init). */

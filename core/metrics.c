@@ -71,11 +71,11 @@ char *fy_labels(char *out, size_t cap, ...) {
 
 static void fy_family_grow(fy_family *f) {
   size_t cap = f->cap ? f->cap * 2 : 16;
-  fy_series *slots = fy_calloc(cap, sizeof *slots);
+  fy_series **slots = fy_calloc(cap, sizeof *slots);
   for (size_t i = 0; i < f->cap; i++) {
-    if (f->slots[i].hash == 0) continue;
-    size_t j = f->slots[i].hash & (cap - 1);
-    while (slots[j].hash != 0)
+    if (f->slots[i] == NULL) continue;
+    size_t j = f->slots[i]->hash & (cap - 1);
+    while (slots[j] != NULL)
       j = (j + 1) & (cap - 1);
     slots[j] = f->slots[i];
   }
@@ -84,48 +84,60 @@ static void fy_family_grow(fy_family *f) {
   f->cap = cap;
 }
 
+static fy_series *fy_family_lookup(const fy_family *f, uint64_t h, const char *labels) {
+  if (f->cap == 0) return NULL;
+  for (size_t j = h & (f->cap - 1); f->slots[j] != NULL; j = (j + 1) & (f->cap - 1))
+    if (f->slots[j]->hash == h && strcmp(f->slots[j]->labels, labels) == 0) return f->slots[j];
+  return NULL;
+}
+
 /* The series for labels, created on first use; past the cap, the overflow series. */
 static fy_series *fy_family_get(fy_family *f, bool hist, const char *labels) {
   uint64_t h = fy_metrics_hash(labels);
-  if (f->cap) {
-    for (size_t j = h & (f->cap - 1); f->slots[j].hash != 0; j = (j + 1) & (f->cap - 1))
-      if (f->slots[j].hash == h && strcmp(f->slots[j].labels, labels) == 0) return &f->slots[j];
-  }
+  fy_series *s = fy_family_lookup(f, h, labels);
+  if (s) return s;
   if (f->n >= (f->max ? f->max : FY_METRICS_MAX_SERIES) && strcmp(labels, "overflow=\"true\"") != 0)
     return fy_family_get(f, hist, "overflow=\"true\"");
   if ((f->n + 1) * 4 > f->cap * 3) fy_family_grow(f);
   size_t j = h & (f->cap - 1);
-  while (f->slots[j].hash != 0)
+  while (f->slots[j] != NULL)
     j = (j + 1) & (f->cap - 1);
-  fy_series *s = &f->slots[j];
+  s = f->slots[j] = fy_calloc(1, sizeof *s);
   s->hash = h;
   s->labels = fy_strdup(labels);
-  s->value = 0;
   s->hist = hist ? fy_calloc(1, sizeof *s->hist) : NULL;
   f->n++;
   return s;
 }
 
-void fy_metrics_observe(fy_metrics *m, enum fy_metric_family f, const char *labels, uint64_t ns) {
-  fy_hist *h = fy_family_get(&m->fam[f], true, labels)->hist;
-  double s = (double)ns / 1e9;
+fy_series *fy_metrics_series(fy_metrics *m, enum fy_metric_family f, const char *labels) {
+  return fy_family_get(&m->fam[f], fy_families[f].hist, labels);
+}
+
+void fy_series_observe(fy_series *s, uint64_t ns) {
+  fy_hist *h = s->hist;
+  double sec = (double)ns / 1e9;
   size_t i = 0;
-  while (i < FY_HIST_NBOUNDS && s > fy_metrics_bounds[i])
+  while (i < FY_HIST_NBOUNDS && sec > fy_metrics_bounds[i])
     i++;
   h->buckets[i]++;
   h->sum_ns += ns;
 }
 
+void fy_metrics_observe(fy_metrics *m, enum fy_metric_family f, const char *labels, uint64_t ns) {
+  fy_series_observe(fy_metrics_series(m, f, labels), ns);
+}
+
 void fy_metrics_add(fy_metrics *m, enum fy_metric_family f, const char *labels, uint64_t n) {
-  fy_family_get(&m->fam[f], false, labels)->value += n;
+  fy_metrics_series(m, f, labels)->value += n;
 }
 
 void fy_metrics_merge(fy_metrics *to, const fy_metrics *from) {
   for (int f = 0; f < FY_M_COUNT; f++) {
     const fy_family *src = &from->fam[f];
     for (size_t i = 0; i < src->cap; i++) {
-      const fy_series *s = &src->slots[i];
-      if (s->hash == 0) continue;
+      const fy_series *s = src->slots[i];
+      if (s == NULL) continue;
       fy_series *d = fy_family_get(&to->fam[f], fy_families[f].hist, s->labels);
       d->value += s->value;
       if (s->hist && d->hist) {
@@ -139,8 +151,10 @@ void fy_metrics_merge(fy_metrics *to, const fy_metrics *from) {
 
 void fy_family_free(fy_family *f) {
   for (size_t i = 0; i < f->cap; i++) {
-    free(f->slots[i].labels);
-    free(f->slots[i].hist);
+    if (f->slots[i] == NULL) continue;
+    free(f->slots[i]->labels);
+    free(f->slots[i]->hist);
+    free(f->slots[i]);
   }
   free(f->slots);
   f->slots = NULL;
@@ -157,15 +171,13 @@ uint64_t *fy_family_counter(fy_family *f, const char *labels) {
 }
 
 const uint64_t *fy_family_find(const fy_family *f, const char *labels) {
-  uint64_t h = fy_metrics_hash(labels);
-  for (size_t j = f->cap ? h & (f->cap - 1) : 0; f->cap && f->slots[j].hash != 0; j = (j + 1) & (f->cap - 1))
-    if (f->slots[j].hash == h && strcmp(f->slots[j].labels, labels) == 0) return &f->slots[j].value;
-  return NULL;
+  const fy_series *s = fy_family_lookup(f, fy_metrics_hash(labels), labels);
+  return s ? &s->value : NULL;
 }
 
 void fy_family_merge_counters(fy_family *to, const fy_family *from) {
   for (size_t i = 0; i < from->cap; i++)
-    if (from->slots[i].hash != 0) *fy_family_counter(to, from->slots[i].labels) += from->slots[i].value;
+    if (from->slots[i] != NULL) *fy_family_counter(to, from->slots[i]->labels) += from->slots[i]->value;
 }
 
 static int fy_series_cmp(const void *a, const void *b) {
@@ -191,7 +203,7 @@ static const fy_series **fy_family_sorted(const fy_family *fam) {
   const fy_series **v = fy_calloc(fam->n ? fam->n : 1, sizeof *v);
   size_t n = 0;
   for (size_t i = 0; i < fam->cap; i++)
-    if (fam->slots[i].hash != 0) v[n++] = &fam->slots[i];
+    if (fam->slots[i] != NULL) v[n++] = fam->slots[i];
   qsort(v, n, sizeof *v, fy_series_cmp);
   return v;
 }
@@ -223,5 +235,5 @@ void fy_metrics_write(fy_buf *o, const fy_metrics *m) {
 
 const char *fy_metrics_class(int status) {
   static const char *const classes[] = {"none", "1xx", "2xx", "3xx", "4xx", "5xx"};
-  return classes[status >= 100 && status < 600 ? status / 100 : 0];
+  return classes[fy_metrics_class_index(status)];
 }

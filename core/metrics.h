@@ -42,14 +42,14 @@ typedef struct fy_hist {
 } fy_hist;
 
 typedef struct fy_series {
-  uint64_t hash; /* 0: empty slot */
+  uint64_t hash;
   char *labels;  /* rendered, without braces */
   uint64_t value;
   fy_hist *hist; /* histogram families only */
 } fy_series;
 
 typedef struct fy_family {
-  fy_series *slots; /* open addressing, a power of two */
+  fy_series **slots; /* open addressing, a power of two; each series is its own allocation */
   size_t cap, n;
   size_t max; /* label sets kept apart before overflow="true"; 0: FY_METRICS_MAX_SERIES */
 } fy_family;
@@ -69,6 +69,15 @@ void fy_metrics_free(fy_metrics *m);
  */
 char *fy_labels(char *out, size_t cap, ...) __attribute__((sentinel));
 
+/*
+ * The series of family f for labels, created on first use. Its address stays
+ * the same until fy_metrics_free, so a hot path renders its labels once and
+ * keeps the pointer (see fy_group, fy_server, fy_listener and fy_lua).
+ */
+fy_series *fy_metrics_series(fy_metrics *m, enum fy_metric_family f, const char *labels);
+void fy_series_observe(fy_series *s, uint64_t ns); /* histogram families */
+static inline void fy_series_add(fy_series *s, uint64_t n) { s->value += n; }
+
 void fy_metrics_observe(fy_metrics *m, enum fy_metric_family f, const char *labels, uint64_t ns);
 void fy_metrics_add(fy_metrics *m, enum fy_metric_family f, const char *labels, uint64_t n);
 /* Adds every series of from into to (summing workers). */
@@ -86,5 +95,8 @@ void fy_family_free(fy_family *f);
 
 /* The status class label of a status: "2xx", or "none" for a cut exchange. */
 const char *fy_metrics_class(int status);
+/* Its index, 0 (none) to 5 (5xx): FY_METRICS_NCLASSES of them. */
+#define FY_METRICS_NCLASSES 6
+static inline int fy_metrics_class_index(int status) { return status >= 100 && status < 600 ? status / 100 : 0; }
 
 #endif

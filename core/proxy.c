@@ -29,17 +29,38 @@ static void fy_proxy_note_failure(fy_exchange *x, enum fy_failure f) {
   x->req->nfailures++;
 }
 
+/*
+ * The series of a group or server in this worker's metrics: the labels are
+ * rendered and looked up on first use only, then the pointer is kept on the
+ * group or server (which belong to this worker's generation).
+ */
+static fy_series *fy_group_series(fy_exchange *x, fy_series **slot, enum fy_metric_family f, const fy_group *g) {
+  if (*slot == NULL) {
+    char labels[FY_LABELS_MAX];
+    *slot = fy_metrics_series(&x->w->metrics, f, fy_labels(labels, sizeof labels, "group", g->cfg->name, NULL));
+  }
+  return *slot;
+}
+
+static fy_series *fy_server_series(fy_exchange *x, fy_series **slot, enum fy_metric_family f, const fy_server *s,
+                                   const char *class) {
+  if (*slot == NULL) {
+    char labels[FY_LABELS_MAX];
+    *slot = fy_metrics_series(&x->w->metrics, f,
+                              fy_labels(labels, sizeof labels, "group", s->group->cfg->name, "server",
+                                        s->addr_text, class ? "class" : NULL, class, NULL));
+  }
+  return *slot;
+}
+
 /* A response head from the current attempt's server: its latency and its class. */
 static void fy_proxy_observe_head(fy_exchange *x, int status) {
-  char labels[FY_LABELS_MAX];
-  const fy_server *s = x->server;
+  fy_server *s = x->server;
   x->req->header_ns = uv_hrtime() - x->attempt_ns;
-  fy_metrics_observe(&x->w->metrics, FY_M_HEADER_DURATION,
-                     fy_labels(labels, sizeof labels, "group", s->group->cfg->name, NULL), x->req->header_ns);
-  fy_metrics_add(&x->w->metrics, FY_M_SERVER_RESPONSES,
-                 fy_labels(labels, sizeof labels, "group", s->group->cfg->name, "server", s->addr_text,
-                           "class", fy_metrics_class(status), NULL),
-                 1);
+  fy_series_observe(fy_group_series(x, &s->group->m_header, FY_M_HEADER_DURATION, s->group), x->req->header_ns);
+  fy_series_add(fy_server_series(x, &s->m_responses[fy_metrics_class_index(status)], FY_M_SERVER_RESPONSES, s,
+                                 fy_metrics_class(status)),
+                1);
 }
 
 static void fy_proxy_detach(fy_exchange *x, bool reusable) {
@@ -494,10 +515,8 @@ static void fy_proxy_on_ready(fy_uconn *uc, int status) {
     return;
   }
   x->req->connect_ns = uv_hrtime() - x->dial_ns;
-  char labels[FY_LABELS_MAX];
-  fy_metrics_observe(&x->w->metrics, FY_M_CONNECT_DURATION,
-                     fy_labels(labels, sizeof labels, "group", uc->server->group->cfg->name, NULL),
-                     x->req->connect_ns);
+  fy_group *g = uc->server->group;
+  fy_series_observe(fy_group_series(x, &g->m_connect, FY_M_CONNECT_DURATION, g), x->req->connect_ns);
   fy_proxy_upstream_ready(x);
   x->client->pump(x);
 }
@@ -548,10 +567,7 @@ static void fy_proxy_connect(fy_exchange *x) {
   x->server = s;
   x->req->server = s->addr_text;
   x->w->stats.attempts++;
-  char labels[FY_LABELS_MAX];
-  fy_metrics_add(&x->w->metrics, FY_M_SERVER_ATTEMPTS,
-                 fy_labels(labels, sizeof labels, "group", s->group->cfg->name, "server", s->addr_text, NULL),
-                 1);
+  fy_series_add(fy_server_series(x, &s->m_attempts, FY_M_SERVER_ATTEMPTS, s, NULL), 1);
   x->dial_ns = uv_hrtime();
   if (x->ntried < FY_ARRAY_SIZE(x->tried)) x->tried[x->ntried++] = s;
   fy_exchange_enter(x, FY_RS_WAIT);

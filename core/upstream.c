@@ -354,6 +354,7 @@ void fy_groups_close(fy_group *groups, size_t n) {
     free(g->gone);
     free(g->entries);
     free(g->ring);
+    free(g->m_requests);
   }
   free(groups);
 }

@@ -20,6 +20,7 @@
 #include "deadline.h"
 #include "dial.h"
 #include "dns.h"
+#include "metrics.h"
 #include "tls.h"
 #include "write.h"
 
@@ -78,6 +79,8 @@ typedef struct fy_server {
   unsigned check_passes, check_fails;
   uv_timer_t *check_timer; /* own allocation, freed by its close callback */
   void *probe;             /* the check in flight */
+  /* this worker's series for it, found on first use (metrics.h) */
+  fy_series *m_attempts, *m_responses[FY_METRICS_NCLASSES];
 } fy_server;
 
 typedef struct fy_ring_node {
@@ -119,6 +122,9 @@ typedef struct fy_group {
   bool retired;               /* its generation is no longer live: do not pool into it */
   fy_group_resolved_cb on_resolved;
   void *on_resolved_data;
+  /* this worker's series for it, found on first use (metrics.h); m_requests by
+   * [listener index * FY_METRICS_NCLASSES + class] */
+  fy_series *m_connect, *m_header, **m_requests;
 } fy_group;
 
 enum fy_uconn_state {

@@ -41,6 +41,7 @@ typedef struct fy_listener {
   size_t index; /* into the generation's cfg->listeners */
   bool admin;   /* the admin listener: answered by admin.c, not by a policy */
   char name[64];
+  fy_series *m_answered[FY_METRICS_NCLASSES]; /* request durations of group "none" (metrics.h) */
 } fy_listener;
 
 struct fy_watch;

@@ -73,6 +73,32 @@ static void test_cap(void) {
   fy_metrics_free(&m);
 }
 
+/* A series found once keeps its address while the family grows, so hot paths may keep it. */
+static void test_series_stay_put(void) {
+  fy_metrics m = {0};
+  fy_series *first = fy_metrics_series(&m, FY_M_HEADER_DURATION, "group=\"a\"");
+  fy_series *count = fy_metrics_series(&m, FY_M_SERVER_ATTEMPTS, "server=\"first\"");
+  char labels[64];
+  for (int i = 0; i < 500; i++) {
+    snprintf(labels, sizeof labels, "group=\"g%d\"", i);
+    fy_metrics_observe(&m, FY_M_HEADER_DURATION, labels, 1000);
+    snprintf(labels, sizeof labels, "server=\"s%d\"", i);
+    fy_metrics_add(&m, FY_M_SERVER_ATTEMPTS, labels, 1);
+  }
+  CHECK(fy_metrics_series(&m, FY_M_HEADER_DURATION, "group=\"a\"") == first);
+  CHECK(fy_metrics_series(&m, FY_M_SERVER_ATTEMPTS, "server=\"first\"") == count);
+  fy_series_observe(first, 2000000); /* 2 ms */
+  fy_series_add(count, 7);
+  fy_buf o;
+  fy_buf_init(&o);
+  fy_metrics_write(&o, &m);
+  CHECK(sample(&o, "ferry_upstream_header_duration_seconds_bucket{group=\"a\",le=\"0.001\"} ") == 0);
+  CHECK(sample(&o, "ferry_upstream_header_duration_seconds_bucket{group=\"a\",le=\"0.0025\"} ") == 1);
+  CHECK(sample(&o, "ferry_upstream_server_attempts_total{server=\"first\"} ") == 7);
+  fy_buf_free(&o);
+  fy_metrics_free(&m);
+}
+
 /* Two workers' policy counters summed by name and labels; only live ones written. */
 static void test_policy_merge(void) {
   fy_policy_metrics a = {0}, b = {0}, sum = {0};
@@ -109,6 +135,7 @@ int main(void) {
   test_labels();
   test_buckets_and_merge();
   test_cap();
+  test_series_stay_put();
   test_policy_merge();
   return check_done("test_metrics");
 }
