@@ -51,7 +51,7 @@ void fy_buf_free(fy_buf *b) {
   fy_buf_init(b);
 }
 
-void fy_buf_reserve(fy_buf *b, size_t extra) {
+void fy_buf_grow(fy_buf *b, size_t extra) {
   if (b->len + extra <= b->cap) return;
   size_t cap = b->cap ? b->cap : FY_BUF_FIRST;
   while (cap < b->len + extra)
@@ -59,13 +59,6 @@ void fy_buf_reserve(fy_buf *b, size_t extra) {
   void *spare = b->data == NULL ? fy_spare_get(cap) : NULL;
   b->data = spare ? spare : fy_realloc(b->data, cap);
   b->cap = cap;
-}
-
-void fy_buf_append(fy_buf *b, const void *p, size_t n) {
-  if (n == 0) return; /* memcpy with a NULL pointer is undefined even for 0 bytes */
-  fy_buf_reserve(b, n);
-  memcpy(b->data + b->len, p, n);
-  b->len += n;
 }
 
 void fy_buf_printf(fy_buf *b, const char *fmt, ...) {

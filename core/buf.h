@@ -36,8 +36,17 @@ void fy_buf_free(fy_buf *b);
 #define FY_SPARE_HEADERS_BYTES 640 /* a first header array: 32 entries of 20 bytes (http.c checks it) */
 void *fy_spare_get(size_t size);
 bool fy_spare_put(void *p, size_t size);
-void fy_buf_reserve(fy_buf *b, size_t extra);
-void fy_buf_append(fy_buf *b, const void *p, size_t n);
+void fy_buf_grow(fy_buf *b, size_t extra); /* the slow half of fy_buf_reserve */
+static inline void fy_buf_reserve(fy_buf *b, size_t extra) {
+  if (b->len + extra > b->cap) fy_buf_grow(b, extra);
+}
+/* Inline: a head is put together from a dozen small appends. */
+static inline void fy_buf_append(fy_buf *b, const void *p, size_t n) {
+  if (n == 0) return; /* memcpy with a NULL pointer is undefined even for 0 bytes */
+  fy_buf_reserve(b, n);
+  memcpy(b->data + b->len, p, n);
+  b->len += n;
+}
 static inline void fy_buf_puts(fy_buf *b, const char *s) { fy_buf_append(b, s, strlen(s)); }
 void fy_buf_printf(fy_buf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 /* Decimal (or, with fy_buf_hex, hexadecimal) digits of v: the hot paths' printf. */

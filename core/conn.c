@@ -407,13 +407,14 @@ static fy_series *fy_conn_request_series(fy_conn *c) {
   fy_group *g = r->group >= 0 && r->gen ? &r->gen->groups[r->group] : NULL;
   fy_series **slot = &c->listener->m_answered[class];
   if (g) {
-    if (g->m_requests == NULL) g->m_requests = fy_calloc(r->gen->cfg->nlisteners * FY_METRICS_NCLASSES, sizeof *slot);
-    slot = &g->m_requests[c->listener->index * FY_METRICS_NCLASSES + (size_t)class];
+    if (g->m_requests == NULL)
+      g->m_requests = fy_calloc(r->gen->cfg->nlisteners * FY_METRICS_NCLASSES, sizeof *slot);
+    slot = &g->m_requests[c->listener->index * FY_METRICS_NCLASSES + (size_t) class];
   }
   if (*slot == NULL) {
     char labels[FY_LABELS_MAX];
-    fy_labels(labels, sizeof labels, "listener", c->listener->name, "group", g ? g->cfg->name : "none", "class",
-              fy_metrics_class(r->status), NULL);
+    fy_labels(labels, sizeof labels, "listener", c->listener->name, "group", g ? g->cfg->name : "none",
+              "class", fy_metrics_class(r->status), NULL);
     *slot = fy_metrics_series(&c->w->metrics, FY_M_REQUEST_DURATION, labels);
   }
   return *slot;
@@ -422,7 +423,8 @@ static fy_series *fy_conn_request_series(fy_conn *c) {
 static void fy_conn_observe(fy_conn *c) {
   const fy_req *r = &c->req;
   uint64_t now = uv_hrtime();
-  fy_series_observe(fy_conn_request_series(c), r->started_ns && now > r->started_ns ? now - r->started_ns : 0);
+  fy_series_observe(fy_conn_request_series(c),
+                    r->started_ns && now > r->started_ns ? now - r->started_ns : 0);
 }
 
 static void fy_conn_access_log(fy_conn *c) {

@@ -18,6 +18,7 @@
 #define FERRY_FFI_H
 
 #include <stddef.h>
+#include <stdint.h>
 
 /* FY_FFI_CDEF_BEGIN */
 enum {
@@ -131,13 +132,17 @@ int fy_ffi_req_log_field(double id, const char *name, size_t nlen, int kind, con
  * ferry.metrics (policy_metrics.c). labels and values are NUL-ended strings
  * back to back. declare: the counter's id >= 0, or < 0 with the reason in
  * msg; only while a policy loads (or outside any hook under ferry test).
- * inc: 0, or < 0 from a phase that may not count. value and reset are for
- * specs; reset is refused where ferry serves.
+ * inc: 0, or < 0 from a phase that may not count. slot: in a hook of a
+ * worker's generation, the series' counter itself, which stays put for the
+ * worker's life (Lua keeps it and adds to it); NULL elsewhere (under ferry
+ * test, or when it cannot count), where Lua calls inc. value and reset are
+ * for specs; reset is refused where ferry serves.
  */
 int fy_ffi_metric_declare(const char *name, const char *help, const char *labels, char *msg, size_t msglen);
 int fy_ffi_metric_inc(int id, const char *values, size_t len, unsigned nvalues, double n);
 int fy_ffi_metric_value(const char *name, const char *values, size_t len, unsigned nvalues, double *out);
 int fy_ffi_metric_reset(void);
+uint64_t *fy_ffi_metric_slot(int id, const char *values, size_t len, unsigned nvalues);
 /*
  * The functions above, as Lua reaches them: lua_host.c hands every state
  * the address of one constant table (package.loaded["ferry.api"], a light
@@ -176,6 +181,7 @@ typedef struct fy_ffi_api {
   int (*fy_ffi_metric_inc)(int id, const char *values, size_t len, unsigned nvalues, double n);
   int (*fy_ffi_metric_value)(const char *name, const char *values, size_t len, unsigned nvalues, double *out);
   int (*fy_ffi_metric_reset)(void);
+  uint64_t *(*fy_ffi_metric_slot)(int id, const char *values, size_t len, unsigned nvalues);
 } fy_ffi_api;
 /* FY_FFI_CDEF_END */
 

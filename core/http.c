@@ -191,16 +191,30 @@ bool fy_http_name_ok(const char *v, size_t len) {
 
 bool fy_http_head_check(fy_http_head_scan *s, const char *p, size_t len) {
   unsigned char prev = s->prev;
-  for (size_t i = 0; i < len; prev = (unsigned char)p[i++]) {
+  size_t i = 0;
+  /* Empty lines and the request line, byte by byte. */
+  for (; i < len && !s->line_done; prev = (unsigned char)p[i++]) {
     unsigned char ch = (unsigned char)p[i];
     if (ch == '\n' && prev != '\r') return false;
     if (prev == '\n' && (ch == ' ' || ch == '\t')) return false;
-    if (s->line_done) continue;
     if (ch == '\n')
       s->line_done = s->line_started;
     else if (ch != '\r')
       s->line_started = true;
     if (ch == ' ' && prev == ' ') return false;
+  }
+  /* Field lines: only the bytes on either side of each LF matter. */
+  while (i < len) {
+    if (prev == '\n' && (p[i] == ' ' || p[i] == '\t')) return false;
+    const char *lf = memchr(p + i, '\n', len - i);
+    if (lf == NULL) {
+      prev = (unsigned char)p[len - 1];
+      break;
+    }
+    size_t j = (size_t)(lf - p);
+    if ((j > i ? (unsigned char)p[j - 1] : prev) != '\r') return false;
+    prev = '\n';
+    i = j + 1;
   }
   s->prev = prev;
   return true;

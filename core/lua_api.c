@@ -344,16 +344,46 @@ static int fy_lua_native_res_header_set(lua_State *L) {
   return fy_lua_native_header_set(L, fy_ffi_res_header_set);
 }
 
-static void fy_lua_native_field(lua_State *L, const char *k, const char *v) {
-  if (v == NULL || v[0] == '\0') return; /* absent fields are nil */
-  lua_pushstring(L, v);
-  lua_setfield(L, -2, k);
+/* req.proxy's keys, the closure's upvalues (interned once, not per request). */
+enum {
+  FY_PK_VERSION = 1,
+  FY_PK_LOCAL,
+  FY_PK_SOURCE,
+  FY_PK_SOURCE_PORT,
+  FY_PK_DESTINATION,
+  FY_PK_DESTINATION_PORT,
+  FY_PK_VPCE_ID,
+  FY_PK_AUTHORITY,
+  FY_PK_ALPN,
+  FY_PK_COUNT
+};
+static const char *const fy_proxy_keys[FY_PK_COUNT] = {[FY_PK_VERSION] = "version",
+                                                       [FY_PK_LOCAL] = "local",
+                                                       [FY_PK_SOURCE] = "source",
+                                                       [FY_PK_SOURCE_PORT] = "source_port",
+                                                       [FY_PK_DESTINATION] = "destination",
+                                                       [FY_PK_DESTINATION_PORT] = "destination_port",
+                                                       [FY_PK_VPCE_ID] = "vpce_id",
+                                                       [FY_PK_AUTHORITY] = "authority",
+                                                       [FY_PK_ALPN] = "alpn"};
+
+/* t[upvalue key] = the value on top of the stack (t below it). */
+static void fy_lua_native_set(lua_State *L, int key) {
+  lua_pushvalue(L, lua_upvalueindex(key));
+  lua_insert(L, -2);
+  lua_rawset(L, -3);
 }
 
-static void fy_lua_native_int(lua_State *L, const char *k, int v) {
+static void fy_lua_native_field(lua_State *L, int key, const char *v) {
+  if (v == NULL || v[0] == '\0') return; /* absent fields are nil */
+  lua_pushstring(L, v);
+  fy_lua_native_set(L, key);
+}
+
+static void fy_lua_native_int(lua_State *L, int key, int v) {
   if (v == 0) return;
   lua_pushinteger(L, v);
-  lua_setfield(L, -2, k);
+  fy_lua_native_set(L, key);
 }
 
 /* (id) -> code, table: req.proxy, made here in one go. */
@@ -362,18 +392,18 @@ static int fy_lua_native_proxy(lua_State *L) {
   int rc = fy_ffi_req_proxy(lua_tonumber(L, 1), &p);
   lua_pushinteger(L, rc);
   if (rc != 1) return 1;
-  lua_createtable(L, 0, 9);
+  lua_createtable(L, 0, FY_PK_COUNT - 1);
   lua_pushinteger(L, p.version);
-  lua_setfield(L, -2, "version");
+  fy_lua_native_set(L, FY_PK_VERSION);
   lua_pushboolean(L, p.local == 1);
-  lua_setfield(L, -2, "local");
-  fy_lua_native_field(L, "source", p.source);
-  fy_lua_native_int(L, "source_port", p.source_port);
-  fy_lua_native_field(L, "destination", p.destination);
-  fy_lua_native_int(L, "destination_port", p.destination_port);
-  fy_lua_native_field(L, "vpce_id", p.vpce_id);
-  fy_lua_native_field(L, "authority", p.authority);
-  fy_lua_native_field(L, "alpn", p.alpn);
+  fy_lua_native_set(L, FY_PK_LOCAL);
+  fy_lua_native_field(L, FY_PK_SOURCE, p.source);
+  fy_lua_native_int(L, FY_PK_SOURCE_PORT, p.source_port);
+  fy_lua_native_field(L, FY_PK_DESTINATION, p.destination);
+  fy_lua_native_int(L, FY_PK_DESTINATION_PORT, p.destination_port);
+  fy_lua_native_field(L, FY_PK_VPCE_ID, p.vpce_id);
+  fy_lua_native_field(L, FY_PK_AUTHORITY, p.authority);
+  fy_lua_native_field(L, FY_PK_ALPN, p.alpn);
   return 2;
 }
 
@@ -409,7 +439,6 @@ void fy_lua_api_open(lua_State *L) {
                                  {"req_header_set", fy_lua_native_req_header_set},
                                  {"res_header_get", fy_lua_native_res_header_get},
                                  {"res_header_set", fy_lua_native_res_header_set},
-                                 {"proxy", fy_lua_native_proxy},
                                  {"tls", fy_lua_native_tls},
                                  {"ctx", fy_lua_native_ctx},
                                  {NULL, NULL}};
@@ -417,6 +446,10 @@ void fy_lua_api_open(lua_State *L) {
   lua_getfield(L, -1, "loaded");
   lua_newtable(L);
   luaL_register(L, NULL, fns);
+  for (int k = 1; k < FY_PK_COUNT; k++)
+    lua_pushstring(L, fy_proxy_keys[k]);
+  lua_pushcclosure(L, fy_lua_native_proxy, FY_PK_COUNT - 1);
+  lua_setfield(L, -2, "proxy");
   lua_setfield(L, -2, "ferry.native");
   lua_pop(L, 2);
 }

@@ -39,6 +39,7 @@ static const fy_ffi_api fy_ffi_table = {
     .fy_ffi_metric_inc = fy_ffi_metric_inc,
     .fy_ffi_metric_value = fy_ffi_metric_value,
     .fy_ffi_metric_reset = fy_ffi_metric_reset,
+    .fy_ffi_metric_slot = fy_ffi_metric_slot,
 };
 
 void fy_lua_openlibs(lua_State *L) {
@@ -65,10 +66,15 @@ const char *fy_hook_outcome_name(enum fy_hook_outcome out) {
 
 /* ---- budgets ------------------------------------------------------------ */
 
+/*
+ * limits.lua_memory, counted in front of LuaJIT's own allocator (its
+ * per-state arena: about half the instructions of the C library's malloc on
+ * a policy's short-lived tables and strings).
+ */
 static void *fy_lua_alloc(void *ud, void *ptr, size_t osize, size_t nsize) {
   fy_lua *lua = ud;
   if (nsize == 0) {
-    free(ptr);
+    lua->inner_alloc(lua->inner_ud, ptr, osize, 0);
     lua->mem_used -= osize;
     return NULL;
   }
@@ -76,7 +82,7 @@ static void *fy_lua_alloc(void *ud, void *ptr, size_t osize, size_t nsize) {
     lua->oom = true;
     return NULL;
   }
-  void *p = realloc(ptr, nsize);
+  void *p = lua->inner_alloc(lua->inner_ud, ptr, osize, nsize);
   if (p == NULL) {
     lua->oom = true;
     return NULL;
@@ -176,11 +182,14 @@ int fy_lua_init(fy_lua *lua, const fy_config *cfg, fy_buf *errors) {
   memset(lua, 0, sizeof *lua);
   lua->mem_cap = cfg->limits.lua_memory;
   lua->hook_budget_ms = cfg->limits.hook_timeout;
-  lua_State *L = lua->L = lua_newstate(fy_lua_alloc, lua);
+  lua_State *L = lua->L = luaL_newstate();
   if (L == NULL) {
-    fy_buf_printf(errors, "cannot create a Lua state (limits.lua_memory too small?)\n");
+    fy_buf_printf(errors, "cannot create a Lua state\n");
     return FY_ESCRIPT;
   }
+  lua->inner_alloc = lua_getallocf(L, &lua->inner_ud);
+  lua->mem_used = (size_t)lua_gc(L, LUA_GCCOUNT, 0) * 1024 + (size_t)lua_gc(L, LUA_GCCOUNTB, 0);
+  lua_setallocf(L, fy_lua_alloc, lua);
   fy_lua_openlibs(L);
   if (fy_lua_set_groups(lua, cfg) != 0) {
     fy_buf_printf(errors, "ferry.core: %s\n", lua_tostring(L, -1));
@@ -221,7 +230,11 @@ int fy_lua_init(fy_lua *lua, const fy_config *cfg, fy_buf *errors) {
 }
 
 void fy_lua_close(fy_lua *lua) {
-  if (lua->L) lua_close(lua->L);
+  if (lua->L) {
+    /* LuaJIT frees its whole arena at once only when it closes under its own allocator */
+    lua_setallocf(lua->L, lua->inner_alloc, lua->inner_ud);
+    lua_close(lua->L);
+  }
   lua->L = NULL;
   free(lua->hooks);
   lua->hooks = NULL;

@@ -64,6 +64,8 @@ typedef struct fy_lua {
   unsigned *hooks; /* per policy: FY_HOOK_HAS_* */
   size_t npolicies;
   size_t mem_used, mem_cap;
+  void *(*inner_alloc)(void *ud, void *ptr, size_t osize, size_t nsize); /* LuaJIT's own, and its ud */
+  void *inner_ud;
   uint64_t deadline_ns;             /* of the call running now */
   uint64_t budget_ms;               /* of the call running now */
   uint64_t hook_budget_ms;          /* limits.hook_timeout */
@@ -78,7 +80,7 @@ typedef struct fy_lua {
   fy_policy_metrics declared;
   int *counters; /* registry ids, in the order of declared (-1: the registry was full) */
   size_t ncounters;
-  struct fy_worker *w; /* the worker whose generation this state is (fy_gen_build sets it) */
+  struct fy_worker *w;          /* the worker whose generation this state is (fy_gen_build sets it) */
   struct fy_series *m_hooks[8]; /* hook durations in w's metrics, by hook, found on first use */
 } fy_lua;
 

@@ -43,7 +43,7 @@ typedef struct fy_hist {
 
 typedef struct fy_series {
   uint64_t hash;
-  char *labels;  /* rendered, without braces */
+  char *labels; /* rendered, without braces */
   uint64_t value;
   fy_hist *hist; /* histogram families only */
 } fy_series;
@@ -97,6 +97,8 @@ void fy_family_free(fy_family *f);
 const char *fy_metrics_class(int status);
 /* Its index, 0 (none) to 5 (5xx): FY_METRICS_NCLASSES of them. */
 #define FY_METRICS_NCLASSES 6
-static inline int fy_metrics_class_index(int status) { return status >= 100 && status < 600 ? status / 100 : 0; }
+static inline int fy_metrics_class_index(int status) {
+  return status >= 100 && status < 600 ? status / 100 : 0;
+}
 
 #endif

@@ -276,6 +276,22 @@ int fy_ffi_metric_inc(int id, const char *values, size_t len, unsigned nvalues, 
   return fy_policy_metrics_inc(m, id, v, lens, nvalues, (uint64_t)n) == FY_OK ? 0 : FY_PM_EINVAL;
 }
 
+uint64_t *fy_ffi_metric_slot(int id, const char *values, size_t len, unsigned nvalues) {
+  fy_lua *lua = fy_hook_current.lua;
+  if (fy_lua_loading != NULL || lua == NULL || lua->w == NULL) return NULL;
+  fy_lua_counters_bind(lua);
+  if (id < 0 || (size_t)id >= lua->ncounters || lua->counters[id] < 0) return NULL;
+  fy_policy_metrics *m = &lua->w->policy_metrics;
+  id = lua->counters[id];
+  const char *v[FY_POLICY_LABELS];
+  size_t lens[FY_POLICY_LABELS];
+  char labels[FY_POLICY_LABELS * (FY_POLICY_VALUE_MAX * 2 + 72)];
+  if (fy_pm_split(values, len, v, lens) != nvalues || nvalues != m->v[id].nlabels ||
+      fy_pm_render(&m->v[id], v, lens, labels, sizeof labels) == NULL)
+    return NULL;
+  return fy_family_counter(&m->v[id].series, labels); /* each series is its own allocation (metrics.h) */
+}
+
 /* The value of counter name's series for values (0 if it has none yet), for specs. */
 int fy_ffi_metric_value(const char *name, const char *values, size_t len, unsigned nvalues, double *out) {
   const fy_policy_metrics *m = fy_policy_metrics_direct;

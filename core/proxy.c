@@ -34,16 +34,18 @@ static void fy_proxy_note_failure(fy_exchange *x, enum fy_failure f) {
  * rendered and looked up on first use only, then the pointer is kept on the
  * group or server (which belong to this worker's generation).
  */
-static fy_series *fy_group_series(fy_exchange *x, fy_series **slot, enum fy_metric_family f, const fy_group *g) {
+static fy_series *fy_group_series(fy_exchange *x, fy_series **slot, enum fy_metric_family f,
+                                  const fy_group *g) {
   if (*slot == NULL) {
     char labels[FY_LABELS_MAX];
-    *slot = fy_metrics_series(&x->w->metrics, f, fy_labels(labels, sizeof labels, "group", g->cfg->name, NULL));
+    *slot =
+        fy_metrics_series(&x->w->metrics, f, fy_labels(labels, sizeof labels, "group", g->cfg->name, NULL));
   }
   return *slot;
 }
 
-static fy_series *fy_server_series(fy_exchange *x, fy_series **slot, enum fy_metric_family f, const fy_server *s,
-                                   const char *class) {
+static fy_series *fy_server_series(fy_exchange *x, fy_series **slot, enum fy_metric_family f,
+                                   const fy_server *s, const char *class) {
   if (*slot == NULL) {
     char labels[FY_LABELS_MAX];
     *slot = fy_metrics_series(&x->w->metrics, f,
@@ -57,7 +59,8 @@ static fy_series *fy_server_series(fy_exchange *x, fy_series **slot, enum fy_met
 static void fy_proxy_observe_head(fy_exchange *x, int status) {
   fy_server *s = x->server;
   x->req->header_ns = uv_hrtime() - x->attempt_ns;
-  fy_series_observe(fy_group_series(x, &s->group->m_header, FY_M_HEADER_DURATION, s->group), x->req->header_ns);
+  fy_series_observe(fy_group_series(x, &s->group->m_header, FY_M_HEADER_DURATION, s->group),
+                    x->req->header_ns);
   fy_series_add(fy_server_series(x, &s->m_responses[fy_metrics_class_index(status)], FY_M_SERVER_RESPONSES, s,
                                  fy_metrics_class(status)),
                 1);

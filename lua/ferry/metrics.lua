@@ -45,9 +45,64 @@ end
 
 local counter_mt = { __index = {} }
 
+-- The counters of series already counted, by label values (nested tables, one
+-- level per label), so a hook's :inc is table lookups and an add: C renders
+-- and finds a series once per Lua state. Only string values are kept (a
+-- number may be NaN, no table key), and at most CACHED series per counter,
+-- as a policy may count by values it was sent.
+local CACHED = 2000
+local ONE = ffi.new("uint64_t", 1)
+
+local function cached(self, n, ...)
+  local t = self._slots
+  for i = 1, n do
+    t = t[(select(i, ...))]
+    if t == nil then return nil end
+  end
+  return t
+end
+
+local function keep(self, slot, n, ...)
+  if self._ncached >= CACHED then return end
+  local t = self._slots
+  for i = 1, n do
+    local v = select(i, ...)
+    if type(v) ~= "string" then return end
+    if i == n then
+      t[v] = slot
+    else
+      local next_t = t[v]
+      if next_t == nil then
+        next_t = {}
+        t[v] = next_t
+      end
+      t = next_t
+    end
+  end
+  if n == 0 then self._slot0 = slot end
+  self._ncached = self._ncached + 1
+end
+
 function counter_mt.__index:inc(...)
-  local values, n = encode(self._what, self.labels, ...)
-  if C.fy_ffi_metric_inc(self._id, values, #values, n, 1) < 0 then
+  local n = self._n
+  if select("#", ...) == n then
+    local slot
+    if n == 0 then
+      slot = self._slot0
+    else
+      slot = cached(self, n, ...)
+    end
+    if slot then
+      slot[0] = slot[0] + ONE
+      return
+    end
+  end
+  local values, nv = encode(self._what, self.labels, ...)
+  local slot = C.fy_ffi_metric_slot(self._id, values, #values, nv)
+  if slot ~= nil then
+    keep(self, slot, nv, ...)
+    slot[0] = slot[0] + ONE
+  elseif C.fy_ffi_metric_inc(self._id, values, #values, nv, 1) < 0 then
     error(self._what .. ": not allowed here (counters count from hooks, not while the policy loads)", 2)
   end
 end
@@ -82,7 +137,8 @@ function M.counter(name, help, labels)
     return prev
   end
   local c = setmetatable({ name = name, help = help, labels = labels, _joined = joined,
-                           _what = "counter " .. name .. ":inc" }, counter_mt)
+                           _what = "counter " .. name .. ":inc", _n = #labels, _slots = {}, _ncached = 0 },
+                         counter_mt)
   local id = C.fy_ffi_metric_declare(name, help, joined, msgbuf, 256)
   if id < 0 then error("ferry.metrics.counter: " .. ffi.string(msgbuf), 2) end
   c._id = id

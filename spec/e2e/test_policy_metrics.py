@@ -32,6 +32,8 @@ return {
       return "metrics"
     end
     if req.host == "bad.test" then metrics.counter("late", "declared in a hook") end
+    if req.host == "num.test" then decisions:inc("num", 7) end
+    if req.host == "short.test" then decisions:inc("admitted") end
     decisions:inc("refused", req.host == "b.test" and "b.test" or "other")
     return req:respond(403, "no\\n")
   end,
@@ -76,6 +78,17 @@ class PolicyMetricsTest(E2ECase):
         self.assertEqual(sample(text, refused), 3)
         self.assertEqual(sample(text, "ferry_policy_route_calls_total"), 8)
 
+        # A number is a label value like its text; a wrong number of values is refused
+        # (a 500) after the series were counted before, and counts nothing.
+        self.assertEqual(self.send("num.test", 4), [403] * 4)
+        self.assertEqual(self.send("short.test", 2), [500] * 2)
+        self.assertTrue(self.ferry.wait_log(r"1 label value given, the counter has 2"))
+        self.assertEqual(self.send("a.test", 1), [200])
+        text = scrape(admin)
+        self.assertEqual(sample(text, 'ferry_policy_decisions_total{decision="num",host="7"}'), 4)
+        self.assertEqual(sample(text, admitted), 6)
+        self.assertEqual(sample(text, "ferry_policy_route_calls_total"), 15)
+
         # Declaring from a hook is refused: that request fails, the counters go on.
         self.assertEqual(self.send("bad.test", 1), [500])
         self.assertTrue(self.ferry.wait_log(r"counters are declared when the policy loads"))
@@ -84,9 +97,9 @@ class PolicyMetricsTest(E2ECase):
         self.assertTrue(self.ferry.wait_log(r"generation 2 is live"))
         self.assertEqual(self.send("a.test", 2), [200] * 2)
         text = scrape(admin)
-        self.assertEqual(sample(text, admitted), 7)
+        self.assertEqual(sample(text, admitted), 8)
         self.assertEqual(sample(text, refused), 3)
-        self.assertEqual(sample(text, "ferry_policy_route_calls_total"), 11)
+        self.assertEqual(sample(text, "ferry_policy_route_calls_total"), 18)
 
         with open(self.ferry.policy_path, "w") as f:
             f.write(POLICY_WITHOUT)
