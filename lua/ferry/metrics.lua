@@ -48,9 +48,10 @@ local counter_mt = { __index = {} }
 -- The counters of series already counted, by label values (nested tables, one
 -- level per label), so a hook's :inc is table lookups and an add: C renders
 -- and finds a series once per Lua state. Only string values are kept (a
--- number may be NaN, no table key), and at most CACHED series per counter,
--- as a policy may count by values it was sent.
-local CACHED = 2000
+-- number may be NaN, no table key), and at most CACHED label sets per
+-- counter (C keeps 200 apart, then one overflow series), as a policy may
+-- count by values it was sent.
+local CACHED = 256
 local ONE = ffi.new("uint64_t", 1)
 
 local function cached(self, n, ...)
