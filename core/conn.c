@@ -405,8 +405,10 @@ static fy_series *fy_conn_request_series(fy_conn *c) {
   const fy_req *r = &c->req;
   int class = fy_metrics_class_index(r->status);
   fy_group *g = r->group >= 0 && r->gen ? &r->gen->groups[r->group] : NULL;
-  fy_series **slot = &c->listener->m_answered[class];
-  if (g) {
+  fy_series **slot = &c->listener->m_answered[class], *uncached = NULL;
+  if (g && c->listener->index >= r->gen->cfg->nlisteners) {
+    slot = &uncached; /* a listener this generation does not list: counted, not kept */
+  } else if (g) {
     if (g->m_requests == NULL)
       g->m_requests = fy_calloc(r->gen->cfg->nlisteners * FY_METRICS_NCLASSES, sizeof *slot);
     slot = &g->m_requests[c->listener->index * FY_METRICS_NCLASSES + (size_t) class];
