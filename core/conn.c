@@ -468,8 +468,18 @@ static void fy_conn_shutdown_cb(uv_shutdown_t *req, int status) {
  * client still has unread request bytes in flight, and a reset can destroy
  * the response before the client reads it. So: send FIN, read and discard
  * until the client closes (or a short linger time), then close.
+ *
+ * Unless nothing can be in flight (nginx's lingering_close decides the
+ * same): the client has sent its FIN, or it asked to close with this
+ * request, which was read to its end with no byte after it. A plain-TCP
+ * close() then sends the response and a FIN, no reset.
  */
 static void fy_conn_close_gracefully(fy_conn *c) {
+  bool drained = c->rpos == c->rlen && c->rd.rq == FY_RQ_DONE;
+  if (c->sock.tls == NULL && drained && (c->client_eof || (!c->req.keepalive && !c->close_after))) {
+    fy_conn_close(c);
+    return;
+  }
   if (c->reading) fy_sock_read_stop(&c->sock);
   c->reading = false;
   c->lingering = true;
