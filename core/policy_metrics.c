@@ -125,13 +125,28 @@ static const char *fy_pm_render(const fy_policy_counter *c, const char *const *v
   return out;
 }
 
+/*
+ * The value of counter id's series for values, created on first use (each
+ * series is its own allocation, so it stays put: metrics.h). NULL, with the
+ * reason in *rc, for a bad id or count, or values too long to render.
+ */
+static uint64_t *fy_pm_counter(fy_policy_metrics *m, int id, const char *const *values, const size_t *lens,
+                               unsigned nvalues, int *rc) {
+  *rc = FY_ECONFIG;
+  if (id < 0 || (size_t)id >= m->n || nvalues != m->v[id].nlabels) return NULL;
+  char labels[FY_POLICY_LABELS * (FY_POLICY_VALUE_MAX * 2 + 72)];
+  *rc = FY_ETOOBIG;
+  if (fy_pm_render(&m->v[id], values, lens, labels, sizeof labels) == NULL) return NULL;
+  *rc = FY_OK;
+  return fy_family_counter(&m->v[id].series, labels);
+}
+
 int fy_policy_metrics_inc(fy_policy_metrics *m, int id, const char *const *values, const size_t *lens,
                           unsigned nvalues, uint64_t n) {
-  if (id < 0 || (size_t)id >= m->n || nvalues != m->v[id].nlabels) return FY_ECONFIG;
-  char labels[FY_POLICY_LABELS * (FY_POLICY_VALUE_MAX * 2 + 72)];
-  if (fy_pm_render(&m->v[id], values, lens, labels, sizeof labels) == NULL) return FY_ETOOBIG;
-  *fy_family_counter(&m->v[id].series, labels) += n;
-  return FY_OK;
+  int rc;
+  uint64_t *value = fy_pm_counter(m, id, values, lens, nvalues, &rc);
+  if (value) *value += n;
+  return rc;
 }
 
 void fy_policy_metrics_mark_live(fy_policy_metrics *m, const int *ids, size_t n) {
@@ -258,17 +273,30 @@ static unsigned fy_pm_split(const char *values, size_t len, const char **v, size
  * there is none inside). From a hook of a generation, id is its place in
  * the state's declarations; under `ferry test`, an id of the test's registry.
  */
+/*
+ * In a hook of a worker's generation: that worker's registry, with *id (the
+ * state's declaration) turned into its id there; -1 when it is not counted
+ * (the registry was full, logged when bound), FY_PM_EINVAL when the state
+ * declared no such counter. NULL elsewhere (ferry test, a hook outside a
+ * worker).
+ */
+static fy_policy_metrics *fy_pm_hook_registry(int *id) {
+  fy_lua *lua = fy_hook_current.lua;
+  if (lua == NULL || lua->w == NULL) return NULL;
+  fy_lua_counters_bind(lua);
+  *id = *id >= 0 && (size_t)*id < lua->ncounters ? lua->counters[*id] : FY_PM_EINVAL;
+  return &lua->w->policy_metrics;
+}
+
 int fy_ffi_metric_inc(int id, const char *values, size_t len, unsigned nvalues, double n) {
   if (fy_lua_loading != NULL) return FY_PM_EPHASE; /* a refused reload must count nothing */
-  fy_lua *lua = fy_hook_current.lua;
-  fy_policy_metrics *m = fy_policy_metrics_direct;
-  if (lua != NULL && lua->w != NULL) {
-    fy_lua_counters_bind(lua);
-    if (id < 0 || (size_t)id >= lua->ncounters) return FY_PM_EINVAL;
-    id = lua->counters[id];
-    if (id < 0) return 0; /* not counted: the registry was full (logged when bound) */
-    m = &lua->w->policy_metrics;
-  }
+  fy_policy_metrics *m = fy_pm_hook_registry(&id);
+  if (m == NULL)
+    m = fy_policy_metrics_direct;
+  else if (id == FY_PM_EINVAL)
+    return FY_PM_EINVAL;
+  else if (id < 0)
+    return 0;
   if (m == NULL) return FY_PM_EPHASE;
   const char *v[FY_POLICY_LABELS];
   size_t lens[FY_POLICY_LABELS];
@@ -277,19 +305,13 @@ int fy_ffi_metric_inc(int id, const char *values, size_t len, unsigned nvalues, 
 }
 
 uint64_t *fy_ffi_metric_slot(int id, const char *values, size_t len, unsigned nvalues) {
-  fy_lua *lua = fy_hook_current.lua;
-  if (fy_lua_loading != NULL || lua == NULL || lua->w == NULL) return NULL;
-  fy_lua_counters_bind(lua);
-  if (id < 0 || (size_t)id >= lua->ncounters || lua->counters[id] < 0) return NULL;
-  fy_policy_metrics *m = &lua->w->policy_metrics;
-  id = lua->counters[id];
+  if (fy_lua_loading != NULL) return NULL;
+  fy_policy_metrics *m = fy_pm_hook_registry(&id);
   const char *v[FY_POLICY_LABELS];
   size_t lens[FY_POLICY_LABELS];
-  char labels[FY_POLICY_LABELS * (FY_POLICY_VALUE_MAX * 2 + 72)];
-  if (fy_pm_split(values, len, v, lens) != nvalues || nvalues != m->v[id].nlabels ||
-      fy_pm_render(&m->v[id], v, lens, labels, sizeof labels) == NULL)
-    return NULL;
-  return fy_family_counter(&m->v[id].series, labels); /* each series is its own allocation (metrics.h) */
+  int rc;
+  if (m == NULL || id < 0 || fy_pm_split(values, len, v, lens) != nvalues) return NULL;
+  return fy_pm_counter(m, id, v, lens, nvalues, &rc);
 }
 
 /* The value of counter name's series for values (0 if it has none yet), for specs. */
