@@ -16,11 +16,13 @@
     parts.py otlp   --listen IP:PORT
         an OTLP/HTTP receiver (JSON encoding) that decodes and counts every span
         and log record by agent region and sequence number (GET /stats)
-    parts.py probe  --via IP:PORT --direct IP:PORT --host NAME --pairs N
-        alternating requests through a ferry instance and straight to the same
-        next hop (its query names each request: ?n= through ferry, ?d= direct)
-    parts.py hops   --pcap FILE
-        ferry's own share of each probe request, from a capture beside it
+    parts.py probe  --via IP:PORT --direct IP:PORT [--ref IP:PORT] --host NAME --pairs N
+        rounds of requests through a ferry instance, straight to the same next
+        hop and, with --ref, through a reference proxy in front of that hop
+        (the query names each request: ?n= through ferry, ?d= direct, ?r= the
+        reference)
+    parts.py hops   --pcap FILE [--port N --tag n|r]
+        the proxy's own share of each probe request, from a capture beside it
 
 Standard library only. Each prints one line per event on stdout, which the
 scenario reads for its report.
@@ -410,24 +412,29 @@ class HttpConn:
 
 
 def run_probe(args):
-    via = HttpConn(args.via, vpce="vpce-0probe0000000000")
-    direct = HttpConn(args.direct)
-    pairs = []
+    # Each round sends one request on every path, in an order that rotates,
+    # so that no path always follows a pause. The query names the request in
+    # a capture: "n" through ferry, "d" straight to the next hop, "r" through
+    # the reference proxy.
+    paths = [("n", HttpConn(args.via, vpce="vpce-0probe0000000000")), ("d", HttpConn(args.direct))]
+    if args.ref:
+        paths.append(("r", HttpConn(args.ref, vpce="vpce-0probe0000000000")))
+    times = {tag: [] for tag, _ in paths}
     for i in range(args.pairs):
-        # Alternate which goes first, so neither path always follows a pause.
-        first, second = (via, direct) if i % 2 == 0 else (direct, via)
-        # The query names the request in a capture ("n" through ferry, "d" direct).
-        path1, path2 = ("/probe?n=%d" % i, "/probe?d=%d" % i)[::1 if first is via else -1]
-        t0 = time.perf_counter()
-        s1 = first.get(args.host, path1)
-        t1 = time.perf_counter()
-        s2 = second.get(args.host, path2)
-        t2 = time.perf_counter()
-        if s1 == 200 and s2 == 200:
-            a, b = (t1 - t0) * 1000, (t2 - t1) * 1000
-            pairs.append((a, b) if first is via else (b, a))
+        k = i % len(paths)
+        took = {}
+        for tag, conn in paths[k:] + paths[:k]:
+            t0 = time.perf_counter()
+            status = conn.get(args.host, "/probe?%s=%d" % (tag, i))
+            took[tag] = (time.perf_counter() - t0) * 1000 if status == 200 else None
+        if all(v is not None for v in took.values()):
+            for tag, v in took.items():
+                times[tag].append(v)
         time.sleep(args.gap)
-    print(json.dumps({"via_ms": [p[0] for p in pairs], "direct_ms": [p[1] for p in pairs]}))
+    out = {"via_ms": times["n"], "direct_ms": times["d"]}
+    if args.ref:
+        out["ref_ms"] = times["r"]
+    print(json.dumps(out))
 
 
 # ---- hops: ferry's own time, from a packet capture beside it ---------------
@@ -468,27 +475,29 @@ def pcap_segments(path):
     return out
 
 
-def ferry_hops(path, port):
-    """Per probe request through ferry: the time from its request arriving to
-    ferry sending it on, plus the time from the upstream's answer arriving to
-    ferry sending it back, in ms. What lies between (the link, the relay, the
-    ALB, the receiver) is not ferry's."""
+def ferry_hops(path, port, tag="n"):
+    """Per probe request through the proxy on `port` (ferry: tag "n"; the
+    reference proxy: "r"): the time from its request arriving to the proxy
+    sending it on, plus the time from the upstream's answer arriving to the
+    proxy sending it back, in ms. What lies between (the link, the relay, the
+    ALB, the receiver) is not the proxy's."""
     import re
     t1, t2, t3, t4, upconn = {}, {}, {}, {}, {}
-    num = re.compile(rb"[?]n=(\d+)")
+    num = re.compile(rb"[?]" + tag.encode() + rb"=(\d+)")
+    answer = re.compile(rb"ok [?]?" + tag.encode() + rb"=(\d+)")
     segs = pcap_segments(path)
     for t, src, sport, dst, dport, pl in segs:
         m = num.search(pl[:300])
         if not m:
             continue
         n = int(m.group(1))
-        if pl.startswith(b"GET /probe?n="):
+        if pl.startswith(b"GET /probe?" + tag.encode() + b"="):
             if dport == port:
                 t1.setdefault(n, t)
             elif n not in t2 or t < t2[n]:
                 t2[n], upconn[n] = t, (src, sport)  # the first copy out is ferry's own
     for t, src, sport, dst, dport, pl in segs:
-        m = re.search(rb"ok [?]?n=(\d+)", pl)
+        m = answer.search(pl)
         if not m:
             continue
         n = int(m.group(1))
@@ -523,12 +532,14 @@ def main():
     pr = sub.add_parser("probe")
     pr.add_argument("--via", required=True)
     pr.add_argument("--direct", required=True)
+    pr.add_argument("--ref", help="IP:PORT of a reference proxy in front of the same next hop")
     pr.add_argument("--host", required=True)
     pr.add_argument("--pairs", type=int, default=100)
     pr.add_argument("--gap", type=float, default=0.02)
     h = sub.add_parser("hops")
     h.add_argument("--pcap", required=True)
     h.add_argument("--port", type=int, default=8080)
+    h.add_argument("--tag", default="n", help="n: through ferry, r: through the reference proxy")
     args = p.parse_args()
     if args.cmd == "dns":
         run_dns(args)
@@ -543,7 +554,7 @@ def main():
     elif args.cmd == "probe":
         run_probe(args)
     elif args.cmd == "hops":
-        print(json.dumps(ferry_hops(args.pcap, args.port)))
+        print(json.dumps(ferry_hops(args.pcap, args.port, args.tag)))
 
 
 if __name__ == "__main__":
