@@ -191,16 +191,44 @@ def user_ticks(pids):
 ROUNDS = max(1, int(os.environ.get("BENCH_STEADY_ROUNDS", "3")))
 
 
-def measure_rate(p, sc, exe):
-    """The median of ROUNDS runs (by CPU per request), each on a fresh process."""
-    runs = [measure_rate_once(p, sc, exe) for _ in range(ROUNDS)]
+def measure_rates(peers, sc, exe):
+    """ROUNDS runs of every peer, each on a fresh process, interleaved: round
+    k runs each peer once, starting at a different peer each round, so a
+    change in what else the machine does lands on every peer alike.
+    {name: [run, ...]} in round order."""
+    runs = {name: [] for name, _ in peers}
+    for k in range(ROUNDS):
+        order = peers[k % len(peers):] + peers[:k % len(peers)]
+        for name, p in order:
+            log("steady: CPU at %d req/s: round %d/%d: %s" % (sc["rate"], k + 1, ROUNDS, name))
+            runs[name].append(measure_rate_once(p, sc, exe))
+    return runs
+
+
+def paired_ratios(rows):
+    """ferry's CPU per request over the best peer's in the same round, per round."""
+    ferry = ((rows.get("ferry") or {}).get("rate") or {}).get("by_round") or []
+    out = []
+    for k, f in enumerate(ferry):
+        best = [r["rate"]["by_round"][k] for n, r in rows.items()
+                if n != "ferry" and (r.get("rate") or {}).get("by_round") and len(r["rate"]["by_round"]) > k
+                and r["rate"]["by_round"][k] is not None]
+        if f is not None and best:
+            out.append(f / min(best))
+    return sorted(out)
+
+
+def summarize_rate(runs):
+    """The median of the runs (by CPU per request); every run is kept."""
+    by_round = [r["cpu_us_per_req"] if r.get("ok") and "cpu_us_per_req" in r else None for r in runs]
     good = sorted((r for r in runs if r.get("ok") and "cpu_us_per_req" in r), key=lambda r: r["cpu_us_per_req"])
     if not good:  # every round had errors or unanswered requests: shown, flagged
-        return dict(runs[0], flag="every round failed")
+        return dict(runs[0], flag="every round failed", by_round=by_round)
     med = dict(good[len(good) // 2])
     med["rounds"] = [round(r["cpu_us_per_req"], 1) for r in good]
     med["failed_rounds"] = len(runs) - len(good)
     med["all_rounds"] = runs
+    med["by_round"] = by_round
     return med
 
 
@@ -273,6 +301,7 @@ def main(argv):
     for scen in chosen:
         sc = STEADY[scen]
         raw["scenarios"][scen] = rows = {}
+        measured = []  # (name, peer) of the peers that run this scenario
         for name in peers:
             if scen == "S8" and name not in S8_TEMPLATES:
                 rows[name] = {"skip": "no Lua policy (the nginx+lua row is nginx with it)"}
@@ -293,11 +322,13 @@ def main(argv):
                     row["ir_spread_pct"] = 100.0 * abs(a["ir_per_req"] - b["ir_per_req"]) / row["ir_per_req"]
                 else:
                     row["error"] = a.get("error") or b.get("error")
-            if not args.no_rate:
-                log("steady: %s %s: CPU at %d req/s" % (scen, name, sc["rate"]))
-                row["rate"] = measure_rate(p, sc, exe)
-            log("steady: %s %s: %s" % (scen, name, json.dumps({k: v for k, v in row.items() if k != "callgrind"},
-                                                              default=str)))
+            measured.append((name, p))
+        if not args.no_rate and measured:
+            for name, runs in measure_rates(measured, sc, exe).items():
+                rows[name]["rate"] = summarize_rate(runs)
+        for name, _ in measured:
+            log("steady: %s %s: %s" % (scen, name, json.dumps(
+                {k: v for k, v in rows[name].items() if k != "callgrind"}, default=str)))
     lines = report(raw, chosen, peers, versions, info, date)
     text = "\n".join(lines)
     print(text)
@@ -333,7 +364,9 @@ def report(raw, chosen, peers, versions, info, date):
              "Each row is measured twice; 'spread' is the difference of the two." % RUN.PROXY_CPU)
     L.append("- CPU per request: the proxy natively on core %s, `bench/load.c rate` (open loop) on core %s; "
              "utime + stime of the proxy's processes (/proc/PID/stat) over the run / requests answered "
-             "(clock ticks of %d ms); the median of %d runs, each on a fresh process (all runs in the JSON). "
+             "(clock ticks of %d ms); the median of %d runs, each on a fresh process, the peers interleaved "
+             "(round k runs every peer once; all runs in the JSON). 'paired' is ferry's CPU over the best "
+             "peer's within each round, median and range over the rounds. "
              "This figure includes the kernel's work for the proxy and moves with what else runs on the "
              "machine; the instruction counts do not." % (RUN.PROXY_CPU, RUN.LOAD_CPU, 1000 // RUN.CLK_TCK, ROUNDS))
     L.append("- versions: " + "; ".join("%s: %s" % kv for kv in versions.items()))
@@ -378,6 +411,9 @@ def report(raw, chosen, peers, versions, info, date):
         fc = (f.get("rate") or {}).get("cpu_us_per_req")
         if fc and bc:
             x = fc / bc[1]
-            parts.append("CPU %.2f× %s: %s" % (x, bc[0], "met" if x <= 0.9 else "missed"))
+            pr = paired_ratios(rows)
+            paired = (" (paired by round: median %.2f×, %.2f–%.2f×)" % (pr[len(pr) // 2], pr[0], pr[-1])
+                      if pr else "")
+            parts.append("CPU %.2f× %s%s: %s" % (x, bc[0], paired, "met" if x <= 0.9 else "missed"))
         L.append("- %s (%s): %s" % (scen, STEADY[scen]["desc"], "; ".join(parts) or "—"))
     return L
