@@ -88,30 +88,25 @@ size_t fy_headers_remove(fy_headers *h, const char *name, size_t nlen) {
   return count;
 }
 
-static const struct {
-  const char *name;
-  size_t len;
-} fy_hop_by_hop[] = {
-#define FY_HOP(s)                                                                                            \
-  { s, sizeof(s) - 1 }
-    FY_HOP("connection"),
-    FY_HOP("keep-alive"),
-    FY_HOP("proxy-connection"),
-    FY_HOP("te"),
-    FY_HOP("trailer"),
-    FY_HOP("transfer-encoding"),
-    FY_HOP("upgrade"),
-    FY_HOP("proxy-authenticate"),
-    FY_HOP("proxy-authorization"),
-    FY_HOP("content-length"),
-#undef FY_HOP
-};
-
-/* Content-Length is in the list because ferry always writes its own framing. */
+/*
+ * The hop-by-hop headers (RFC 9110 7.6.1), plus Content-Length because ferry
+ * always writes its own framing. By length first: every header of every
+ * message is checked, and most names have a length no hop-by-hop name has.
+ */
 bool fy_http_is_hop_by_hop(const char *name, size_t len) {
-  for (size_t i = 0; i < FY_ARRAY_SIZE(fy_hop_by_hop); i++)
-    if (fy_http_token_eq(name, len, fy_hop_by_hop[i].name, fy_hop_by_hop[i].len)) return true;
-  return false;
+#define FY_HOP(s) fy_http_token_eq(name, len, s, sizeof(s) - 1)
+  switch (len) {
+  case 2: return FY_HOP("te");
+  case 7: return FY_HOP("trailer") || FY_HOP("upgrade");
+  case 10: return FY_HOP("connection") || FY_HOP("keep-alive");
+  case 14: return FY_HOP("content-length");
+  case 16: return FY_HOP("proxy-connection");
+  case 17: return FY_HOP("transfer-encoding");
+  case 18: return FY_HOP("proxy-authenticate");
+  case 19: return FY_HOP("proxy-authorization");
+  default: return false;
+  }
+#undef FY_HOP
 }
 
 /* Each comma-separated token of every Connection header names a header to drop. */
@@ -172,7 +167,17 @@ enum fy_http_te fy_http_transfer_encoding(const fy_headers *h) {
 }
 
 bool fy_http_value_ok(const char *v, size_t len) {
-  for (size_t i = 0; i < len; i++) {
+  size_t i = 0;
+  /* Eight bytes at a time while none is below 0x20 or 0x7f; a word with one
+   * (a tab, say) and the tail go byte by byte. */
+  const uint64_t ones = 0x0101010101010101u, highs = 0x8080808080808080u;
+  for (; i + 8 <= len; i += 8) {
+    uint64_t x, del;
+    memcpy(&x, v + i, 8);
+    del = x ^ (ones * 0x7f);
+    if ((((x - ones * 0x20) & ~x) | ((del - ones) & ~del)) & highs) break;
+  }
+  for (; i < len; i++) {
     unsigned char c = (unsigned char)v[i];
     if ((c < 0x20 && c != '\t') || c == 0x7f) return false;
   }
@@ -236,10 +241,13 @@ ssize_t fy_http_host_normalize(const char *in, size_t len, char *out, size_t out
       if (!isdigit((unsigned char)in[i])) return -1;
   }
   if (end + 1 > outcap) return -1;
+  /* ASCII only, without the C library's per-byte calls: this runs on every request's Host. */
   for (size_t i = 0; i < end; i++) {
-    unsigned char c = (unsigned char)in[i];
-    if (!(isalnum(c) || c == '-' || c == '.' || c == '_' || c == '[' || c == ']' || c == ':')) return -1;
-    out[i] = (char)tolower(c);
+    unsigned c = (unsigned char)in[i], lc = c + ((c - 'A' < 26u) << 5);
+    if (!(lc - 'a' < 26u || c - '0' < 10u || c == '-' || c == '.' || c == '_' || c == '[' || c == ']' ||
+          c == ':'))
+      return -1;
+    out[i] = (char)lc;
   }
   out[end] = '\0';
   return (ssize_t)end;

@@ -2,6 +2,8 @@
 #include "check.h"
 #include "http.h"
 
+#include <ctype.h>
+#include <string.h>
 #include <sys/types.h>
 
 static void test_headers(void) {
@@ -67,6 +69,24 @@ static void test_hop_by_hop(void) {
   CHECK(fy_headers_find(&h, "x-kept", 6, 0) == 9);
   CHECK(fy_http_is_hop_by_hop("KEEP-ALIVE", 10));
   CHECK(!fy_http_is_hop_by_hop("keep", 4));
+  static const char *const hop[] = {"connection",
+                                    "keep-alive",
+                                    "proxy-connection",
+                                    "te",
+                                    "trailer",
+                                    "TRANSFER-ENCODING",
+                                    "upgrade",
+                                    "proxy-authenticate",
+                                    "proxy-authorization",
+                                    "Content-Length"};
+  for (size_t i = 0; i < sizeof hop / sizeof hop[0]; i++)
+    CHECK(fy_http_is_hop_by_hop(hop[i], strlen(hop[i])));
+  static const char *const end_to_end[] = {
+      "content-type",      "host",      "tx",          "trailers",
+      "upgrades",          "connectio", "keep-alivE2", "proxy-authorizatio",
+      "transfer-encodinG "};
+  for (size_t i = 0; i < sizeof end_to_end / sizeof end_to_end[0]; i++)
+    CHECK(!fy_http_is_hop_by_hop(end_to_end[i], strlen(end_to_end[i])));
   fy_headers_free(&h);
 
   /* A token longer than any fixed buffer still removes the header it names (fuzz_request). */
@@ -104,6 +124,15 @@ static void test_host(void) {
   host_is("a.test/evil", NULL);
   host_is("[::1", NULL);
   host_is("user@a.test", NULL);
+  /* Every byte value, against the C locale's classification. */
+  for (int c = 1; c < 256; c++) {
+    char in[4] = {'a', (char)c, 'b', 0}, out[8];
+    bool ok = isalnum(c) || c == '-' || c == '.' || c == '_' || c == '[' || c == ']' || c == ':';
+    ssize_t n = fy_http_host_normalize(in, 3, out, sizeof out);
+    if (c == ':') continue; /* a port separator: "b" is not a port */
+    CHECK((n >= 0) == ok);
+    if (ok) CHECK(n == 3 && out[1] == (char)tolower(c));
+  }
 }
 
 static void test_target(void) {
@@ -134,11 +163,38 @@ static void test_target(void) {
   CHECK(fy_http_target_parse("http:///x", 9, &t) == -1);
 }
 
+static bool value_ok_bytewise(const char *v, size_t len) {
+  for (size_t i = 0; i < len; i++)
+    if (((unsigned char)v[i] < 0x20 && v[i] != '\t') || (unsigned char)v[i] == 0x7f) return false;
+  return true;
+}
+
 static void test_values(void) {
   CHECK(fy_http_value_ok("a\tb c", 5));
   CHECK(!fy_http_value_ok("a\r\nb", 4));
   CHECK(!fy_http_value_ok("a\0b", 3));
   CHECK(!fy_http_value_ok("\x7f", 1));
+  /* The word-at-a-time check against the rule byte by byte: every byte value
+   * at every place of values that span words, and random values. */
+  char v[19];
+  for (int pos = 0; pos < 19; pos++)
+    for (int c = 0; c < 256; c++) {
+      memset(v, 'a', sizeof v);
+      v[pos] = (char)c;
+      for (size_t len = (size_t)pos + 1; len <= sizeof v; len += 6)
+        CHECK(fy_http_value_ok(v, len) == value_ok_bytewise(v, len));
+    }
+  unsigned seed = 12345;
+  for (int n = 0; n < 200000; n++) {
+    size_t len = (seed = seed * 1103515245u + 12345u) >> 16 & 15;
+    for (size_t i = 0; i < len; i++) {
+      seed = seed * 1103515245u + 12345u;
+      /* mostly printable, sometimes a tab, a control byte, DEL or above 0x7f */
+      unsigned r = seed >> 16;
+      v[i] = (char)((r & 31) == 0 ? (r >> 5) & 0xff : (r & 31) == 1 ? '\t' : 0x20 + (r >> 5) % 0x5f);
+    }
+    CHECK(fy_http_value_ok(v, len) == value_ok_bytewise(v, len));
+  }
   CHECK(fy_http_name_ok("X-Tag_1.v~", 10));
   CHECK(!fy_http_name_ok("X Tag", 5));
   CHECK(!fy_http_name_ok("X:Tag", 5));
