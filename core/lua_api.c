@@ -50,9 +50,12 @@ int fy_ffi_req_proxy(double id, fy_ffi_proxy *out) {
   memset(out, 0, sizeof *out);
   out->version = pp->version;
   out->local = pp->local;
-  if (!pp->local && pp->family != AF_UNSPEC) {
-    fy_addr_name(&pp->src, out->source, sizeof out->source, &out->source_port);
-    fy_addr_name(&pp->dst, out->destination, sizeof out->destination, &out->destination_port);
+  if (!pp->local && pp->family != AF_UNSPEC) { /* the text fy_proxy_protocol_accept made */
+    _Static_assert(sizeof out->source == sizeof pp->src_text, "req.proxy.source holds an address's text");
+    memcpy(out->source, pp->src_text, sizeof out->source);
+    memcpy(out->destination, pp->dst_text, sizeof out->destination);
+    out->source_port = pp->src_port;
+    out->destination_port = pp->dst_port;
   }
   out->vpce_id = pp->vpce_id;
   out->authority = pp->authority;

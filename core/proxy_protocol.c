@@ -460,7 +460,11 @@ int fy_proxy_protocol_accept(const uint8_t *buf, size_t len, fy_proxy_info *out,
   int n = fy_proxy_protocol_parse(buf, len, out);
   if (n == 0) return len < FY_PP_MAX_HEADER ? 0 : FY_PP_ETOOBIG;
   if (n < 0) return n;
-  if (!out->local && (out->family == AF_INET || out->family == AF_INET6))
-    fy_addr_name(&out->src, ip, iplen, port);
+  if (!out->local && (out->family == AF_INET || out->family == AF_INET6)) {
+    fy_addr_name(&out->src, out->src_text, sizeof out->src_text, &out->src_port);
+    fy_addr_name(&out->dst, out->dst_text, sizeof out->dst_text, &out->dst_port);
+    snprintf(ip, iplen, "%s", out->src_text);
+    *port = out->src_port;
+  }
   return n;
 }

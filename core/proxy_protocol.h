@@ -63,6 +63,11 @@ typedef struct fy_proxy_info {
    */
   int family;
   struct sockaddr_storage src, dst;
+  /* src and dst as text and ports, when family says they hold the client's:
+   * made once per connection by fy_proxy_protocol_accept, read by every
+   * request's req.proxy. */
+  char src_text[INET6_ADDRSTRLEN], dst_text[INET6_ADDRSTRLEN];
+  int src_port, dst_port;
   /*
    * v2 TLVs, each an empty string when absent; only printable ASCII without
    * spaces is ever stored. A VPC endpoint id that would not fit or is not
