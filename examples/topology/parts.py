@@ -437,7 +437,7 @@ def run_probe(args):
     print(json.dumps(out))
 
 
-# ---- hops: ferry's own time, from a packet capture beside it ---------------
+# ---- hops: a proxy's own time, from a packet capture beside it -----------
 
 
 def pcap_segments(path):
@@ -495,7 +495,7 @@ def ferry_hops(path, port, tag="n"):
             if dport == port:
                 t1.setdefault(n, t)
             elif n not in t2 or t < t2[n]:
-                t2[n], upconn[n] = t, (src, sport)  # the first copy out is ferry's own
+                t2[n], upconn[n] = t, (src, sport)  # the first copy out is the proxy's own
     for t, src, sport, dst, dport, pl in segs:
         m = answer.search(pl)
         if not m:
