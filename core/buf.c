@@ -52,7 +52,6 @@ void fy_buf_free(fy_buf *b) {
 }
 
 void fy_buf_grow(fy_buf *b, size_t extra) {
-  if (b->len + extra <= b->cap) return;
   size_t cap = b->cap ? b->cap : FY_BUF_FIRST;
   while (cap < b->len + extra)
     cap *= 2;

@@ -284,9 +284,9 @@ static void fy_lua_begin(fy_lua *lua, int ref, int policy, struct fy_req *req) {
 
 /* Hook time goes to the hook's histogram and to the request's policy time (the access log's). */
 static void fy_lua_timed(fy_lua *lua, struct fy_req *req, int hook, uint64_t ns) {
-  static const char *const labels[] = {"hook=\"none\"",        "hook=\"route\"",    "hook=\"select\"",
-                                       "hook=\"retry\"",       "hook=\"response\"", "hook=\"log\"",
-                                       "hook=\"route_stream\""};
+  static const char *const labels[FY_HOOK_COUNT] = {
+      "hook=\"none\"",     "hook=\"route\"", "hook=\"select\"",      "hook=\"retry\"",
+      "hook=\"response\"", "hook=\"log\"",   "hook=\"route_stream\""};
   if (lua->w) {
     if (lua->m_hooks[hook] == NULL)
       lua->m_hooks[hook] = fy_metrics_series(&lua->w->metrics, FY_M_HOOK_DURATION, labels[hook]);

@@ -58,6 +58,18 @@ typedef struct fy_hook_call {
 } fy_hook_call;
 extern __thread fy_hook_call fy_hook_current;
 
+/* FY_HOOK_HAS_*: ffi.h (ferry.core.hooks reports them). */
+enum fy_hook_name {
+  FY_HOOK_NONE,
+  FY_HOOK_ROUTE,
+  FY_HOOK_SELECT,
+  FY_HOOK_RETRY,
+  FY_HOOK_RESPONSE,
+  FY_HOOK_LOG,
+  FY_HOOK_ROUTE_STREAM,
+  FY_HOOK_COUNT
+};
+
 typedef struct fy_lua {
   struct lua_State *L;
   int route_ref, select_ref, retry_ref, response_ref, log_ref, release_ref, stream_ref; /* ferry.core.* */
@@ -80,8 +92,8 @@ typedef struct fy_lua {
   fy_policy_metrics declared;
   int *counters; /* registry ids, in the order of declared (-1: the registry was full) */
   size_t ncounters;
-  struct fy_worker *w;          /* the worker whose generation this state is (fy_gen_build sets it) */
-  struct fy_series *m_hooks[8]; /* hook durations in w's metrics, by hook, found on first use */
+  struct fy_worker *w; /* the worker whose generation this state is (fy_gen_build sets it) */
+  struct fy_series *m_hooks[FY_HOOK_COUNT]; /* hook durations in w's metrics, by hook, found on first use */
 } fy_lua;
 
 /* The state whose policies are loading on this thread (NULL outside fy_lua_init). */
@@ -91,16 +103,6 @@ extern __thread fy_lua *fy_lua_loading;
 int fy_lua_init(fy_lua *lua, const fy_config *cfg, fy_buf *errors);
 void fy_lua_close(fy_lua *lua);
 
-/* FY_HOOK_HAS_*: ffi.h (ferry.core.hooks reports them). */
-enum fy_hook_name {
-  FY_HOOK_NONE,
-  FY_HOOK_ROUTE,
-  FY_HOOK_SELECT,
-  FY_HOOK_RETRY,
-  FY_HOOK_RESPONSE,
-  FY_HOOK_LOG,
-  FY_HOOK_ROUTE_STREAM,
-};
 bool fy_lua_has_hook(const fy_lua *lua, int policy, unsigned hook);
 
 /*

@@ -269,11 +269,6 @@ static unsigned fy_pm_split(const char *values, size_t len, const char **v, size
 }
 
 /*
- * values: nvalues strings back to back, each ended by a NUL (Lua checked
- * there is none inside). From a hook of a generation, id is its place in
- * the state's declarations; under `ferry test`, an id of the test's registry.
- */
-/*
  * In a hook of a worker's generation: that worker's registry, with *id (the
  * state's declaration) turned into its id there; -1 when it is not counted
  * (the registry was full, logged when bound), FY_PM_EINVAL when the state
@@ -288,6 +283,11 @@ static fy_policy_metrics *fy_pm_hook_registry(int *id) {
   return &lua->w->policy_metrics;
 }
 
+/*
+ * values: nvalues strings back to back, each ended by a NUL (Lua checked
+ * there is none inside). From a hook of a generation, id is its place in
+ * the state's declarations; under `ferry test`, an id of the test's registry.
+ */
 int fy_ffi_metric_inc(int id, const char *values, size_t len, unsigned nvalues, double n) {
   if (fy_lua_loading != NULL) return FY_PM_EPHASE; /* a refused reload must count nothing */
   fy_policy_metrics *m = fy_pm_hook_registry(&id);
