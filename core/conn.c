@@ -332,6 +332,22 @@ static void fy_conn_write_cb(fy_write_req *wr, int status) {
     fy_proxy_response_written(&c->ex);
 }
 
+/*
+ * TCP_NODELAY, set when it can matter. Nagle's algorithm holds a small
+ * segment back only while an earlier small one is unacknowledged (Linux
+ * follows Minshall's rule), so a connection's first write always leaves at
+ * once; the option is set before the second write, or when the first could
+ * not be written whole and its rest will follow later. A connection that
+ * carries one response (Connection: close) then costs one system call less,
+ * as in nginx, which also sets it lazily. TLS connections set it at accept:
+ * the handshake writes on its own.
+ */
+static void fy_conn_nodelay(fy_conn *c) {
+  if (c->nodelay) return;
+  c->nodelay = true;
+  uv_tcp_nodelay(&c->sock.tcp, 1);
+}
+
 static void fy_buf_swap(fy_buf *a, fy_buf *b) {
   fy_buf t = *a;
   *a = *b;
@@ -357,11 +373,14 @@ static void fy_conn_flush_client(fy_conn *c) {
   x->cbody.span = NULL;
   for (unsigned i = 0; i < n; i++)
     c->req.bytes_out += bufs[i].len;
+  if (c->wrote) fy_conn_nodelay(c);
+  c->wrote = true;
   int rc = fy_sock_write(&c->sock, &c->cwrite, bufs, n, fy_conn_write_cb);
   if (rc < 0) {
     fy_conn_close(c);
     return;
   }
+  if (uv_stream_get_write_queue_size((uv_stream_t *)&c->sock.tcp) > 0) fy_conn_nodelay(c);
   c->cw_pending = true;
   fy_conn_retime(c, true);
 }
@@ -749,7 +768,6 @@ void fy_conn_accept(fy_listener *l) {
   fy_exchange_init(&c->ex, w, &c->req, &fy_conn_exchange_client, c);
   c->handles_open = 3;
   fy_list_insert_head(&w->conns, &c->link);
-  uv_tcp_nodelay(&c->sock.tcp, 1);
 
   struct sockaddr_storage ss;
   int sslen = sizeof ss;
@@ -761,6 +779,7 @@ void fy_conn_accept(fy_listener *l) {
   fy_headers_init(&c->req.rheaders);
   fy_conn_request_begin(c);
   if (!l->admin && fy_conn_expect_proxy_header(c, &ss)) return;
+  if (fy_conn_tls_ctx(c)) fy_conn_nodelay(c);
   if (!c->pp_pending && fy_conn_tls_ctx(c)) fy_tls_accept(&c->sock, fy_conn_tls_ctx(c), NULL, 0);
   fy_conn_req_client(c); /* the PROXY header's info and the TLS session, now there are any */
   c->accepted = true;

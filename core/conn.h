@@ -71,6 +71,8 @@ typedef struct fy_conn {
   bool client_eof;     /* the client half-closed after a complete request */
   bool accepted;       /* counted in the worker's open connections */
   bool trimmed;        /* idle long enough to have freed its head buffers */
+  bool wrote;          /* a write to the client has been started */
+  bool nodelay;        /* TCP_NODELAY is set on the client socket */
   bool pp_pending;     /* a PROXY protocol header is expected first */
   fy_proxy_info *pp;   /* what it said (listeners with proxy_protocol only) */
   bool reset_on_close; /* close with RST: the response was cut */
