@@ -1,6 +1,8 @@
 #define _GNU_SOURCE /* sched_getaffinity, CPU_COUNT */
 #include "runtime.h"
 
+#include <time.h>
+
 #include "access_log.h"
 #include "log.h"
 #include "notify.h"
@@ -13,6 +15,7 @@
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <time.h>
 
 typedef struct fy_reload fy_reload;
 
@@ -217,8 +220,7 @@ int fy_runtime_start(fy_runtime **out, uv_loop_t *loop, const fy_runtime_opts *o
     uv_loop_t *wl = loop;
     if (!rt->on_loop) {
       wl = &rt->loops[i];
-      uv_loop_init(wl);
-      uv_loop_configure(wl, UV_METRICS_IDLE_TIME);
+      uv_loop_init(wl); /* no UV_METRICS_IDLE_TIME: it costs a second epoll_wait before every sleep */
     }
     fy_worker_init(w, wl, NULL);
     w->rt = rt;
@@ -516,8 +518,12 @@ static void fy_collect_run(fy_msg *m, fy_worker *w) {
   fy_policy_metrics_mark_live(&w->policy_metrics, w->gen->lua.counters, w->gen->lua.ncounters);
   fy_policy_metrics_merge(&v->policy, &w->policy_metrics);
   v->access_dropped = w->access_dropped;
-  uint64_t up = uv_hrtime() - w->started_ns, idle = uv_metrics_idle_time(w->loop);
-  v->busy = up > idle ? (double)(up - idle) / (double)up : 0;
+  /* This runs on the worker's thread: its CPU time over its age. */
+  struct timespec ts;
+  uint64_t up = uv_hrtime() - w->started_ns, cpu = 0;
+  if (clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts) == 0)
+    cpu = (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+  v->busy = up > 0 ? FY_MIN((double)cpu / (double)up, 1.0) : 0;
   const fy_gen *g = w->gen;
   for (size_t i = 0; i < g->cfg->ngroups; i++) {
     const fy_group *gr = &g->groups[i];

@@ -98,6 +98,8 @@ class SpreadTest(WorkersCase):
             self.assertEqual(sum(w["connections"] for w in workers), 32, workers)
             busy = [w for w in workers if w["connections"] > 0]
             self.assertGreater(len(busy), 1, "one worker took every connection: %r" % workers)
+            for w in workers:  # its thread's CPU time over its age: it has run, and never all the time
+                self.assertTrue(0 < w["busy"] < 1, workers)
             self.assertEqual(status["connections"], 32)
             code, text = admin_get(self.admin_port, "/metrics")
             self.assertEqual(code, 200)
