@@ -12,8 +12,10 @@ core is:
     measured twice and the spread is reported).
   * CPU per request at a fixed rate: the proxy runs natively on its core;
     bench/load.c sends `rate` requests per second (open loop, well below
-    saturation) for `seconds`; utime + stime of the proxy's processes from
-    /proc/PID/stat over the run, divided by the requests answered.
+    saturation) for `seconds`; the CPU time the scheduler counts for the
+    proxy's threads (schedstat, ns) over the run, divided by the requests
+    answered; beside it the proxy's sleeps (voluntary context switches) and,
+    from one more run under `perf stat`, its system calls per request.
 
 S8 is the shipped regional policy (bench/s8/) behind a PROXY protocol v2
 listener; the load client sends the v2 header with the AWS VPC endpoint TLV.
@@ -176,16 +178,72 @@ def measure_instructions(p, sc, exe, run_dir, tag):
                 os.unlink(os.path.join(run_dir, f))
 
 
-def user_ticks(pids):
-    t = 0
+def task_stats(pids):
+    """CPU time in ns (the scheduler's own count, /proc/PID/task/*/schedstat,
+    not clock ticks) and voluntary context switches (times a thread went to
+    sleep) summed over the threads of pids."""
+    ns = sleeps = 0
     for p in pids:
         try:
-            with open("/proc/%d/stat" % p) as f:
-                st = f.read()
-            t += int(st[st.rindex(")") + 2:].split()[11])
-        except (OSError, ValueError):
-            pass
-    return t
+            tasks = os.listdir("/proc/%d/task" % p)
+        except OSError:
+            continue
+        for t in tasks:
+            d = "/proc/%d/task/%s/" % (p, t)
+            try:
+                with open(d + "schedstat") as f:
+                    ns += int(f.read().split()[0])
+                with open(d + "status") as f:
+                    for line in f:
+                        if line.startswith("voluntary_ctxt_switches:"):
+                            sleeps += int(line.split()[1])
+            except (OSError, ValueError, IndexError):
+                pass
+    return ns, sleeps
+
+
+PERF = {}  # "ok": whether `perf stat` can count syscalls here (checked once)
+
+
+def perf_counts_syscalls():
+    if "ok" not in PERF:
+        ok = False
+        if shutil.which("perf"):
+            r = subprocess.run(["perf", "stat", "-x,", "-e", "raw_syscalls:sys_enter", "--", "true"],
+                               capture_output=True, text=True, timeout=30)
+            ok = r.returncode == 0 and "raw_syscalls:sys_enter" in r.stderr and "not supported" not in r.stderr
+        PERF["ok"] = ok
+    return PERF["ok"]
+
+
+def count_syscalls(p, sc, exe):
+    """System calls per request: one more open-loop run at the same rate with
+    `perf stat -e raw_syscalls:sys_enter` attached to the proxy's processes
+    (a count, not a sample: it does not move with the machine's load). Kept
+    apart from the CPU runs, whose figures it would perturb."""
+    if not perf_counts_syscalls():
+        return None
+    err = start_native(p, sc, exe)
+    if err:
+        return None
+    try:
+        run_load(exe, p.port, dict(sc, seconds=1), "rate", timeout=30)
+        pids = RUN.tree(p.pid())
+        perf = subprocess.Popen(["perf", "stat", "-x,", "-e", "raw_syscalls:sys_enter", "-p",
+                                 ",".join(str(x) for x in pids)], stderr=subprocess.PIPE, text=True)
+        time.sleep(0.5)  # attached before the first request
+        res = run_load(exe, p.port, sc, "rate", timeout=sc["seconds"] + 30)
+        perf.send_signal(2)
+        _, errtxt = perf.communicate(timeout=30)
+        if not res.get("done"):
+            return None
+        for line in errtxt.splitlines():
+            f = line.split(",")
+            if len(f) > 2 and f[2].startswith("raw_syscalls:sys_enter") and f[0].isdigit():
+                return int(f[0]) / res["done"]
+        return None
+    finally:
+        p.stop()
 
 
 ROUNDS = max(1, int(os.environ.get("BENCH_STEADY_ROUNDS", "3")))
@@ -240,21 +298,22 @@ def measure_rate_once(p, sc, exe):
         warm = dict(sc, seconds=1)
         run_load(exe, p.port, warm, "rate", timeout=30)
         pids = RUN.tree(p.pid())
-        t0 = RUN.cpu_ticks(pids)
-        u0 = user_ticks(pids)
+        ns0, sl0 = task_stats(pids)
         c0 = RUN.core_snapshot()
+        w0 = time.monotonic()
         res = run_load(exe, p.port, sc, "rate", timeout=sc["seconds"] + 30)
-        t1 = RUN.cpu_ticks(pids)
-        u1 = user_ticks(pids)
+        wall = time.monotonic() - w0
+        ns1, sl1 = task_stats(pids)
         c1 = RUN.core_snapshot()
         if not res.get("done"):
             return {"error": "rate run failed: %s" % res}
-        cpu_s = (t1 - t0) / RUN.CLK_TCK
-        return {"requests": res["done"], "late": res.get("late"), "errors": res.get("errors"),
-                "non2xx": res.get("non2xx"), "ok": res.get("ok"), "cpu_s": cpu_s,
-                "cpu_us_per_req": 1e6 * cpu_s / res["done"],
-                "user_us_per_req": 1e6 * (u1 - u0) / RUN.CLK_TCK / res["done"],
-                "core_busy": [RUN.core_busy(c0, c1, RUN.PROXY_CPU), RUN.core_busy(c0, c1, RUN.LOAD_CPU)]}
+        n = res["done"]
+        return {"requests": n, "late": res.get("late"), "errors": res.get("errors"),
+                "non2xx": res.get("non2xx"), "ok": res.get("ok"), "cpu_s": (ns1 - ns0) / 1e9,
+                "cpu_us_per_req": (ns1 - ns0) / 1e3 / n,
+                "sleeps_per_req": (sl1 - sl0) / n,
+                "proxy_busy": 100.0 * (ns1 - ns0) / 1e9 / wall if wall > 0 else None,
+                "load_core_busy": RUN.core_busy(c0, c1, RUN.LOAD_CPU)}
     finally:
         p.stop()
 
@@ -326,6 +385,9 @@ def main(argv):
         if not args.no_rate and measured:
             for name, runs in measure_rates(measured, sc, exe).items():
                 rows[name]["rate"] = summarize_rate(runs)
+            for name, p in measured:
+                log("steady: %s %s: system calls per request (perf stat)" % (scen, name))
+                rows[name]["syscalls_per_req"] = count_syscalls(p, sc, exe)
         for name, _ in measured:
             log("steady: %s %s: %s" % (scen, name, json.dumps(
                 {k: v for k, v in rows[name].items() if k != "callgrind"}, default=str)))
@@ -363,16 +425,23 @@ def report(raw, chosen, peers, versions, info, date):
              "(user space: the proxy and its libraries; the kernel's work for its syscalls is not counted). "
              "Each row is measured twice; 'spread' is the difference of the two." % RUN.PROXY_CPU)
     L.append("- CPU per request: the proxy natively on core %s, `bench/load.c rate` (open loop) on core %s; "
-             "utime + stime of the proxy's processes (/proc/PID/stat) over the run / requests answered "
-             "(clock ticks of %d ms); the median of %d runs, each on a fresh process, the peers interleaved "
-             "(round k runs every peer once; all runs in the JSON). 'paired' is ferry's CPU over the best "
-             "peer's within each round, median and range over the rounds. "
-             "This figure includes the kernel's work for the proxy and moves with what else runs on the "
-             "machine; the instruction counts do not." % (RUN.PROXY_CPU, RUN.LOAD_CPU, 1000 // RUN.CLK_TCK, ROUNDS))
+             "the CPU time the scheduler counted for the proxy's threads (/proc/PID/task/*/schedstat, in ns) "
+             "over the run / requests answered; the median of %d runs, each on a fresh process, the peers "
+             "interleaved (round k runs every peer once; all runs in the JSON). 'paired' is ferry's CPU over "
+             "the best peer's within each round, median and range over the rounds. "
+             "This figure includes the kernel's work for the proxy (system calls, loopback TCP, wake-ups) and "
+             "moves with what else runs on the machine; the instruction counts do not. "
+             "'sleeps/req': the proxy's voluntary context switches per request (each one a wake-up later); "
+             "'syscalls/req': system calls per request, counted by `perf stat -e raw_syscalls:sys_enter` in "
+             "one more run at the same rate (a count: it does not move with the machine's load); "
+             "'proxy busy': the proxy's CPU time over the run's wall time; 'load core': core %s busy "
+             "(/proc/stat), to show neither side is saturated." % (
+                 RUN.PROXY_CPU, RUN.LOAD_CPU, ROUNDS, RUN.LOAD_CPU))
     L.append("- versions: " + "; ".join("%s: %s" % kv for kv in versions.items()))
     L.append("")
-    L.append("| scenario | peer | instructions/req | spread | ÷ best peer | CPU/req at fixed rate | ÷ best peer | of which user | rate | late | errors | non-2xx | core 1 / 0 busy |")
-    L.append("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    L.append("| scenario | peer | instructions/req | spread | ÷ best peer | CPU/req at fixed rate | ÷ best peer "
+             "| syscalls/req | sleeps/req | rate | late | errors | non-2xx | proxy busy | load core |")
+    L.append("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for scen in chosen:
         rows = raw["scenarios"][scen]
         sc = STEADY[scen]
@@ -381,22 +450,23 @@ def report(raw, chosen, peers, versions, info, date):
         for name in peers:
             r = rows.get(name, {})
             if "skip" in r:
-                L.append("| %s | %s | %s |  |  |  |  |  |  |  |  |  |  |" % (scen, name, r["skip"]))
+                L.append("| %s | %s | %s |  |  |  |  |  |  |  |  |  |  |  |  |" % (scen, name, r["skip"]))
                 continue
             ir = r.get("ir_per_req")
             rt = r.get("rate") or {}
             cpu = rt.get("cpu_us_per_req")
             ri = "%.2f×" % (ir / bi[1]) if (ir and bi and name == "ferry") else ""
             rc = "%.2f×" % (cpu / bc[1]) if (cpu and bc and name == "ferry") else ""
-            busy = rt.get("core_busy") or [None, None]
             irtxt = "{:,.0f}".format(ir) if ir else (r.get("error") or "—")[:80]
-            L.append("| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |" % (
-                scen, name, irtxt, fmt(r.get("ir_spread_pct"), "%.2f %%"), ri,
-                fmt(cpu, "%.1f µs") if cpu else (rt.get("error") or "—")[:80], rc,
-                fmt(rt.get("user_us_per_req"), "%.1f µs") + (" ⚠ " + rt["flag"] if rt.get("flag") else ""),
+            cputxt = fmt(cpu, "%.1f µs") if cpu else (rt.get("error") or "—")[:80]
+            if rt.get("flag"):
+                cputxt += " ⚠ " + rt["flag"]
+            L.append("| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |" % (
+                scen, name, irtxt, fmt(r.get("ir_spread_pct"), "%.2f %%"), ri, cputxt, rc,
+                fmt(r.get("syscalls_per_req"), "%.2f"), fmt(rt.get("sleeps_per_req"), "%.2f"),
                 "%d/s" % sc["rate"], fmt(rt.get("late"), "%d"), fmt(rt.get("errors"), "%d"),
-                fmt(rt.get("non2xx"), "%d"),
-                "%s / %s" % (fmt(busy[0], "%.0f%%"), fmt(busy[1], "%.0f%%"))))
+                fmt(rt.get("non2xx"), "%d"), fmt(rt.get("proxy_busy"), "%.0f%%"),
+                fmt(rt.get("load_core_busy"), "%.0f%%")))
     L.append("")
     L.append("Targets (issue: ≤ 0.9× the best peer's): ")
     for scen in chosen:
