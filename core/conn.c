@@ -7,6 +7,7 @@
 
 #include <stdio.h>
 #include <strings.h>
+#include <unistd.h>
 
 #define FY_LINGER_MS 2000
 #define FY_IDLE_TRIM_MS 500 /* idle this long, a keep-alive connection frees its head buffers */
@@ -749,7 +750,7 @@ void fy_conn_close(fy_conn *c) {
   fy_exchange_close(&c->ex, fy_conn_exchange_closed);
 }
 
-void fy_conn_accept(fy_listener *l) {
+void fy_conn_accept(fy_listener *l, int fd, const struct sockaddr_storage *peer) {
   fy_worker *w = l->w;
   fy_conn *c = fy_conn_new();
   uv_tcp_init(w->loop, &c->sock.tcp);
@@ -759,7 +760,8 @@ void fy_conn_accept(fy_listener *l) {
   c->listener = l;
   c->gen = fy_gen_ref(w->gen);
   fy_list_init(&c->link);
-  if (uv_accept((uv_stream_t *)&l->tcp, (uv_stream_t *)&c->sock.tcp) < 0) {
+  if (uv_tcp_open(&c->sock.tcp, fd) < 0) {
+    close(fd);
     c->closing = true;
     uv_close((uv_handle_t *)&c->sock.tcp, fy_conn_close_cb);
     return;
@@ -768,17 +770,12 @@ void fy_conn_accept(fy_listener *l) {
   fy_exchange_init(&c->ex, w, &c->req, &fy_conn_exchange_client, c);
   c->handles_open = 3;
   fy_list_insert_head(&w->conns, &c->link);
-
-  struct sockaddr_storage ss;
-  int sslen = sizeof ss;
-  memset(&ss, 0, sizeof ss);
-  if (uv_tcp_getpeername(&c->sock.tcp, (struct sockaddr *)&ss, &sslen) == 0)
-    fy_addr_name(&ss, c->client_ip, sizeof c->client_ip, &c->client_port);
+  fy_addr_name(peer, c->client_ip, sizeof c->client_ip, &c->client_port);
   fy_req_reader_init(&c->rd, &c->req, fy_conn_limits(c), &fy_conn_reader_cb, c);
   fy_headers_init(&c->req.headers);
   fy_headers_init(&c->req.rheaders);
   fy_conn_request_begin(c);
-  if (!l->admin && fy_conn_expect_proxy_header(c, &ss)) return;
+  if (!l->admin && fy_conn_expect_proxy_header(c, peer)) return;
   if (fy_conn_tls_ctx(c)) fy_conn_nodelay(c);
   if (!c->pp_pending && fy_conn_tls_ctx(c)) fy_tls_accept(&c->sock, fy_conn_tls_ctx(c), NULL, 0);
   fy_conn_req_client(c); /* the PROXY header's info and the TLS session, now there are any */

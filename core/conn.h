@@ -83,7 +83,7 @@ typedef struct fy_conn {
   int client_port;
 } fy_conn;
 
-void fy_conn_accept(fy_listener *l);
+void fy_conn_accept(fy_listener *l, int fd, const struct sockaddr_storage *peer);
 void fy_conn_close(fy_conn *c);
 /* Answers the current request with a ferry-made response. */
 void fy_conn_respond(fy_conn *c, int status, const char *ctype, const char *body, size_t blen);

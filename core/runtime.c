@@ -252,7 +252,7 @@ int fy_runtime_start(fy_runtime **out, uv_loop_t *loop, const fy_runtime_opts *o
     for (size_t i = 0; i < rt->nworkers; i++) {
       fy_worker *w = &rt->workers[i];
       for (size_t j = 0; j < w->nlisteners; j++)
-        uv_close((uv_handle_t *)&w->listeners[j].tcp, NULL);
+        fy_listener_close(&w->listeners[j], NULL);
       fy_worker_close(w);
       uv_run(w->loop, UV_RUN_NOWAIT);
       if (w->gen) fy_gen_unref(w->gen);
@@ -260,7 +260,7 @@ int fy_runtime_start(fy_runtime **out, uv_loop_t *loop, const fy_runtime_opts *o
       if (!rt->on_loop) uv_loop_close(w->loop);
     }
     for (size_t j = 0; j < rt->control.nlisteners; j++)
-      uv_close((uv_handle_t *)&rt->control.listeners[j].tcp, NULL);
+      fy_listener_close(&rt->control.listeners[j], NULL);
     fy_worker_close(&rt->control);
     uv_run(loop, UV_RUN_NOWAIT);
     if (rt->control.gen) fy_gen_unref(rt->control.gen);

@@ -362,7 +362,7 @@ void fy_stream_close_all(fy_worker *w) {
     fy_stream_close(FY_CONTAINER_OF(w->streams.next, fy_stream, link), "ferry is stopping");
 }
 
-void fy_stream_accept(fy_listener *l) {
+void fy_stream_accept(fy_listener *l, int fd, const struct sockaddr_storage *peer) {
   fy_worker *w = l->w;
   fy_stream *s = fy_calloc(1, sizeof *s);
   s->w = w;
@@ -376,21 +376,18 @@ void fy_stream_accept(fy_listener *l) {
   uv_timer_init(w->loop, &s->timer);
   s->client.data = s->timer.data = s;
   fy_list_insert_head(&w->streams, &s->link);
-  if (uv_accept((uv_stream_t *)&l->tcp, (uv_stream_t *)&s->client) < 0) {
+  if (uv_tcp_open(&s->client, fd) < 0) {
+    close(fd);
     fy_stream_close(s, "accept failed");
     return;
   }
-  struct sockaddr_storage ss;
-  int len = sizeof ss;
-  memset(&ss, 0, sizeof ss);
-  uv_tcp_getpeername(&s->client, (struct sockaddr *)&ss, &len);
-  fy_addr_name(&ss, s->client_ip, sizeof s->client_ip, &s->client_port);
+  fy_addr_name(peer, s->client_ip, sizeof s->client_ip, &s->client_port);
   struct sockaddr_storage local;
-  len = sizeof local;
+  int len = sizeof local;
   if (uv_tcp_getsockname(&s->client, (struct sockaddr *)&local, &len) == 0)
     s->local_port = ntohs(((struct sockaddr_in *)&local)->sin_port);
   const fy_cfg_listener *cl = &s->gen->cfg->listeners[l->index];
-  if (fy_cfg_listener_expect_proxy(cl, (const struct sockaddr *)&ss, &s->pp) < 0) {
+  if (fy_cfg_listener_expect_proxy(cl, (const struct sockaddr *)peer, &s->pp) < 0) {
     fy_stream_close(s, "not in proxy_protocol.trusted");
     return;
   }

@@ -9,7 +9,7 @@
 
 #include "worker.h"
 
-void fy_stream_accept(fy_listener *l);
+void fy_stream_accept(fy_listener *l, int fd, const struct sockaddr_storage *peer);
 /* Ends every stream of w (the drain deadline). */
 void fy_stream_close_all(fy_worker *w);
 

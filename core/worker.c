@@ -1,3 +1,4 @@
+#define _GNU_SOURCE /* accept4 */
 #include "worker.h"
 
 #include <malloc.h>
@@ -10,6 +11,7 @@
 
 #include <errno.h>
 #include <stdio.h>
+#include <string.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -58,60 +60,108 @@ void fy_gen_unref(fy_gen *g) {
 
 /* ---- listeners ---------------------------------------------------------- */
 
-static void fy_listener_on_connection(uv_stream_t *s, int status) {
-  fy_listener *l = s->data;
+/*
+ * Accepting. The listening socket is polled here rather than handed to
+ * uv_listen: libuv accepts until accept4 fails with EAGAIN and drops the
+ * peer's address, so every new connection cost that failed call and a
+ * getpeername. Like nginx (multi_accept off), one connection is taken per
+ * readiness report; the poll is level-triggered, so the next turn of the
+ * loop takes the next one. Out of descriptors (EMFILE, ENFILE) or kernel
+ * memory, accepting pauses for FY_ACCEPT_PAUSE_MS, as nginx does, instead of
+ * spinning on a socket that stays readable.
+ */
+#define FY_ACCEPT_PAUSE_MS 100
+
+static void fy_listener_readable(uv_poll_t *p, int status, int events);
+
+static void fy_listener_resume(uv_timer_t *t) {
+  fy_listener *l = t->data;
+  uv_poll_start(&l->poll, UV_READABLE, fy_listener_readable);
+}
+
+static void fy_listener_readable(uv_poll_t *p, int status, int events) {
+  fy_listener *l = p->data;
+  (void)events;
   if (status < 0) {
-    fy_log_warn("listener %s: accept: %s", l->name, uv_strerror(status));
+    fy_log_warn("listener %s: poll: %s", l->name, uv_strerror(status));
+    return;
+  }
+  struct sockaddr_storage peer;
+  socklen_t len = sizeof peer;
+  memset(&peer, 0, sizeof peer);
+  int fd = accept4(l->fd, (struct sockaddr *)&peer, &len, SOCK_NONBLOCK | SOCK_CLOEXEC);
+  if (fd < 0) {
+    int e = errno;
+    if (e == EAGAIN || e == EWOULDBLOCK || e == EINTR || e == ECONNABORTED) return;
+    fy_log_warn("listener %s: accept: %s", l->name, strerror(e));
+    if (e == EMFILE || e == ENFILE || e == ENOBUFS || e == ENOMEM) {
+      uv_poll_stop(&l->poll);
+      uv_timer_start(&l->pause, fy_listener_resume, FY_ACCEPT_PAUSE_MS, 0);
+    }
     return;
   }
   if (!l->admin && l->w->gen->cfg->listeners[l->index].tcp)
-    fy_stream_accept(l);
+    fy_stream_accept(l, fd, &peer);
   else
-    fy_conn_accept(l);
+    fy_conn_accept(l, fd, &peer);
+}
+
+unsigned fy_listener_close(fy_listener *l, uv_close_cb cb) {
+  if (!l->open) {
+    if (l->fd >= 0) close(l->fd);
+    l->fd = -1;
+    return 0;
+  }
+  l->open = false;
+  l->poll.data = l->pause.data = l->w;
+  uv_close((uv_handle_t *)&l->poll, cb); /* stops polling the socket: it can close now */
+  uv_close((uv_handle_t *)&l->pause, cb);
+  close(l->fd);
+  l->fd = -1;
+  return 2;
 }
 
 static int fy_listener_open(fy_worker *w, fy_listener *l, const fy_cfg_listener *cl, fy_buf *errors) {
   struct sockaddr_storage ss;
+  l->fd = -1;
   int rc = uv_ip4_addr(cl->host, cl->port, (struct sockaddr_in *)&ss);
   if (rc != 0) rc = uv_ip6_addr(cl->host, cl->port, (struct sockaddr_in6 *)&ss);
   if (rc != 0) {
     fy_buf_printf(errors, "listener %s: '%s' is not an IP address\n", cl->name, cl->host);
     return FY_ECONFIG;
   }
-  uv_tcp_init(w->loop, &l->tcp);
-  l->tcp.data = l;
-  if (w->rt && !l->admin) {
-    /* Each worker has its own socket on the address and the kernel spreads
-     * new connections over them. libuv has no flag for SO_REUSEPORT: make
-     * the socket, set it, bind, then hand the socket to libuv. */
-    int fd = socket(ss.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0), one = 1;
-    socklen_t len = ss.ss_family == AF_INET6 ? sizeof(struct sockaddr_in6) : sizeof(struct sockaddr_in);
-    /* Another process's SO_REUSEPORT socket would share the port with ours
-     * without a word: the first worker binds once without it, so that an
-     * address in use is refused as it is with one worker. */
-    rc = fd < 0 ? -errno : 0;
-    if (rc == 0 && w->index == 0) {
-      int probe = socket(ss.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
-      if (probe < 0 || setsockopt(probe, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one) != 0 ||
-          bind(probe, (struct sockaddr *)&ss, len) != 0)
-        rc = -errno;
-      if (probe >= 0) close(probe);
-    }
-    if (rc == 0 && (setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one) != 0 ||
-                    setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one) != 0 ||
-                    bind(fd, (struct sockaddr *)&ss, len) != 0))
+  int fd = socket(ss.ss_family, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0), one = 1;
+  socklen_t len = ss.ss_family == AF_INET6 ? sizeof(struct sockaddr_in6) : sizeof(struct sockaddr_in);
+  rc = fd < 0 ? -errno : 0;
+  bool shared = w->rt && !l->admin;
+  if (rc == 0 && shared && w->index == 0) {
+    /* Each worker has its own socket on the address (SO_REUSEPORT) and the
+     * kernel spreads new connections over them. Another process's
+     * SO_REUSEPORT socket would share the port with ours without a word:
+     * the first worker binds once without it, so that an address in use is
+     * refused as it is with one worker. */
+    int probe = socket(ss.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (probe < 0 || setsockopt(probe, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one) != 0 ||
+        bind(probe, (struct sockaddr *)&ss, len) != 0)
       rc = -errno;
-    if (rc == 0) rc = uv_tcp_open(&l->tcp, fd);
-    if (rc != 0 && fd >= 0) close(fd);
-  } else {
-    rc = uv_tcp_bind(&l->tcp, (struct sockaddr *)&ss, 0);
+    if (probe >= 0) close(probe);
   }
-  if (rc == 0) rc = uv_listen((uv_stream_t *)&l->tcp, 511, fy_listener_on_connection);
+  if (rc == 0 && (setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one) != 0 ||
+                  (shared && setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one) != 0) ||
+                  bind(fd, (struct sockaddr *)&ss, len) != 0 || listen(fd, 511) != 0))
+    rc = -errno;
+  if (rc == 0) rc = uv_poll_init_socket(w->loop, &l->poll, fd);
   if (rc != 0) {
+    if (fd >= 0) close(fd);
     fy_buf_printf(errors, "listener %s: cannot listen on %s:%d: %s\n", cl->name, cl->host, cl->port,
                   uv_strerror(rc));
     return rc;
   }
+  l->fd = fd;
+  l->open = true;
+  uv_timer_init(w->loop, &l->pause);
+  l->poll.data = l->pause.data = l;
+  uv_poll_start(&l->poll, UV_READABLE, fy_listener_readable);
   if (w->rt && w->index > 0) return 0; /* the first worker says it for all */
   fy_log_info("listener %s: serving %s on %s:%d", cl->name,
               cl->tcp     ? "tcp"
@@ -364,11 +414,8 @@ static void fy_worker_deadline_cb(uv_timer_t *t) {
 /* The second half of a drain: stop accepting, close what is idle, wait for the rest. */
 static void fy_worker_close_listeners(fy_worker *w) {
   w->unbound = true;
-  for (size_t i = 0; i < w->nlisteners; i++) {
-    w->listeners[i].tcp.data = w;
-    w->closing++;
-    uv_close((uv_handle_t *)&w->listeners[i].tcp, fy_worker_handle_closed);
-  }
+  for (size_t i = 0; i < w->nlisteners; i++)
+    w->closing += fy_listener_close(&w->listeners[i], fy_worker_handle_closed);
   /* Idle keep-alive connections close now; busy ones after their exchange. */
   fy_list *e = w->conns.next;
   while (e != &w->conns) {

@@ -36,13 +36,19 @@ typedef struct fy_gen {
 } fy_gen;
 
 typedef struct fy_listener {
-  uv_tcp_t tcp;
+  uv_poll_t poll;   /* the listening socket: readable while a connection waits (worker.c) */
+  uv_timer_t pause; /* accepting resumes after running out of file descriptors */
+  int fd;           /* the listening socket, -1 when not open */
+  bool open;        /* poll and pause are initialised: fy_listener_close closes them */
   struct fy_worker *w;
   size_t index; /* into the generation's cfg->listeners */
   bool admin;   /* the admin listener: answered by admin.c, not by a policy */
   char name[64];
   fy_series *m_answered[FY_METRICS_NCLASSES]; /* request durations of group "none" (metrics.h) */
 } fy_listener;
+
+/* Closes the listener's handles (each calls cb once) and its socket; returns how many handles. */
+unsigned fy_listener_close(fy_listener *l, uv_close_cb cb);
 
 struct fy_watch;
 struct fy_runtime;

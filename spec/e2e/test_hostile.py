@@ -1,7 +1,10 @@
 """Hostile clients: a slowloris crowd trickling header bytes while a normal
-client is still served promptly, and a connection limit that sheds load
-with a clear answer instead of falling over."""
+client is still served promptly, a connection limit that sheds load
+with a clear answer instead of falling over, and a crowd that uses up the
+process's file descriptors."""
 
+import os
+import resource
 import socket
 import sys
 import time
@@ -82,6 +85,32 @@ class HostileTest(E2ECase):
         self.assertEqual(r.status, 503, r)
         self.assertEqual(r.header("connection"), "close")
         self.assertIsNotNone(ferry.wait_log(r"limits\.max_connections"))
+        self.assertTrue(ferry.alive())
+
+    def test_running_out_of_descriptors_pauses_accepting_then_recovers(self):
+        ferry = self.start_ferry(CONFIG.replace("  policy =", "  workers = 1,\n  policy =", 1), ROUTING_POLICY,
+                                 up=self.up.addr, maxconn=1000)
+        pid = ferry.pid
+        used = len(os.listdir("/proc/%d/fd" % pid))
+        old = resource.prlimit(pid, resource.RLIMIT_NOFILE)
+        resource.prlimit(pid, resource.RLIMIT_NOFILE, (used + 8, old[1]))
+        crowd = self.open_many(ferry.port, 24)  # the kernel completes the handshakes; ferry runs out
+        self.assertIsNotNone(ferry.wait_log(r"accept: Too many open files", timeout=5))
+
+        # Paused, not spinning on a listening socket that stays readable.
+        def cpu_s():
+            with open("/proc/%d/stat" % pid) as f:
+                st = f.read()
+            fields = st[st.rindex(")") + 2:].split()
+            return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        before = cpu_s()
+        time.sleep(1.0)
+        self.assertLess(cpu_s() - before, 0.5, "ferry kept retrying accept while out of descriptors")
+
+        for s in crowd:  # descriptors come free under the same limit: accepting resumes
+            s.close()
+        ok = wait_until(lambda: curl(ferry.url("/echo"), host=METRICS, timeout=5).status == 200, 10)
+        self.assertTrue(ok, ferry.log_tail())
         self.assertTrue(ferry.alive())
 
 
