@@ -1,8 +1,6 @@
 #define _GNU_SOURCE /* sched_getaffinity, CPU_COUNT */
 #include "runtime.h"
 
-#include <time.h>
-
 #include "access_log.h"
 #include "log.h"
 #include "notify.h"

@@ -107,11 +107,7 @@ static void fy_listener_readable(uv_poll_t *p, int status, int events) {
 }
 
 unsigned fy_listener_close(fy_listener *l, uv_close_cb cb) {
-  if (!l->open) {
-    if (l->fd >= 0) close(l->fd);
-    l->fd = -1;
-    return 0;
-  }
+  if (!l->open) return 0; /* never opened, or fy_listener_open failed and closed its socket */
   l->open = false;
   l->poll.data = l->pause.data = l->w;
   uv_close((uv_handle_t *)&l->poll, cb); /* stops polling the socket: it can close now */

@@ -47,7 +47,7 @@ typedef struct fy_listener {
   fy_series *m_answered[FY_METRICS_NCLASSES]; /* request durations of group "none" (metrics.h) */
 } fy_listener;
 
-/* Closes the listener's handles (each calls cb once) and its socket; returns how many handles. */
+/* Closes an open listener's handles (cb runs once for each) and its socket; returns how many handles. */
 unsigned fy_listener_close(fy_listener *l, uv_close_cb cb);
 
 struct fy_watch;
