@@ -298,13 +298,14 @@ def measure_rate_once(p, sc, exe):
         warm = dict(sc, seconds=1)
         run_load(exe, p.port, warm, "rate", timeout=30)
         pids = RUN.tree(p.pid())
+        up = RUN.tree(RUN.UPSTREAM.pid)
         ns0, sl0 = task_stats(pids)
-        c0 = RUN.core_snapshot()
+        u0, _ = task_stats(up)
         w0 = time.monotonic()
         res = run_load(exe, p.port, sc, "rate", timeout=sc["seconds"] + 30)
         wall = time.monotonic() - w0
         ns1, sl1 = task_stats(pids)
-        c1 = RUN.core_snapshot()
+        u1, _ = task_stats(up)
         if not res.get("done"):
             return {"error": "rate run failed: %s" % res}
         n = res["done"]
@@ -313,7 +314,8 @@ def measure_rate_once(p, sc, exe):
                 "cpu_us_per_req": (ns1 - ns0) / 1e3 / n,
                 "sleeps_per_req": (sl1 - sl0) / n,
                 "proxy_busy": 100.0 * (ns1 - ns0) / 1e9 / wall if wall > 0 else None,
-                "load_core_busy": RUN.core_busy(c0, c1, RUN.LOAD_CPU)}
+                "load_core_busy": (100.0 * (res.get("cpu_s", 0) + (u1 - u0) / 1e9) / wall
+                                   if wall > 0 and "cpu_s" in res else None)}
     finally:
         p.stop()
 
@@ -434,8 +436,9 @@ def report(raw, chosen, peers, versions, info, date):
              "'sleeps/req': the proxy's voluntary context switches per request (each one a wake-up later); "
              "'syscalls/req': system calls per request, counted by `perf stat -e raw_syscalls:sys_enter` in "
              "one more run at the same rate (a count: it does not move with the machine's load); "
-             "'proxy busy': the proxy's CPU time over the run's wall time; 'load core': core %s busy "
-             "(/proc/stat), to show neither side is saturated." % (
+             "'proxy busy': the proxy's CPU time over the run's wall time; 'load core': the CPU time of "
+             "the load client (its whole run) and the upstream on core %s over the same wall time, to show "
+             "neither side is saturated." % (
                  RUN.PROXY_CPU, RUN.LOAD_CPU, ROUNDS, RUN.LOAD_CPU))
     L.append("- versions: " + "; ".join("%s: %s" % kv for kv in versions.items()))
     L.append("")
