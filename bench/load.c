@@ -415,7 +415,8 @@ int main(int argc, char **argv) {
   double el = now() - t0;
   struct rusage ru;
   getrusage(RUSAGE_SELF, &ru);
-  double cpu = (double)(ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) + (ru.ru_utime.tv_usec + ru.ru_stime.tv_usec) / 1e6;
+  double cpu =
+      (double)(ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) + (ru.ru_utime.tv_usec + ru.ru_stime.tv_usec) / 1e6;
   printf("{\"sent\": %lld, \"done\": %lld, \"non2xx\": %lld, \"errors\": %lld, \"late\": %lld, \"seconds\": "
          "%.3f, \"cpu_s\": %.4f}\n",
          sent, done, non2xx, errors, late, el, cpu);
