@@ -216,6 +216,20 @@ def perf_counts_syscalls():
     return PERF["ok"]
 
 
+def warmed_run(p, sc, exe, measure):
+    """Starts p natively, sends 1 s of warm-up at the scenario's rate, then
+    returns measure(pids of the proxy's processes), which runs the measured
+    load; p is stopped after. {"error": why} when p did not start."""
+    err = start_native(p, sc, exe)
+    if err:
+        return {"error": err}
+    try:
+        run_load(exe, p.port, dict(sc, seconds=1), "rate", timeout=30)
+        return measure(RUN.tree(p.pid()))
+    finally:
+        p.stop()
+
+
 def count_syscalls(p, sc, exe):
     """System calls per request: one more open-loop run at the same rate with
     `perf stat -e raw_syscalls:sys_enter` attached to the proxy's processes
@@ -223,12 +237,8 @@ def count_syscalls(p, sc, exe):
     apart from the CPU runs, whose figures it would perturb."""
     if not perf_counts_syscalls():
         return None
-    err = start_native(p, sc, exe)
-    if err:
-        return None
-    try:
-        run_load(exe, p.port, dict(sc, seconds=1), "rate", timeout=30)
-        pids = RUN.tree(p.pid())
+
+    def measure(pids):
         perf = subprocess.Popen(["perf", "stat", "-x,", "-e", "raw_syscalls:sys_enter", "-p",
                                  ",".join(str(x) for x in pids)], stderr=subprocess.PIPE, text=True)
         time.sleep(0.5)  # attached before the first request
@@ -242,8 +252,8 @@ def count_syscalls(p, sc, exe):
             if len(f) > 2 and f[2].startswith("raw_syscalls:sys_enter") and f[0].isdigit():
                 return int(f[0]) / res["done"]
         return None
-    finally:
-        p.stop()
+    r = warmed_run(p, sc, exe, measure)
+    return r if isinstance(r, float) else None
 
 
 ROUNDS = max(1, int(os.environ.get("BENCH_STEADY_ROUNDS", "3")))
@@ -291,13 +301,7 @@ def summarize_rate(runs):
 
 
 def measure_rate_once(p, sc, exe):
-    err = start_native(p, sc, exe)
-    if err:
-        return {"error": err}
-    try:
-        warm = dict(sc, seconds=1)
-        run_load(exe, p.port, warm, "rate", timeout=30)
-        pids = RUN.tree(p.pid())
+    def measure(pids):
         up = RUN.tree(RUN.UPSTREAM.pid)
         ns0, sl0 = task_stats(pids)
         u0, _ = task_stats(up)
@@ -316,8 +320,7 @@ def measure_rate_once(p, sc, exe):
                 "proxy_busy": 100.0 * (ns1 - ns0) / 1e9 / wall if wall > 0 else None,
                 "load_core_busy": (100.0 * (res.get("cpu_s", 0) + (u1 - u0) / 1e9) / wall
                                    if wall > 0 and "cpu_s" in res else None)}
-    finally:
-        p.stop()
+    return warmed_run(p, sc, exe, measure)
 
 
 def fmt(v, spec):
